@@ -1,0 +1,20 @@
+"""Foundation: schema maxsim, extensions, index registry, queue, failed items, workers.
+
+Revision ID: 0001
+Revises:
+"""
+
+from pgmaxsim.db.sqlfiles import run_sql_file
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql_file("0001_foundation.up.sql", "e6337fa17f11863f8600adf29daab988d055c67aae3d92b47ac9d7f50926a7fd")
+
+
+def downgrade() -> None:
+    run_sql_file("0001_foundation.down.sql", "eb0359f9dc74a3269aab3e9d13565e5859d09f4e854506ef4f574ac52d1ecad9")

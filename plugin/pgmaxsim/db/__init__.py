@@ -1,0 +1,1 @@
+"""Database access: connection resolution, the embedded server, migrations, codecs."""

