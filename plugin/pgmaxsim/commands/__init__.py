@@ -1,0 +1,1 @@
+"""One module per ``pgmaxsim`` subcommand, each with ``register(subparsers)``."""
