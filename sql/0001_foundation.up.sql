@@ -8,8 +8,9 @@ CREATE TABLE maxsim.meta (
     value jsonb NOT NULL
 );
 
--- Extensions: vector is required; plpython3u is used when the server has it and
--- we may create it. What we created is recorded so the downgrade removes only that.
+-- Extensions: vector is required, in schema public (functions name its types as
+-- public.halfvec); plpython3u is used when the server has it and we may create it.
+-- What we created is recorded so the downgrade removes only that.
 DO $$
 DECLARE
     created text[] := '{}';
@@ -19,8 +20,12 @@ BEGIN
             RAISE EXCEPTION 'pgvector is not installed on this server (extension "vector" is not available)'
                 USING ERRCODE = 'undefined_file', HINT = 'install pgvector >= 0.7 on the server';
         END IF;
-        CREATE EXTENSION vector;
+        CREATE EXTENSION vector SCHEMA public;
         created := created || 'vector'::text;
+    ELSIF (SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+           WHERE e.extname = 'vector') <> 'public' THEN
+        RAISE EXCEPTION 'pgmaxsim needs the vector extension in schema public'
+            USING HINT = 'ALTER EXTENSION vector SET SCHEMA public';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'plpython3u')
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'plpython3u') THEN

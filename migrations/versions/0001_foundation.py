@@ -13,7 +13,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_file("0001_foundation.up.sql", "e6337fa17f11863f8600adf29daab988d055c67aae3d92b47ac9d7f50926a7fd")
+    run_sql_file("0001_foundation.up.sql", "242aa53b44f7d76283f368f274ad61b610acdbdb3d603986c4428855401f0ca5")
 
 
 def downgrade() -> None:
