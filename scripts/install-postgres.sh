@@ -20,7 +20,9 @@ have_all() {
 if have_all; then echo "install-postgres: PostgreSQL $PG_MAJOR, plpython3u and pgvector already installed"; exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
-if [ ! -x "$PG_BIN/initdb" ] || [ ! -f "$PG_LIB/plpython3.so" ] || [ ! -x "$PG_BIN/pg_config" ] && [ ! -f "$PG_LIB/vector.so" ]; then
+need_build=0
+[ -f "$PG_LIB/vector.so" ] || need_build=1
+if [ ! -x "$PG_BIN/initdb" ] || [ ! -f "$PG_LIB/plpython3.so" ] || { [ "$need_build" = 1 ] && [ ! -x "$PG_BIN/pg_config" ]; }; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "postgresql-$PG_MAJOR" "postgresql-plpython3-$PG_MAJOR" \
     "postgresql-server-dev-$PG_MAJOR" build-essential >/dev/null
@@ -37,14 +39,14 @@ if [ ! -f "$PG_LIB/vector.so" ]; then
       | sed -e 's/^Types:.*/Types: deb-src/' -e 's/^Suites:.*/Suites: trixie/' > "$d/src.sources"
     mkdir -p "$d/lists/partial"
     opts="-o Dir::Etc::SourceList=$d/src.sources -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$d/lists"
-    apt-get $opts update -qq
-    (cd "$d" && apt-get $opts source --download-only pgvector >/dev/null && tar xzf pgvector_*.orig.tar.gz)
+    $SUDO apt-get $opts update -qq
+    (cd "$d" && $SUDO apt-get $opts source --download-only pgvector >/dev/null && tar xzf pgvector_*.orig.tar.gz)
   else
     # Ubuntu and others: the distribution's own source package.
     (cd "$d" && apt-get source --download-only pgvector >/dev/null && tar xzf pgvector_*.orig.tar.gz)
   fi
   make -s -C "$d"/pgvector-*/ PG_CONFIG="$PG_BIN/pg_config" >/dev/null
   $SUDO make -s -C "$d"/pgvector-*/ PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
-  rm -rf "$d"
+  $SUDO rm -rf "$d"
 fi
 have_all && echo "install-postgres: ok"
