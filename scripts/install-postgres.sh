@@ -38,15 +38,17 @@ if [ ! -f "$PG_LIB/vector.so" ]; then
     awk 'BEGIN{RS=""} NR==1' "$src" \
       | sed -e 's/^Types:.*/Types: deb-src/' -e 's/^Suites:.*/Suites: trixie/' > "$d/src.sources"
     mkdir -p "$d/lists/partial"
-    opts="-o Dir::Etc::SourceList=$d/src.sources -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$d/lists"
-    $SUDO apt-get $opts update -qq
-    (cd "$d" && $SUDO apt-get $opts source --download-only pgvector >/dev/null && tar xzf pgvector_*.orig.tar.gz)
+    mkdir -p "$d/cache/archives/partial"
+    # A private lists/cache directory: needs no root, touches nothing of the system's apt state.
+    opts="-o Dir::Etc::SourceList=$d/src.sources -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$d/lists -o Dir::Cache=$d/cache -o Debug::NoLocking=1"
+    apt-get $opts update -qq
+    (cd "$d" && apt-get $opts source --download-only pgvector >/dev/null && tar xzf pgvector_*.orig.tar.gz)
   else
     # Ubuntu and others: the distribution's own source package.
     (cd "$d" && apt-get source --download-only pgvector >/dev/null && tar xzf pgvector_*.orig.tar.gz)
   fi
   make -s -C "$d"/pgvector-*/ PG_CONFIG="$PG_BIN/pg_config" >/dev/null
   $SUDO make -s -C "$d"/pgvector-*/ PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
-  $SUDO rm -rf "$d"
+  rm -rf "$d"
 fi
 have_all && echo "install-postgres: ok"
