@@ -1,0 +1,98 @@
+"""docker-compose.yml cannot run here (no Docker engine): check it statically.
+
+Every service command must parse as a real ``pgmaxsim`` invocation (subcommand
+and options), and every file it references (Dockerfiles, COPY sources) must exist.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pgmaxsim.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def dockerfile_of(service: dict[str, Any]) -> Path | None:
+    build = service.get("build")
+    if build is None:
+        return None
+    if isinstance(build, str):
+        return ROOT / build / "Dockerfile"
+    return ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+
+
+def entrypoint_is_pgmaxsim(dockerfile: Path) -> bool:
+    return bool(re.search(r'^ENTRYPOINT\s+\["pgmaxsim"\]', dockerfile.read_text(), re.M))
+
+
+def assert_parses(argv: list[str]) -> None:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on unknown subcommands/options
+        raise AssertionError(f"not a valid pgmaxsim command: {argv}") from e
+    assert callable(args.func)
+
+
+def test_services_and_wiring(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"db", "scorer", "worker"} <= set(services)
+    for name in ("scorer", "worker"):
+        svc = services[name]
+        assert "DATABASE_URL" in svc["environment"]
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices)
+        assert "healthcheck" in svc
+    assert "healthcheck" in services["db"]
+    volumes = set(compose["volumes"])
+    for svc in services.values():
+        for v in svc.get("volumes", []):
+            source = v.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in volumes, f"undeclared named volume {source}"
+
+
+def test_every_command_is_a_real_pgmaxsim_subcommand(compose: dict[str, Any]) -> None:
+    checked = 0
+    for name, svc in compose["services"].items():
+        dockerfile = dockerfile_of(svc)
+        if "command" in svc:
+            assert dockerfile is not None and entrypoint_is_pgmaxsim(dockerfile), name
+            assert_parses(list(svc["command"]))
+            checked += 1
+        test = (svc.get("healthcheck") or {}).get("test", [])
+        if isinstance(test, list) and "pgmaxsim" in test:
+            assert_parses(test[test.index("pgmaxsim") + 1:])
+            checked += 1
+    assert checked >= 3
+
+
+def test_every_referenced_file_exists(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        dockerfile = dockerfile_of(svc)
+        if dockerfile is None:
+            continue
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+        for line in dockerfile.read_text().splitlines():
+            m = re.match(r"^COPY\s+(?!--from)(.+)\s+(\S+)$", line.strip())
+            if m:
+                for src in m.group(1).split():
+                    assert (ROOT / src).exists(), f"{dockerfile.name}: COPY source {src} missing"
+
+
+def test_db_image_installs_what_plpython_needs() -> None:
+    text = (ROOT / "docker" / "Dockerfile.db").read_text()
+    assert "plpython3" in text and "pgvector" in text
+    assert re.search(r"pip3? install .*(/src|pgmaxsim)", text)
+    assert re.search(r"^FROM postgres:17", text, re.M)
