@@ -6,6 +6,11 @@ set -euo pipefail
 PG_MAJOR=${PG_MAJOR:-15}
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_LIB=/usr/lib/postgresql/$PG_MAJOR/lib
+have_all() {
+  [ -x "$PG_BIN/initdb" ] && [ -f "$PG_LIB/plpython3.so" ] && [ -f "$PG_LIB/vector.so" ]
+}
+if have_all; then echo "install-postgres: PostgreSQL $PG_MAJOR, plpython3u and pgvector already installed"; exit 0; fi
+
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
@@ -13,11 +18,6 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
   fi
 fi
-
-have_all() {
-  [ -x "$PG_BIN/initdb" ] && [ -f "$PG_LIB/plpython3.so" ] && [ -f "$PG_LIB/vector.so" ]
-}
-if have_all; then echo "install-postgres: PostgreSQL $PG_MAJOR, plpython3u and pgvector already installed"; exit 0; fi
 
 export DEBIAN_FRONTEND=noninteractive
 need_build=0
