@@ -1,0 +1,1 @@
+"""Code behind the PL/Python SQL functions (runs inside PostgreSQL: stdlib + NumPy only)."""

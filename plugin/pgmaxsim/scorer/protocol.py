@@ -1,0 +1,197 @@
+"""Wire protocol of the scorer service (stdlib + NumPy only: also runs inside Postgres).
+
+One request or reply is one *frame* on a stream socket (Unix or TCP)::
+
+    b"PGMS"  uint32 header_len  uint64 payload_len   (little-endian)
+    header   JSON object, utf-8
+    payload  the raw bytes of the arrays listed in header["arrays"], back to back
+
+``header["arrays"]`` is a list of ``[name, dtype_str, shape]``; the arrays are
+C-contiguous and little-endian. Lists of row ids travel as one ``uint8`` array
+of utf-8 text joined by NUL (PostgreSQL text cannot contain NUL), which keeps
+100K ids out of JSON.
+
+Requests (``header["op"]``):
+
+- ``ping`` -> ``{"ok": true, "backend": "cpu"|"gpu", "pid": int}``
+- ``status`` -> ``{"ok": true, "indexes": [{index, name, state, rows, tokens,
+  watermark, synced_at, lag_s, error}], "limits": {...}}``
+- ``score``: ``index`` (int id), arrays ``query`` f4 (nq, d), ``ids`` (blob),
+  ``versions`` i8 (n,) -> arrays ``scores`` f4 (n,), ``found`` u1 (n,): a row is
+  scored only when the scorer holds exactly that version; the others have
+  found = 0 and must be scored by the caller.
+- ``search``: ``index``, ``k``, ``snapshot`` (text of the caller's
+  ``pg_current_snapshot()``), arrays ``query`` and optional ``exclude`` (blob)
+  -> header ``watermark`` (the scorer's sync snapshot), ``exhausted`` (true
+  when fewer than k rows were eligible) and arrays ``ids`` (blob), ``versions``
+  i8, ``scores`` f4 (best first), ``dirty`` (blob: rows the scorer holds in a
+  state the caller's snapshot does not see yet; the caller scores those itself).
+
+Errors: ``{"ok": false, "code": CODE, "error": "one line"}`` with CODE one of
+:data:`ERROR_CODES`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"PGMS"
+_PREFIX = struct.Struct("<4sIQ")
+MAX_HEADER = 1 << 20
+ERROR_CODES = (
+    "bad_request",      # malformed request, wrong dim, bad k …
+    "limit",            # a request limit was exceeded (ids, query tokens, k, bytes)
+    "unknown_index",    # the scorer does not serve this index
+    "not_ready",        # the index is still loading, or failed to load (e.g. GPU out of memory)
+    "overloaded",       # too many requests in flight: fall back to the CPU path
+    "snapshot_too_old", # the caller's snapshot is older than the scorer's change journal
+    "internal",
+)
+DEFAULT_SOCKET = "/tmp/pgmaxsim-scorer.sock"
+
+
+class ProtocolError(Exception):
+    """Malformed frame or lost connection."""
+
+
+class ScorerError(Exception):
+    """An error reply from the scorer: ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------- frames
+
+def encode_frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> list[bytes | memoryview]:
+    """Frame ``header`` + ``arrays`` as a list of buffers (for ``sendmsg``/``sendall``)."""
+    specs = []
+    bufs: list[bytes | memoryview] = []
+    total = 0
+    for name, arr in (arrays or {}).items():
+        a = np.ascontiguousarray(arr)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        specs.append([name, a.dtype.str, list(a.shape)])
+        bufs.append(memoryview(a).cast("B") if a.size else b"")
+        total += a.nbytes
+    head = dict(header)
+    head["arrays"] = specs
+    hbytes = json.dumps(head, separators=(",", ":")).encode()
+    return [_PREFIX.pack(MAGIC, len(hbytes), total), hbytes, *bufs]
+
+
+def send_frame(sock: socket.socket, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    for buf in encode_frame(header, arrays):
+        if len(buf):
+            sock.sendall(buf)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = sock.recv_into(view[got:], n - got)
+        if r == 0:
+            raise ProtocolError("connection closed by peer")
+        got += r
+    return buf
+
+
+def recv_frame(sock: socket.socket, max_payload: int = 1 << 34) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read one frame; returns ``(header, arrays)``. Raises ProtocolError."""
+    magic, hlen, plen = _PREFIX.unpack(bytes(_recv_exact(sock, _PREFIX.size)))
+    if magic != MAGIC:
+        raise ProtocolError("not a pgmaxsim scorer frame")
+    if hlen > MAX_HEADER:
+        raise ProtocolError(f"frame header too large ({hlen} bytes)")
+    if plen > max_payload:
+        raise ScorerError("limit", f"request payload of {plen} bytes exceeds the limit of {max_payload} bytes")
+    header = json.loads(bytes(_recv_exact(sock, hlen)))
+    payload = _recv_exact(sock, plen) if plen else bytearray()
+    arrays: dict[str, np.ndarray] = {}
+    off = 0
+    for name, dt, shape in header.pop("arrays", []):
+        dtype = np.dtype(dt)
+        count = int(np.prod(shape)) if shape else 1
+        nbytes = count * dtype.itemsize
+        if off + nbytes > plen:
+            raise ProtocolError("frame payload shorter than its arrays")
+        arrays[name] = np.frombuffer(payload, dtype=dtype, count=count, offset=off).reshape(shape)
+        off += nbytes
+    return header, arrays
+
+
+# ---------------------------------------------------------------- id lists
+
+def pack_ids(ids: Iterable[str]) -> np.ndarray:
+    """Text ids -> one uint8 array (utf-8 joined by NUL)."""
+    ids = list(ids)
+    if not ids:
+        return np.zeros(0, dtype=np.uint8)
+    blob = "\0".join(ids).encode()
+    # A trailing NUL lets an empty single id ("") round-trip.
+    return np.frombuffer(blob + b"\0", dtype=np.uint8)
+
+
+def unpack_ids(arr: np.ndarray | None) -> list[str]:
+    if arr is None or arr.size == 0:
+        return []
+    return arr.tobytes()[:-1].decode().split("\0")
+
+
+# ---------------------------------------------------------------- snapshots
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A PostgreSQL ``pg_snapshot`` (text form ``xmin:xmax:xip1,xip2,...``)."""
+
+    xmin: int
+    xmax: int
+    xip: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> "Snapshot":
+        try:
+            xmin_s, xmax_s, xip_s = text.strip().split(":")
+            xip = frozenset(int(x) for x in xip_s.split(",") if x)
+            return cls(int(xmin_s), int(xmax_s), xip)
+        except ValueError as exc:
+            raise ScorerError("bad_request", f"not a pg_snapshot: {text!r}") from exc
+
+    def sees(self, xid: int) -> bool:
+        """True when a *committed* transaction ``xid`` is visible in this snapshot."""
+        if xid < self.xmin:
+            return True
+        if xid >= self.xmax:
+            return False
+        return xid not in self.xip
+
+    def text(self) -> str:
+        return f"{self.xmin}:{self.xmax}:{','.join(str(x) for x in sorted(self.xip))}"
+
+
+def check_query(query: Any, dim: int | None = None) -> np.ndarray:
+    """Validate a query token matrix; returns it as C-contiguous float32 ``(nq, d)``."""
+    q = np.asarray(query, dtype=np.float32)
+    if q.ndim != 2 or q.shape[0] == 0 or q.shape[1] == 0:
+        raise ScorerError("bad_request", f"query must be a non-empty (n_tokens, dim) array, got shape {q.shape}")
+    if dim is not None and q.shape[1] != dim:
+        raise ScorerError("bad_request", f"query dim {q.shape[1]} does not match the index dim {dim}")
+    if not np.isfinite(q).all():
+        raise ScorerError("bad_request", "query contains NaN or infinite values")
+    return np.ascontiguousarray(q)
+
+
+def as_i8(values: Sequence[int] | np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values, dtype=np.int64))
