@@ -254,16 +254,18 @@ class Encoder(abc.ABC):
             raise PgmaxsimError("a path is not a document: load it with pgmaxsim.encoders.inputs.load_image")
         raise PgmaxsimError(f"cannot encode an object of type {type(item).__name__}")
 
-    def _finish(self, emb: Any, what: str) -> np.ndarray:
+    def _finish(self, emb: Any, what: str = "") -> np.ndarray:
+        """Check shape/finiteness and L2-normalise one item's (n, dim) embeddings."""
+        pre = f"{what}: " if what else ""
         arr = np.asarray(emb, dtype=np.float32)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise PgmaxsimError(f"{what}: model gave shape {arr.shape}, expected (n, {self.dim})")
+            raise PgmaxsimError(f"{pre}model gave shape {arr.shape}, expected (n, {self.dim})")
         if arr.shape[0] == 0:
-            raise PgmaxsimError(f"{what}: model gave no tokens")
+            raise PgmaxsimError(f"{pre}model gave no tokens")
         if not np.isfinite(arr).all():
-            raise PgmaxsimError(f"{what}: model gave non-finite values")
+            raise PgmaxsimError(f"{pre}model gave non-finite values")
         return l2_normalise(arr)
 
     def _run_batched(
@@ -279,14 +281,13 @@ class Encoder(abc.ABC):
             try:
                 embs = encode([prepared[j] for j in batch])
                 for j, e in zip(batch, embs):
-                    out[j] = self._finish(e, describe_item(originals[idx[j]]))
+                    out[j] = self._finish(e)
                 continue
-            except Exception:
-                if len(batch) == 1:
-                    pass  # fall through to the one-by-one path for its message
-            for j in batch:  # isolate the bad item(s)
+            except Exception:  # noqa: BLE001 - retried one by one below
+                pass
+            for j in batch:  # isolate the bad item(s); the others still encode
                 try:
-                    out[j] = self._finish(encode([prepared[j]])[0], describe_item(originals[idx[j]]))
+                    out[j] = self._finish(encode([prepared[j]])[0])
                 except Exception as exc:  # noqa: BLE001 - reported per item
                     msg = str(exc).strip().splitlines()
                     out[j] = ItemError(idx[j], describe_item(originals[idx[j]]),

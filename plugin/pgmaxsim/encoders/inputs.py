@@ -174,6 +174,8 @@ def load_image(data: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImag
             img = ImageOps.exif_transpose(img)
     except PgmaxsimError:
         raise
+    except Image.UnidentifiedImageError:
+        raise PgmaxsimError(f"image {desc} is not in a recognised image format") from None
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise PgmaxsimError(f"image {desc} could not be decoded: {_one_line(exc)}") from None
     img = to_rgb(img)
