@@ -176,6 +176,12 @@ def load_image(data: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImag
         raise
     except Image.UnidentifiedImageError:
         raise PgmaxsimError(f"image {desc} is not in a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(m.group(1)) / 1e6:.0f} MP" if m else "too many pixels"
+        raise PgmaxsimError(
+            f"image {desc} is {size}, over the {MAX_DECODE_PIXELS / 1e6:.0f} MP decode limit"
+        ) from None
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise PgmaxsimError(f"image {desc} could not be decoded: {_one_line(exc)}") from None
     img = to_rgb(img)
