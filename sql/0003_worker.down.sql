@@ -1,4 +1,4 @@
--- pgmaxsim 0002 downgrade: remove what 0002 created. Released file: never edit.
+-- pgmaxsim 0003 downgrade: remove what 0002 created. Released file: never edit.
 DROP TRIGGER IF EXISTS indexes_drop_reembed_shadow ON maxsim.indexes;
 DROP FUNCTION IF EXISTS maxsim.drop_reembed_shadow();
 DROP TABLE IF EXISTS maxsim.reembeds;

@@ -1,6 +1,6 @@
--- pgmaxsim 0002 (worker): per-batch ingest log (throughput in `pgmaxsim status`), worker state,
+-- pgmaxsim 0003 (worker): per-batch ingest log (throughput in `pgmaxsim status`), worker state,
 -- and re-embedding of an index under a new model alongside the old one.
--- Released file: never edit (its sha256 is pinned in migrations/versions/0002_worker.py).
+-- Released file: never edit (its sha256 is pinned in migrations/versions/0003_worker.py).
 
 ALTER TABLE maxsim.workers
     ADD COLUMN state   text NOT NULL DEFAULT 'starting',
