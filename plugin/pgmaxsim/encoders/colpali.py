@@ -236,8 +236,15 @@ class ColVisionEncoder(Encoder):
 
     def _tokenize(self, strings: list[str]) -> Any:
         if self.family == "colpali":
-            return self._processor.tokenizer(strings, text_pair=None, return_token_type_ids=False,
-                                             return_tensors="pt", padding="longest")
+            batch = self._processor.tokenizer(strings, text_pair=None, return_token_type_ids=False,
+                                              return_tensors="pt", padding="longest")
+            # PaliGemma attends bidirectionally over its prefix at inference (as
+            # the transformers 4.x versions ColPali was made with did for text
+            # without token_type_ids). transformers 5 falls back to another mask
+            # when token_type_ids is absent *and* the batch is padded, so a
+            # padded batch differed from one-by-one; all-prefix ids fix that.
+            batch["token_type_ids"] = self._torch.zeros_like(batch["input_ids"])
+            return batch
         return self._processor(text=strings, return_tensors="pt", padding="longest")
 
     def _forward(self, batch: Any) -> list[np.ndarray]:
