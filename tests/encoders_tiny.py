@@ -37,7 +37,14 @@ CORPUS = [
 def _tokenizer(special: list[str], *, bos: str | None, eos: str | None, pad: str,
                unk: str | None = None, padding_side: str = "right", add_bos: bool = False):
     """A small byte-level BPE tokenizer with the given special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=unk))
@@ -69,7 +76,10 @@ QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>
 
 
 def _qwen_processor(processor_cls):
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers.models.qwen2_vl import (
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     tok = _tokenizer(QWEN_SPECIAL, bos=None, eos="<|im_end|>", pad="<|endoftext|>", padding_side="left")
     image_processor = Qwen2VLImageProcessor(
@@ -88,17 +98,22 @@ def _qwen_ids(tok) -> dict[str, int]:
 
 
 def _qwen_text_config(tok) -> dict:
-    return dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=2048,
-        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-    )
+    return {
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 2048,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": None,
+    }
 
 
 def build_colqwen2_5(out: Path, *, single_vector: bool = False, seed: int = 0) -> Path:
     """Tiny ColQwen2.5 (or BiQwen2.5 with ``single_vector``) → ``out``."""
-    from colpali_engine.models import BiQwen2_5, BiQwen2_5_Processor, ColQwen2_5, ColQwen2_5_Processor
+    from colpali_engine.models import (
+        BiQwen2_5,
+        BiQwen2_5_Processor,
+        ColQwen2_5,
+        ColQwen2_5_Processor,
+    )
     from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig
 
     proc_cls, model_cls = ((BiQwen2_5_Processor, BiQwen2_5) if single_vector
@@ -107,8 +122,8 @@ def build_colqwen2_5(out: Path, *, single_vector: bool = False, seed: int = 0) -
     tok = processor.tokenizer
     config = Qwen2_5_VLConfig(
         text_config=_qwen_text_config(tok),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
-                           out_hidden_size=64, fullatt_block_indexes=[1], window_size=56),
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                           "out_hidden_size": 64, "fullatt_block_indexes": [1], "window_size": 56},
         **_qwen_ids(tok),
     )
     torch.manual_seed(seed)
@@ -125,7 +140,7 @@ def build_colqwen2(out: Path, *, seed: int = 0) -> Path:
     tok = processor.tokenizer
     config = Qwen2VLConfig(
         text_config=_qwen_text_config(tok),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2),
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2, "num_heads": 2},
         **_qwen_ids(tok),
     )
     torch.manual_seed(seed)
@@ -147,13 +162,13 @@ def build_colpali(out: Path, *, seed: int = 0) -> Path:
     processor = ColPaliProcessor(image_processor=image_processor, tokenizer=tok, image_seq_length=4)
     image_id = tok.convert_tokens_to_ids("<image>")
     config = PaliGemmaConfig(
-        text_config=dict(model_type="gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=1, head_dim=16, vocab_size=len(tok),
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id),
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14,
-                           projection_dim=64),
+        text_config={"model_type": "gemma", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "vocab_size": len(tok),
+                         "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                         "eos_token_id": tok.eos_token_id},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                           "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+                           "projection_dim": 64},
         image_token_index=image_id, projection_dim=64, hidden_size=64, vocab_size=len(tok),
         pad_token_id=tok.pad_token_id,
     )
@@ -179,12 +194,12 @@ def build_colidefics3(out: Path, *, seed: int = 0) -> Path:
                                              do_image_splitting=True)
     processor = ColIdefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4)
     config = Idefics3Config(
-        text_config=dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok),
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=56, patch_size=14),
+        text_config={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(tok),
+                         "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                         "eos_token_id": tok.eos_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                           "image_size": 56, "patch_size": 14},
         scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"), vocab_size=len(tok),
         pad_token_id=tok.pad_token_id,
     )

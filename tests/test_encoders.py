@@ -8,15 +8,20 @@ import io
 import json
 from pathlib import Path
 
+import encoders_tiny as tiny
 import numpy as np
 import pytest
-from PIL import Image
-
-import encoders_tiny as tiny
-from pgmaxsim.encoders import Encoder, ItemError, load_encoder, render_pdf, resolve_family
+from pgmaxsim.encoders import (
+    Encoder,
+    ItemError,
+    load_encoder,
+    render_pdf,
+    resolve_family,
+)
 from pgmaxsim.encoders.base import plan_batches
 from pgmaxsim.encoders.prompts import era_of, prompt_format
 from pgmaxsim.errors import PgmaxsimError
+from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 ATOL = 1e-4

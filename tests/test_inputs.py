@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from pgmaxsim.encoders.inputs import (
     MAX_DECODE_PIXELS,
     PdfPage,
@@ -19,6 +17,7 @@ from pgmaxsim.encoders.inputs import (
     to_rgb,
 )
 from pgmaxsim.errors import PgmaxsimError
+from PIL import Image
 
 DATA = Path(__file__).parent / "data"
 

@@ -20,6 +20,7 @@ fails, its items are retried one by one to find the culprit.
 from __future__ import annotations
 
 import abc
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from ..errors import PgmaxsimError
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = 8192
 DEFAULT_MAX_BATCH_ITEMS = 64
@@ -283,8 +286,8 @@ class Encoder(abc.ABC):
                 for j, e in zip(batch, embs):
                     out[j] = self._finish(e)
                 continue
-            except Exception:  # noqa: BLE001 - retried one by one below
-                pass
+            except Exception as exc:  # noqa: BLE001 - retried one by one below
+                log.debug("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for j in batch:  # isolate the bad item(s); the others still encode
                 try:
                     out[j] = self._finish(encode([prepared[j]])[0])

@@ -61,7 +61,7 @@ _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 def _import_colpali() -> Any:
     try:
         import torch  # noqa: F401
-        import colpali_engine.models as models
+        from colpali_engine import models
     except ImportError as exc:
         raise MissingExtraError("colpali-engine", "colpali") from exc
     return models
@@ -81,11 +81,11 @@ def read_adapter_config(target: str, revision: str | None, local_files_only: boo
     try:
         from huggingface_hub import hf_hub_download
 
-        f = hf_hub_download(target, "adapter_config.json", revision=revision,
-                            local_files_only=local_files_only)
+        downloaded = hf_hub_download(target, "adapter_config.json", revision=revision,
+                                     local_files_only=local_files_only)
     except Exception:  # noqa: BLE001 - not an adapter, or not reachable: from_pretrained reports
         return None
-    return json.loads(Path(f).read_text())
+    return json.loads(Path(downloaded).read_text())
 
 
 def _has_processor(target: str) -> bool:

@@ -178,11 +178,11 @@ def load_image(data: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImag
         raise PgmaxsimError(f"image {desc} is not in a recognised image format") from None
     except Image.DecompressionBombError as exc:
         m = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(m.group(1)) / 1e6:.0f} MP" if m else "too many pixels"
+        claimed = f"{int(m.group(1)) / 1e6:.0f} MP" if m else "too many pixels"
         raise PgmaxsimError(
-            f"image {desc} is {size}, over the {MAX_DECODE_PIXELS / 1e6:.0f} MP decode limit"
+            f"image {desc} is {claimed}, over the {MAX_DECODE_PIXELS / 1e6:.0f} MP decode limit"
         ) from None
-    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise PgmaxsimError(f"image {desc} could not be decoded: {_one_line(exc)}") from None
     img = to_rgb(img)
     size = fit_size(img.width, img.height, max_pixels)

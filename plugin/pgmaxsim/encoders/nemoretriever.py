@@ -48,7 +48,7 @@ def check_requirements(model: str, device: str) -> None:
         return
     missing = []
     if not device.startswith("cuda"):
-        missing.append("a CUDA GPU (device is %r)" % device)
+        missing.append(f"a CUDA GPU (device is {device!r})")
     if importlib.util.find_spec("flash_attn") is None:
         missing.append("flash_attn (pip install flash-attn --no-build-isolation)")
     if missing:

@@ -154,9 +154,14 @@ def load_encoder(
     ``max_length``, ``local_files_only``) are passed on.
     """
     family, target = resolve_family(model)
-    common = {"revision": revision, "device": device, "dtype": dtype, "batch_tokens": batch_tokens}
+    common: dict[str, Any] = {"revision": revision, "device": device, "dtype": dtype, "batch_tokens": batch_tokens}
     if family == "text":
-        from .text import DEFAULT_MODEL_NAME, TextEncoder, default_model_path, load_default
+        from .text import (
+            DEFAULT_MODEL_NAME,
+            TextEncoder,
+            default_model_path,
+            load_default,
+        )
 
         if target == "default":
             if revision is not None:
