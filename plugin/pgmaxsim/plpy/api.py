@@ -1,0 +1,151 @@
+"""Entry points of the PL/Python functions (sql/0002_scoring_plpython.sql).
+
+Every function takes the ``plpy`` module of the calling backend first. Token
+arrays arrive as ``array_send`` blobs (bytea) and are fetched from token tables
+the same way, in chunks, so nothing is ever parsed from vector text. Scores for
+the ids a scorer service holds come from it (:mod:`.remote`); the rest are
+computed here with NumPy (:mod:`.cpu`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from pgmaxsim import pooling
+from pgmaxsim.db.codec import CodecError
+from pgmaxsim.plpy import cpu, remote
+from pgmaxsim.plpy.tokens import decode_query, pack
+
+# Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
+# 1,000-token d=128 pages) while keeping the matrix product large enough to be efficient.
+FETCH_ROWS = 128
+
+_plans: dict[str, Any] = {}
+
+
+def _plan(plpy: Any, sql: str, types: Iterable[str] = ()) -> Any:
+    plan = _plans.get(sql)
+    if plan is None:
+        plan = plpy.prepare(sql, list(types))
+        _plans[sql] = plan
+    return plan
+
+
+def _fail(plpy: Any, message: str, sqlstate: str = "22023") -> None:
+    plpy.error("pgmaxsim: " + message, sqlstate=sqlstate)
+
+
+def index_by_id(plpy: Any, index_id: int) -> dict[str, Any]:
+    rows = plpy.execute(_plan(
+        plpy,
+        "SELECT i.id, i.name, i.token_table, i.dim, i.id_type::text AS id_type, i.pooling,"
+        " i.options::text AS options FROM maxsim.indexes i WHERE i.id = $1",
+        ["integer"]), [index_id])
+    if not rows:
+        _fail(plpy, f"index with id {index_id} does not exist", "42704")
+    index = dict(rows[0])
+    index["options"] = json.loads(index["options"])
+    return index
+
+
+def _decode(plpy: Any, blob: bytes, what: str) -> np.ndarray:
+    try:
+        arr = decode_query(blob)
+    except CodecError as e:
+        _fail(plpy, f"{what}: {e}")
+    return arr
+
+
+def _query(plpy: Any, blob: bytes | None, dim: int | None) -> np.ndarray:
+    if blob is None:
+        _fail(plpy, "query is NULL", "22004")
+    q = _decode(plpy, blob, "query")
+    if q.shape[0] == 0:
+        _fail(plpy, "query is empty (it needs at least one token vector)")
+    if dim is not None and q.shape[1] != dim:
+        _fail(plpy, f"query vectors have {q.shape[1]} dimensions, the index has {dim}", "22000")
+    return q
+
+
+def _ranked(scores: dict[str, float], k: int | None) -> list[tuple[str, float]]:
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ranked if k is None else ranked[:k]
+
+
+def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any], out: dict[str, float]) -> None:
+    if not rows:
+        return
+    try:
+        tokens, offsets = pack([r["tokens"] for r in rows], index["dim"])
+    except CodecError as e:
+        _fail(plpy, f"stored tokens of index {index['name']!r} are malformed: {e}", "XX000")
+    scores = cpu.maxsim_packed(q, tokens, offsets)
+    for r, s in zip(rows, scores.tolist()):
+        out[r["id"]] = s
+
+
+def _fetch_sql(index: dict[str, Any], where: str) -> str:
+    return (f"SELECT t.id::text AS id, pg_catalog.array_send(t.tokens) AS tokens"
+            f" FROM maxsim.{index['token_table']} t {where}")
+
+
+def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, k: int | None) -> list[tuple[str, float]]:
+    """Exact MaxSim of rows ``ids`` (text keys; None = every row), best ``k`` first (None = all)."""
+    index = index_by_id(plpy, index_id)
+    q = _query(plpy, query, index["dim"])
+    if k is not None and k <= 0:
+        _fail(plpy, f"k must be positive, got {k}")
+    scores: dict[str, float] = {}
+    if ids is None:
+        found = remote.search_all(plpy, index, q, k)
+        if found is not None:
+            return found
+        cursor = plpy.cursor(_plan(plpy, _fetch_sql(index, "")))
+        while True:
+            rows = cursor.fetch(FETCH_ROWS)
+            if not rows:
+                break
+            _score_rows(plpy, index, q, list(rows), scores)
+        return _ranked(scores, k)
+    keys = list(dict.fromkeys(i for i in ids if i is not None))
+    if not keys:
+        return []
+    got = remote.score_ids(plpy, index, q, keys)
+    if got:
+        scores.update(got)
+        keys = [i for i in keys if i not in got]
+    plan = _plan(plpy, _fetch_sql(index, f"WHERE t.id = ANY ($1::{index['id_type']}[])"), ["text[]"])
+    for start in range(0, len(keys), FETCH_ROWS):
+        rows = plpy.execute(plan, [keys[start:start + FETCH_ROWS]])
+        _score_rows(plpy, index, q, list(rows), scores)
+    return _ranked(scores, k)
+
+
+def maxsim(plpy: Any, doc: bytes, query: bytes) -> float | None:
+    """Scalar MaxSim of two token arrays (``maxsim.maxsim``); None for an empty document."""
+    q = _query(plpy, query, None)
+    d = _decode(plpy, doc, "document")
+    if d.shape[0] == 0:
+        return None
+    if d.shape[1] != q.shape[1]:
+        _fail(plpy, f"document vectors have {d.shape[1]} dimensions, query vectors {q.shape[1]}", "22000")
+    return cpu.maxsim_one(d, q)
+
+
+def _vector_text(v: np.ndarray) -> str:
+    return "[" + ",".join(repr(x) for x in np.asarray(v, dtype=np.float32).tolist()) + "]"
+
+
+def pool(plpy: Any, tokens: bytes, n_centroids: int) -> list[str]:
+    """``{mean, centroid 1..n}`` of one row's tokens, as halfvec text (``maxsim._pool``)."""
+    t = _decode(plpy, tokens, "tokens")
+    if t.shape[0] == 0:
+        _fail(plpy, "tokens are empty (a row needs at least one token vector)")
+    out = [_vector_text(pooling.mean_pool(t))]
+    if n_centroids > 0:
+        out.extend(_vector_text(c) for c in pooling.centroids(t, n_centroids))
+    return out

@@ -1,0 +1,221 @@
+"""The writer of token rows: binary COPY into an index's token (and centroid) table.
+
+``write_rows`` is THE write path (the ingestion worker and ``Index.upsert`` call it):
+
+1. validate and pool each row in Python (``pgmaxsim.pooling``),
+2. take a transaction-scoped advisory lock per row key (sorted, so concurrent writers
+   of overlapping rows queue up instead of deadlocking or colliding),
+3. delete the rows' previous embeddings (centroids go with them, ON DELETE CASCADE),
+4. binary COPY the new token rows, then their centroids.
+
+The whole write is one transaction (a savepoint when the caller already has one open,
+e.g. the worker dequeuing in the same transaction), so it is idempotent per id: writing
+the same rows twice leaves one copy of each. Run it at READ COMMITTED (the default).
+Each written row gets a new ``version`` and a ``maxsim.changes`` entry from the token
+table's trigger.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from pgmaxsim import pooling
+from pgmaxsim.db.codec import CodecError, encode_halfvec, encode_halfvec_array
+from pgmaxsim.errors import PgmaxsimError
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_TRAILER = struct.pack("!h", -1)
+_INT_TYPES = {"smallint": "!h", "integer": "!i", "bigint": "!q"}
+_NULL = struct.pack("!i", -1)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """One row of ``maxsim.indexes`` plus what writers need (the halfvec type oid)."""
+
+    id: int
+    name: str
+    source: str | None
+    id_column: str | None
+    id_type: str
+    text_column: str | None
+    image_column: str | None
+    model: str | None
+    model_revision: str | None
+    dim: int
+    pooling: str
+    options: dict[str, Any] = field(default_factory=dict)
+    token_table: str = ""
+    halfvec_oid: int = 0
+
+    @property
+    def centroid_table(self) -> str | None:
+        return f"cen_{self.id}" if self.pooling == "centroids" else None
+
+    def key_text(self, key: Any) -> str:
+        """A row key as its text form in the database (what ``id::text`` gives)."""
+        if key is None:
+            raise PgmaxsimError(f"index {self.name!r}: a row id is None")
+        if self.id_type in _INT_TYPES:
+            if isinstance(key, (bool, float)) or not isinstance(key, (int, np.integer, str)):
+                raise PgmaxsimError(f"index {self.name!r} has {self.id_type} keys, got {key!r}")
+            try:
+                return str(int(key))
+            except ValueError:
+                raise PgmaxsimError(f"index {self.name!r} has {self.id_type} keys, got {key!r}") from None
+        if self.id_type == "uuid":
+            try:
+                return str(key if isinstance(key, uuid.UUID) else uuid.UUID(str(key)))
+            except ValueError:
+                raise PgmaxsimError(f"index {self.name!r} has uuid keys, got {key!r}") from None
+        return str(key)
+
+    def key_from_text(self, text: str) -> Any:
+        """The Python value of a key rendered as text (``maxsim.search`` ids)."""
+        if self.id_type in _INT_TYPES:
+            return int(text)
+        if self.id_type == "uuid":
+            return uuid.UUID(text)
+        return text
+
+    def _key_binary(self, text: str) -> bytes:
+        fmt = _INT_TYPES.get(self.id_type)
+        if fmt is not None:
+            try:
+                return struct.pack(fmt, int(text))
+            except struct.error:
+                raise PgmaxsimError(f"row id {text} is out of range for {self.id_type}") from None
+        if self.id_type == "uuid":
+            return uuid.UUID(text).bytes
+        return text.encode("utf-8")
+
+
+def get_index(conn: psycopg.Connection[Any], name: str) -> IndexInfo:
+    """Load an index's registry row, or raise PgmaxsimError naming it."""
+    row = conn.execute(
+        "SELECT i.id, i.name, i.source::text, i.id_column, i.id_type::text, i.text_column, i.image_column,"
+        " i.model, i.model_revision, i.dim, i.pooling, i.options, i.token_table,"
+        " (SELECT t.typelem FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
+        "   WHERE a.attrelid = pg_catalog.to_regclass('maxsim.' || pg_catalog.quote_ident(i.token_table))"
+        "     AND a.attname = 'tokens')"
+        " FROM maxsim.indexes i WHERE i.name = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        raise PgmaxsimError(f'index "{name}" does not exist')
+    options = row[11] if isinstance(row[11], dict) else json.loads(row[11])
+    return IndexInfo(id=row[0], name=row[1], source=row[2], id_column=row[3], id_type=row[4],
+                     text_column=row[5], image_column=row[6], model=row[7], model_revision=row[8],
+                     dim=row[9], pooling=row[10], options=options, token_table=row[12],
+                     halfvec_oid=int(row[13] or 0))
+
+
+def _field(data: bytes | None) -> bytes:
+    return _NULL if data is None else struct.pack("!i", len(data)) + data
+
+
+def _check_tokens(index: IndexInfo, key: str, emb: Any) -> np.ndarray:
+    arr = np.asarray(emb)
+    if arr.ndim != 2:
+        raise PgmaxsimError(f"row {key}: embeddings must be a 2-D (n_tokens, dim) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise PgmaxsimError(f"row {key}: embeddings are empty (a row needs at least one token vector)")
+    if arr.shape[1] != index.dim:
+        raise PgmaxsimError(f"row {key}: embeddings have {arr.shape[1]} dimensions, index {index.name!r} has {index.dim}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise PgmaxsimError(f"row {key}: embeddings must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+def write_rows(
+    conn: psycopg.Connection[Any],
+    index: IndexInfo,
+    ids: Sequence[Any],
+    embeddings: Sequence[Any],
+    *,
+    model: str | None = None,
+    model_revision: str | None = None,
+    content_hashes: Sequence[bytes | None] | None = None,
+) -> int:
+    """Write (insert or replace) the token embeddings of rows ``ids``; returns rows written.
+
+    ``embeddings[i]`` is an ``(n_i, dim)`` float array for ``ids[i]``. A key given twice
+    keeps its last embeddings. Raises PgmaxsimError for bad input before writing anything.
+    """
+    if len(ids) != len(embeddings):
+        raise PgmaxsimError(f"{len(ids)} ids but {len(embeddings)} embeddings")
+    if content_hashes is not None and len(content_hashes) != len(ids):
+        raise PgmaxsimError(f"{len(ids)} ids but {len(content_hashes)} content hashes")
+    latest: dict[str, int] = {}
+    for i, key in enumerate(ids):
+        latest[index.key_text(key)] = i
+    if not latest:
+        return 0
+    m = None if model is None else model.encode("utf-8")
+    rev = None if model_revision is None else model_revision.encode("utf-8")
+    tok_rows: list[bytes] = []
+    cen_rows: list[bytes] = []
+    for key, i in latest.items():
+        arr = _check_tokens(index, key, embeddings[i])
+        try:
+            tokens = encode_halfvec_array(arr, index.halfvec_oid)
+            pooled, cents = pooling.pool(arr.astype(np.float16).astype(np.float32), index.pooling, index.options)
+            pooled_bin = encode_halfvec(pooled)
+        except CodecError as e:
+            raise PgmaxsimError(f"row {key}: {e}") from None
+        kb = index._key_binary(key)
+        h = None if content_hashes is None else content_hashes[i]
+        tok_rows.append(struct.pack("!h", 7) + _field(kb) + _field(tokens) + _field(struct.pack("!i", len(arr)))
+                        + _field(pooled_bin) + _field(m) + _field(rev) + _field(None if h is None else bytes(h)))
+        if cents is not None:
+            for c, vec in enumerate(cents):
+                cen_rows.append(struct.pack("!h", 3) + _field(kb) + _field(struct.pack("!h", c))
+                                + _field(encode_halfvec(vec)))
+    keys = list(latest)
+    tok = sql.Identifier("maxsim", index.token_table)
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_catalog.pg_advisory_xact_lock(%s, s.h) FROM (SELECT DISTINCT pg_catalog.hashtext(x) AS h"
+            " FROM pg_catalog.unnest(%s::text[]) AS u(x) ORDER BY 1) s",
+            (index.id, keys),
+        )
+        cur.execute(
+            sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(tok, sql.SQL(index.id_type)),
+            (keys,),
+        )
+        _copy(cur, sql.SQL("COPY {} (id, tokens, n_tokens, pooled, model, model_revision, content_hash)"
+                           " FROM STDIN (FORMAT binary)").format(tok), tok_rows)
+        if cen_rows and index.centroid_table:
+            _copy(cur, sql.SQL("COPY {} (row_id, c, vec) FROM STDIN (FORMAT binary)").format(
+                sql.Identifier("maxsim", index.centroid_table)), cen_rows)
+    return len(keys)
+
+
+def _copy(cur: psycopg.Cursor[Any], statement: sql.Composable, rows: list[bytes]) -> None:
+    with cur.copy(statement) as copy:
+        copy.write(_COPY_HEADER)
+        for row in rows:
+            copy.write(row)
+        copy.write(_COPY_TRAILER)
+
+
+def delete_rows(conn: psycopg.Connection[Any], index: IndexInfo, ids: Sequence[Any]) -> int:
+    """Remove rows' embeddings (ids not in the index are ignored); returns rows removed."""
+    keys = [index.key_text(k) for k in ids]
+    if not keys:
+        return 0
+    cur = conn.execute(
+        sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(
+            sql.Identifier("maxsim", index.token_table), sql.SQL(index.id_type)),
+        (keys,),
+    )
+    return cur.rowcount

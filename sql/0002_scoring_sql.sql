@@ -1,0 +1,95 @@
+-- pgmaxsim 0002 scoring, pure SQL: for servers without plpython3u (the embedded PostgreSQL,
+-- managed services). Same signatures as 0002_scoring_plpython.sql; exact, slower.
+-- '@vector@' is replaced by the (quoted) schema of the pgvector extension when installed.
+-- Released file: never edit once its revision is released (sha256 pinned in the revision).
+
+-- MaxSim, dot-product form: sum over query tokens of the max over document tokens of <q, d>.
+CREATE FUNCTION maxsim.maxsim(doc @vector@.halfvec[], query @vector@.halfvec[]) RETURNS real
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    s double precision;
+BEGIN
+    IF pg_catalog.cardinality(query) = 0 THEN
+        RAISE EXCEPTION 'pgmaxsim: query is empty (it needs at least one token vector)' USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.array_position(query, NULL) IS NOT NULL OR pg_catalog.array_position(doc, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: token arrays must not contain NULL vectors' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF pg_catalog.cardinality(doc) = 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT sum(m.best) INTO s FROM (
+        SELECT max(-(d.v OPERATOR(@vector@.<#>) q.v)) AS best
+          FROM pg_catalog.unnest(query) WITH ORDINALITY AS q(v, i)
+         CROSS JOIN pg_catalog.unnest(doc) AS d(v)
+         GROUP BY q.i) m;
+    RETURN s;
+END
+$$;
+
+-- Exact MaxSim of the rows `ids` (text keys; NULL = every row) of index `index_id`, best `k` first.
+CREATE FUNCTION maxsim._score(index_id integer, query @vector@.halfvec[], ids text[], k integer)
+RETURNS TABLE (id text, score real)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+BEGIN
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    IF ids IS NULL THEN
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT t.id::text, maxsim.maxsim(t.tokens, $1) AS s FROM maxsim.%I t ORDER BY s DESC, 1 LIMIT $2',
+            r.token_table) USING query, k;
+    ELSE
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT t.id::text, maxsim.maxsim(t.tokens, $1) AS s FROM maxsim.%I t'
+            ' WHERE t.id = ANY ($3::%s[]) ORDER BY s DESC, 1 LIMIT $2',
+            r.token_table, r.id_type) USING query, k, ids;
+    END IF;
+END
+$$;
+
+-- {normalised mean, centroid 1..n} of one row's tokens: spherical k-means, strided start,
+-- a fixed number of rounds (the same algorithm as pgmaxsim.pooling, in SQL).
+CREATE FUNCTION maxsim._pool(tokens @vector@.halfvec[], n_centroids integer) RETURNS @vector@.halfvec[]
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    n integer := pg_catalog.cardinality(tokens);
+    mean @vector@.halfvec;
+    cents @vector@.vector[];
+    updated @vector@.vector[];
+    round integer;
+BEGIN
+    SELECT @vector@.l2_normalize(@vector@.avg(t::@vector@.vector))::@vector@.halfvec INTO mean
+      FROM pg_catalog.unnest(tokens) AS u(t);
+    IF n_centroids <= 0 THEN
+        RETURN ARRAY[mean];
+    END IF;
+    n_centroids := least(n_centroids, n);
+    cents := ARRAY(SELECT tokens[(((2 * j + 1) * n) / (2 * n_centroids)) + 1]::@vector@.vector
+                     FROM pg_catalog.generate_series(0, n_centroids - 1) AS g(j) ORDER BY j);
+    FOR round IN 1..8 LOOP
+        -- assign each token to its most similar centroid; move each centroid to its members'
+        -- normalised mean (a centroid without members stays where it is)
+        updated := ARRAY(
+            SELECT coalesce(m.c, cents[g.j])
+              FROM pg_catalog.generate_series(1, n_centroids) AS g(j)
+              LEFT JOIN (
+                  SELECT a.j, @vector@.l2_normalize(@vector@.avg(a.t)) AS c FROM (
+                      SELECT u.t::@vector@.vector AS t,
+                             (SELECT cc.j FROM pg_catalog.unnest(cents) WITH ORDINALITY AS cc(c, j)
+                               ORDER BY u.t::@vector@.vector OPERATOR(@vector@.<#>) cc.c, cc.j LIMIT 1) AS j
+                        FROM pg_catalog.unnest(tokens) AS u(t)) a
+                   GROUP BY a.j) m ON m.j = g.j
+             ORDER BY g.j);
+        EXIT WHEN updated = cents;
+        cents := updated;
+    END LOOP;
+    RETURN ARRAY[mean] || ARRAY(SELECT c::@vector@.halfvec FROM pg_catalog.unnest(cents) AS u(c));
+END
+$$;
