@@ -1,0 +1,85 @@
+-- pgmaxsim 0004: query text from SQL. maxsim.encode_query(index, text) -> halfvec[] and its query cache.
+-- Installed by migrations/versions/0004_encode_query.py BEFORE one of 0004_encode_query_plpython.sql /
+-- 0004_encode_query_sql.sql (which define maxsim.encode_query itself).
+-- '@vector@' is replaced by the (quoted) schema of the pgvector extension.
+-- Released file: never edit once its revision is released (sha256 pinned in the revision).
+
+-- Encodings of query texts, per index and model (+ revision). Filled by pgmaxsim clients that
+-- encoded a query themselves (maxsim.cache_query; pgmaxsim.Index.cache_query), read by
+-- maxsim.encode_query before it asks the scorer service. On servers without plpython3u (the
+-- embedded default, many managed services) this cache is how encode_query answers at all.
+CREATE TABLE maxsim.query_cache (
+    index_id       integer NOT NULL REFERENCES maxsim.indexes (id) ON DELETE CASCADE,
+    query          text NOT NULL,
+    model          text NOT NULL,
+    model_revision text NOT NULL DEFAULT '',
+    tokens         @vector@.halfvec[] NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (index_id, model, model_revision, query)
+);
+
+-- The cached encoding of `query` under the index's current model, or NULL.
+CREATE FUNCTION maxsim._cached_query(index_id integer, model text, model_revision text, query text)
+RETURNS @vector@.halfvec[]
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT c.tokens FROM maxsim.query_cache c
+     WHERE c.index_id = _cached_query.index_id AND c.model = _cached_query.model
+       AND c.model_revision = coalesce(_cached_query.model_revision, '') AND c.query = _cached_query.query
+$$;
+
+-- Store the encoding of a query text for index `name` (its model must have produced `tokens`).
+CREATE FUNCTION maxsim.cache_query(name text, query text, tokens @vector@.halfvec[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    n integer;
+BEGIN
+    r := maxsim._index(name);
+    IF r.model IS NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: index "%" has no model, so it has no query encodings to cache', name
+            USING ERRCODE = '22023';
+    END IF;
+    IF query IS NULL OR pg_catalog.btrim(query) = '' THEN
+        RAISE EXCEPTION 'pgmaxsim: query text is empty' USING ERRCODE = '22023';
+    END IF;
+    n := pg_catalog.cardinality(tokens);
+    IF n IS NULL OR n = 0 THEN
+        RAISE EXCEPTION 'pgmaxsim: query tokens are empty' USING ERRCODE = '22023';
+    END IF;
+    IF pg_catalog.array_position(tokens, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: query tokens contain NULL elements' USING ERRCODE = '22004';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(tokens) AS t(v) WHERE @vector@.vector_dims(t.v) <> r.dim) THEN
+        RAISE EXCEPTION 'pgmaxsim: query tokens must have dim % (the dim of index "%")', r.dim, name
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO maxsim.query_cache AS c (index_id, query, model, model_revision, tokens)
+    VALUES (r.id, query, r.model, coalesce(r.model_revision, ''), tokens)
+    ON CONFLICT (index_id, model, model_revision, query)
+    DO UPDATE SET tokens = EXCLUDED.tokens, created_at = pg_catalog.now();
+END
+$$;
+
+-- Empty the query cache of one index (or of all when name is NULL); returns the rows removed.
+CREATE FUNCTION maxsim.clear_query_cache(name text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF name IS NULL THEN
+        DELETE FROM maxsim.query_cache;
+    ELSE
+        DELETE FROM maxsim.query_cache c WHERE c.index_id = (maxsim._index(name)).id;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
