@@ -1,0 +1,347 @@
+"""The worker loop: batches until stopped, heartbeats, reconnects, ``--once``.
+
+- **Stop**: a :class:`threading.Event`; SIGTERM/SIGINT set it (when the loop
+  runs in the main thread). The current batch finishes and commits, then the
+  loop exits. A second SIGINT interrupts at once (the open batch rolls back,
+  which loses nothing).
+- **Once**: drain and exit. Rows waiting for a retry are waited for; rows
+  another worker is processing are left to it once nothing else is queued.
+- **Reconnect**: a lost connection or a PostgreSQL restart aborts the open
+  batch (nothing is lost: it was not committed) and the loop reconnects with
+  exponential backoff (0.5 s doubling to 30 s), for ever by default or up to
+  ``max_downtime`` seconds.
+- **Heartbeat**: a row in ``maxsim.workers``, refreshed by a small thread on
+  its own connection every ``heartbeat_interval`` seconds (so a long batch
+  does not look like a dead worker); set to ``stopped`` on a clean exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from pgmaxsim.errors import ConfigurationError, PgmaxsimError
+from pgmaxsim.worker import queue
+from pgmaxsim.worker.batch import BatchResult, BatchSettings, process_batch
+from pgmaxsim.worker.encoding import EncoderCache, EncoderFactory, default_factory
+from pgmaxsim.worker.progress import Progress
+from pgmaxsim.worker.spec import IndexSpec, load_specs
+
+log = logging.getLogger("pgmaxsim.worker")
+
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 30.0
+SPEC_REFRESH_S = 30.0
+
+
+@dataclass
+class WorkerStats:
+    """Totals of one :func:`run_worker` call."""
+
+    worker_id: str = ""
+    batches: int = 0
+    done: int = 0
+    skipped: int = 0
+    missing: int = 0
+    retried: int = 0
+    failed: int = 0
+    tokens: int = 0
+    reconnects: int = 0
+    reembeds_finished: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, r: BatchResult) -> None:
+        self.batches += 1
+        self.done += r.done
+        self.skipped += r.skipped
+        self.missing += r.missing
+        self.retried += r.retried
+        self.failed += r.failed
+        self.tokens += r.tokens
+        self.errors = (self.errors + r.errors)[-50:]
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def run_worker(
+    dsn: str | None = None,
+    *,
+    indexes: list[str] | None = None,
+    once: bool = False,
+    stop_event: threading.Event | None = None,
+    batch_size: int = queue.DEFAULT_BATCH_SIZE,
+    token_budget: int = queue.DEFAULT_TOKEN_BUDGET,
+    max_attempts: int = queue.DEFAULT_MAX_ATTEMPTS,
+    retry_base: float = queue.DEFAULT_RETRY_BASE_S,
+    exit_on_error: bool = False,
+    poll_interval: float = 2.0,
+    heartbeat_interval: float = 10.0,
+    max_downtime: float | None = None,
+    progress: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    encoder_factory: EncoderFactory | None = None,
+    install_signals: bool | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+) -> WorkerStats:
+    """Embed queued rows until stopped (or, with ``once``, until the queue is drained).
+
+    ``indexes``: names to serve (default: every index that has a model).
+    ``encoder_factory(spec) -> Encoder`` replaces model loading (the default
+    loads ``spec.model`` with :func:`pgmaxsim.encoders.load_encoder`).
+    ``install_signals``: SIGTERM/SIGINT set the stop event (default: when
+    called from the main thread). Raises PgmaxsimError for a bad index name,
+    for the first row error with ``exit_on_error``, or when the database stays
+    unreachable longer than ``max_downtime`` seconds.
+    """
+    from pgmaxsim.db.connect import resolve_dsn
+
+    target = resolve_dsn(dsn)
+    stop = stop_event or threading.Event()
+    settings = BatchSettings(batch_size=batch_size, token_budget=token_budget, max_attempts=max_attempts,
+                             retry_base=retry_base, exit_on_error=exit_on_error)
+    worker = _Worker(target, indexes, once, stop, settings, poll_interval, heartbeat_interval, max_downtime,
+                     EncoderCache(encoder_factory or default_factory(device, dtype)), Progress(progress), on_batch)
+    if install_signals is None:
+        install_signals = threading.current_thread() is threading.main_thread()
+    restore = _install_signal_handlers(stop) if install_signals else None
+    try:
+        return worker.run()
+    finally:
+        worker.progress.close()
+        if restore:
+            restore()
+
+
+def _install_signal_handlers(stop: threading.Event) -> Callable[[], None]:
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("pgmaxsim worker: %s received, finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    for s in old:
+        signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def _is_connection_error(e: BaseException, conn: psycopg.Connection[Any] | None) -> bool:
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(
+        e, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
+            psycopg.errors.SerializationFailure))
+
+
+class _Worker:
+    def __init__(self, dsn: str, names: list[str] | None, once: bool, stop: threading.Event,
+                 settings: BatchSettings, poll_interval: float, heartbeat_interval: float,
+                 max_downtime: float | None, encoders: EncoderCache, progress: Progress,
+                 on_batch: Callable[[BatchResult], None] | None) -> None:
+        self.dsn, self.names, self.once, self.stop = dsn, names, once, stop
+        self.settings, self.poll_interval = settings, poll_interval
+        self.max_downtime = max_downtime
+        self.encoders, self.progress, self.on_batch = encoders, progress, on_batch
+        self.stats = WorkerStats(worker_id=new_worker_id())
+        self.conn: psycopg.Connection[Any] | None = None
+        self.specs: list[IndexSpec] = []
+        self.specs_at = 0.0
+        self.heartbeat = _Heartbeat(dsn, self.stats, heartbeat_interval)
+
+    # -- connection -------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        delay, down_since, first_error = RECONNECT_FIRST_S, time.monotonic(), None
+        while True:
+            try:
+                conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10, keepalives=1,
+                                       keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                                       application_name="pgmaxsim worker")
+                if first_error is not None:
+                    self.stats.reconnects += 1
+                    log.info("pgmaxsim worker: reconnected")
+                return conn
+            except psycopg.OperationalError as e:
+                from pgmaxsim.db.connect import first_line, redact
+
+                first_error = first_error or e
+                down = time.monotonic() - down_since
+                if self.max_downtime is not None and down >= self.max_downtime:
+                    raise ConfigurationError(
+                        f"cannot connect to {redact(self.dsn)} for {down:.0f} s: {first_line(e)}") from e
+                log.warning("pgmaxsim worker: cannot connect (%s); retrying in %.1f s", first_line(e), delay)
+                if self.stop.wait(delay):
+                    raise _Stopped from None
+                delay = min(RECONNECT_MAX_S, delay * 2)
+
+    def _drop_connection(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):  # it is already broken
+                self.conn.close()
+        self.conn = None
+
+    def _refresh_specs(self, force: bool = False) -> None:
+        assert self.conn is not None
+        if force or not self.specs or time.monotonic() - self.specs_at > SPEC_REFRESH_S:
+            self.specs = load_specs(self.conn, self.names)
+            self.specs_at = time.monotonic()
+            self.heartbeat.indexes = [s.name for s in self.specs]
+
+    # -- main loop --------------------------------------------------------------------------
+    def run(self) -> WorkerStats:
+        self.heartbeat.start()
+        try:
+            self._loop()
+        except _Stopped:
+            pass
+        finally:
+            self.heartbeat.stop(final_state="stopped")
+            self._drop_connection()
+        return self.stats
+
+    def _loop(self) -> None:
+        delay = RECONNECT_FIRST_S
+        while not self.stop.is_set():
+            try:
+                if self.conn is None:
+                    self.conn = self._connect()
+                    self._refresh_specs(force=True)
+                    self._prune()
+                if not self._round() and self._idle():
+                    return
+                delay = RECONNECT_FIRST_S
+            except PgmaxsimError:
+                raise
+            except psycopg.Error as e:
+                if self.settings.exit_on_error and not _is_connection_error(e, self.conn):
+                    raise PgmaxsimError(f"worker stopped on a database error: {_first(e)}") from e
+                if _is_connection_error(e, self.conn):
+                    log.warning("pgmaxsim worker: connection lost (%s); reconnecting", _first(e))
+                    self._drop_connection()
+                else:
+                    log.warning("pgmaxsim worker: database error (%s); retrying", _first(e))
+                    self.specs = []  # an index may have been dropped or changed
+                if self.stop.wait(delay):
+                    return
+                delay = min(RECONNECT_MAX_S, delay * 2)
+
+    def _round(self) -> bool:
+        """One batch of each index that has work; True when anything was claimed."""
+        assert self.conn is not None
+        self._refresh_specs()
+        worked = False
+        for spec in list(self.specs):
+            if self.stop.is_set():
+                break
+            result = process_batch(self.conn, spec, self.encoders, self.settings, self.stats.worker_id)
+            if result is None:
+                continue
+            worked = True
+            self.stats.add(result)
+            self.progress.advance(result.handled, failed=self.stats.failed, index=spec.name)
+            for err in result.errors:
+                log.info("pgmaxsim worker: index %s %s", spec.name, err)
+            if self.on_batch:
+                self.on_batch(result)
+        return worked
+
+    def _idle(self) -> bool:
+        """Nothing was claimable: finish re-embeddings, then wait or (``once``) decide to exit."""
+        assert self.conn is not None
+        from pgmaxsim.worker import reembed
+
+        finished = reembed.finish_ready(self.conn, self.specs)
+        if finished:
+            self.stats.reembeds_finished += finished
+            self._refresh_specs(force=True)
+            return False
+        count, due_in = queue.pending(self.conn, [s.id for s in self.specs])
+        self.progress.set_pending(count)
+        if self.once and count == 0:
+            return True
+        wait = self.poll_interval if due_in is None else min(self.poll_interval, max(0.05, due_in))
+        if self.once:
+            wait = min(wait, 0.2) if due_in is None else max(0.05, due_in)
+        return self.stop.wait(wait)
+
+    def _prune(self) -> None:
+        assert self.conn is not None
+        self.conn.execute("DELETE FROM maxsim.ingest_log WHERE at < now() - interval '1 day'")
+        self.conn.execute("DELETE FROM maxsim.workers WHERE heartbeat_at < now() - interval '1 day'")
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _first(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class _Heartbeat:
+    """Keeps this worker's ``maxsim.workers`` row fresh from a thread with its own connection."""
+
+    def __init__(self, dsn: str, stats: WorkerStats, interval: float) -> None:
+        self.dsn, self.stats, self.interval = dsn, stats, interval
+        self.indexes: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pgmaxsim-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, final_state: str) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        self._beat(final_state)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._beat("running")
+            self._stop.wait(self.interval)
+
+    def _beat(self, state: str) -> None:
+        s = self.stats
+        try:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                                             application_name="pgmaxsim worker heartbeat")
+            self._conn.execute(
+                "INSERT INTO maxsim.workers (worker_id, hostname, pid, rows_done, rows_failed, state, indexes,"
+                " last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), rows_done = EXCLUDED.rows_done,"
+                " rows_failed = EXCLUDED.rows_failed, state = EXCLUDED.state, indexes = EXCLUDED.indexes,"
+                " last_error = EXCLUDED.last_error",
+                (s.worker_id, socket.gethostname(), os.getpid(), s.done, s.failed, state, self.indexes,
+                 s.errors[-1] if s.errors else None))
+        except psycopg.Error:
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+            self._conn = None
