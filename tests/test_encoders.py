@@ -14,6 +14,7 @@ import pytest
 from pgmaxsim.encoders import (
     Encoder,
     ItemError,
+    PdfPage,
     load_encoder,
     render_pdf,
     resolve_family,
@@ -142,6 +143,16 @@ def test_bad_documents_give_item_errors_and_the_rest_encode(minilm: Encoder) -> 
     assert "takes text only" in out[3].message and "image 8x8" in out[3].item
     assert "int" in out[4].message
     np.testing.assert_allclose(out[0], minilm.encode_documents(["good text one"])[0], atol=ATOL)
+
+
+def test_pdf_pages_use_their_text_layer_on_text_models(minilm: Encoder) -> None:
+    pages = render_pdf(DATA / "three_pages.pdf", dpi=18)
+    out = minilm.encode_documents(pages)
+    for page, emb in zip(pages, out):
+        np.testing.assert_allclose(emb, minilm.encode_documents([page.text])[0], atol=ATOL)
+    blank = PdfPage(page_number=7, image=Image.new("RGB", (10, 10)), text=" \n")
+    err = minilm.encode_documents([blank])[0]
+    assert isinstance(err, ItemError) and "PDF page 7 has no text layer" in err.message
 
 
 def test_queries_are_validated(minilm: Encoder) -> None:
@@ -341,6 +352,18 @@ def test_prompt_formats_are_pinned_per_era(tiny_dirs: dict[str, Path]) -> None:
     assert legacy.query_strings(["q"]) == ["Query: q" + aug]  # type: ignore[attr-defined]
     # the prefix adds tokens: the pinned format really reaches the model
     assert legacy.encode_query("q").shape[0] > current.encode_query("q").shape[0]
+
+
+def test_max_num_visual_tokens_caps_image_tokens(tiny_dirs: dict[str, Path],
+                                                tiny_encoders: dict[str, Encoder]) -> None:
+    img = noise_image(112, 112, 10)
+    full = tiny_encoders["colqwen2_5"].encode_documents([img])[0]
+    capped_enc = load_encoder(str(tiny_dirs["colqwen2_5"]), max_num_visual_tokens=4)
+    capped = capped_enc.encode_documents([img])[0]
+    # 112x112 px = 16 merged 28x28 tokens; capped at 4 → 12 fewer rows
+    assert full.shape[0] - capped.shape[0] == 12  # type: ignore[union-attr]
+    with pytest.raises(PgmaxsimError, match="applies to the Qwen families"):
+        load_encoder(str(tiny_dirs["colpali"]), max_num_visual_tokens=4)
 
 
 def test_colidefics3_pinned_image_prompt_reaches_the_model(tiny_dirs: dict[str, Path]) -> None:

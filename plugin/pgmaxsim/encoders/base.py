@@ -145,6 +145,9 @@ class Encoder(abc.ABC):
     def encode_documents(self, items: Sequence[object]) -> list[np.ndarray | ItemError]:
         """Encode documents: ``str`` (text), PIL images, ``PdfPage``, image bytes.
 
+        A ``PdfPage`` is encoded from its image by vision models and from its
+        text layer by text-only models.
+
         Returns one entry per input, in input order: a float32 array
         ``(n_tokens, dim)`` with L2-normalised rows, or an :class:`ItemError`.
         """
@@ -238,7 +241,14 @@ class Encoder(abc.ABC):
         from .inputs import PdfPage, load_image
 
         if isinstance(item, PdfPage):
-            item = item.image
+            # A page is its image for vision models, its text layer for text-only ones.
+            if "image" in self.modalities:
+                item = item.image
+            elif not item.text.strip():
+                raise PgmaxsimError(f"PDF page {item.page_number} has no text layer (scanned?) "
+                                    f"and model {self.name!r} takes text only")
+            else:
+                item = item.text
         if isinstance(item, str):
             if "text" not in self.modalities:
                 raise PgmaxsimError(f"model {self.name!r} takes images only, not text documents")

@@ -178,10 +178,8 @@ class ColVisionEncoder(Encoder):
         _fix_meta_parameters(net, model)
         self._model = net.to(self.device).eval()
         self._processor = self._load_processor(proc_cls, model, revision, local_files_only)
-        if max_num_visual_tokens and hasattr(self._processor.image_processor, "max_pixels"):
-            ip = self._processor.image_processor
-            ip.max_pixels = int(max_num_visual_tokens) * 28 * 28
-            ip.size["longest_edge"] = ip.max_pixels
+        if max_num_visual_tokens:
+            self._cap_visual_tokens(int(max_num_visual_tokens))
         self._check_prompt_pin()
         # Pin the document image prompt on this processor instance.
         self._processor.visual_prompt_prefix = self.format.image_prompt
@@ -202,6 +200,27 @@ class ColVisionEncoder(Encoder):
             except (OSError, ValueError, TypeError, KeyError) as exc:
                 errors.append(f"{source}: {_first_line(exc)}")
         raise PgmaxsimError(f"could not load the processor of {model!r}: " + "; ".join(errors or ["no files"]))
+
+    def _cap_visual_tokens(self, n: int) -> None:
+        """Qwen families: at most ``n`` image tokens per page (28x28 px each)."""
+        if self.family not in ("colqwen2_5", "colqwen2", "biqwen2_5"):
+            raise PgmaxsimError(f"max_num_visual_tokens applies to the Qwen families, not {self.family}")
+        ip = self._processor.image_processor
+        shortest = ip.size.get("shortest_edge") or 0
+        if n * 28 * 28 < shortest:
+            raise PgmaxsimError(f"max_num_visual_tokens={n} is below the processor's minimum "
+                                f"({shortest // (28 * 28)} tokens)")
+        ip.size["longest_edge"] = n * 28 * 28
+        if hasattr(ip, "max_pixels"):
+            ip.max_pixels = n * 28 * 28
+
+    def _max_image_pixels(self) -> int:
+        ip = self._processor.image_processor
+        size = getattr(ip, "size", None) or {}
+        value = getattr(ip, "max_pixels", None) or (size.get("longest_edge") if self.family != "colidefics3" else None)
+        if self.family == "colidefics3" and size.get("longest_edge"):
+            value = int(size["longest_edge"]) ** 2
+        return int(value or 1024 * 1024)
 
     def _check_prompt_pin(self) -> None:
         lib_prompt = getattr(type(self._processor), "visual_prompt_prefix", None)
@@ -225,12 +244,10 @@ class ColVisionEncoder(Encoder):
         return max(4, len(text) // 3 + 24)
 
     def _image_cost(self, image: Any) -> int:
-        ip = self._processor.image_processor
         seq = getattr(self._processor, "image_seq_length", None)
         if self.family == "colpali" and seq:
             return int(seq) + 16
-        max_px = getattr(ip, "max_pixels", None) or 1024 * 1024
-        return max(16, min(image.width * image.height, int(max_px)) // (28 * 28) + 24)
+        return max(16, min(image.width * image.height, self._max_image_pixels()) // (28 * 28) + 24)
 
     # ---- encoding ---------------------------------------------------------
 
