@@ -481,3 +481,22 @@ def test_nvidia_colembed_without_cuda_is_refused_before_loading() -> None:
         pytest.skip("a CUDA device is present")
     with pytest.raises(PgmaxsimError, match=r"'nvidia/llama-nemoretriever-colembed-1b-v1' \(remote code\) needs a CUDA GPU"):
         load_encoder("nvidia/llama-nemoretriever-colembed-1b-v1")
+
+
+# ---- device and dtype ------------------------------------------------------------
+
+def test_dtype_selection_and_errors(tiny_dirs: dict[str, Path]) -> None:
+    import torch
+
+    fp32 = load_encoder(f"text:{tiny_dirs['bert']}")
+    bf16 = load_encoder(f"text:{tiny_dirs['bert']}", dtype="bfloat16")
+    assert bf16._model.dtype == torch.bfloat16  # type: ignore[attr-defined]
+    a = fp32.encode_documents(["a small dtype check"])[0]
+    b = bf16.encode_documents(["a small dtype check"])[0]
+    assert b.dtype == np.float32 and a.shape == b.shape  # type: ignore[union-attr]
+    np.testing.assert_allclose(a, b, atol=0.1)
+    with pytest.raises(PgmaxsimError, match="unknown dtype 'float8'"):
+        load_encoder(f"text:{tiny_dirs['bert']}", dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(PgmaxsimError, match="torch sees no CUDA device"):
+            load_encoder(f"text:{tiny_dirs['bert']}", device="cuda")

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError, PgmaxsimError
+from ..errors import PgmaxsimError
 from .base import Encoder, resolve_device, resolve_dtype
 from .prompts import prompt_format as get_prompt_format
 
@@ -58,12 +58,22 @@ _QWEN_KEY_MAPPING = {
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
+class ColpaliEngineMissing(PgmaxsimError, ImportError):
+    """colpali-engine is not importable (it pins torch<2.14: install it without deps)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "colpali-engine is not installed: pip install 'pgmaxsim[models]' "
+            "&& pip install --no-deps 'colpali-engine>=0.3.18'"
+        )
+
+
 def _import_colpali() -> Any:
     try:
         import torch  # noqa: F401
         from colpali_engine import models
     except ImportError as exc:
-        raise MissingExtraError("colpali-engine", "colpali") from exc
+        raise ColpaliEngineMissing() from exc
     return models
 
 
