@@ -12,6 +12,7 @@ or ``HOST:PORT``. One client holds one connection and is not thread-safe
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,14 @@ class ScorerClient:
         s = socket.socket(self.family, socket.SOCK_STREAM)
         try:
             s.settimeout(self.connect_timeout)
-            s.connect(self.sockaddr)
+            for attempt in range(20):
+                try:
+                    s.connect(self.sockaddr)
+                    break
+                except BlockingIOError:   # a Unix socket's backlog is full: brief retry
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.005 * (attempt + 1))
             if self.family == socket.AF_INET:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.settimeout(self.timeout)

@@ -93,16 +93,18 @@ def _score_packed(qmat: np.ndarray, q_offsets: np.ndarray | None, tokens: np.nda
                   doc_idx: np.ndarray | None, scales: np.ndarray | None) -> np.ndarray:
     offsets = np.asarray(offsets, dtype=np.int64)
     if doc_idx is None:
-        starts = offsets[:-1]
-        lengths = np.diff(offsets)
-        contiguous = True
-    else:
-        idx = np.asarray(doc_idx, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(offsets) - 1):
-            raise IndexError("document index out of range")
-        starts = offsets[idx]
-        lengths = offsets[idx + 1] - starts
-        contiguous = False
+        return _score_ranges(qmat, q_offsets, tokens, offsets[:-1], np.diff(offsets), scales, True)
+    idx = np.asarray(doc_idx, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= len(offsets) - 1):
+        raise IndexError("document index out of range")
+    starts = offsets[idx]
+    return _score_ranges(qmat, q_offsets, tokens, starts, offsets[idx + 1] - starts, scales, False)
+
+
+def _score_ranges(qmat: np.ndarray, q_offsets: np.ndarray | None, tokens: np.ndarray, starts: np.ndarray,
+                  lengths: np.ndarray, scales: np.ndarray | None, contiguous: bool) -> np.ndarray:
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
     n = len(lengths)
     nrows = qmat.shape[0]
     out_shape = (n,) if q_offsets is None else (len(q_offsets) - 1, n)
@@ -145,6 +147,24 @@ def maxsim_batch(queries: Sequence[np.ndarray], tokens: np.ndarray, offsets: np.
     q_offsets = np.zeros(len(qs) + 1, dtype=np.int64)
     np.cumsum([q.shape[0] for q in qs], out=q_offsets[1:])
     return _score_packed(np.concatenate(qs), q_offsets, tokens, offsets, doc_idx, scales)
+
+
+def maxsim_ranges(query: np.ndarray, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                  scales: np.ndarray | None = None) -> np.ndarray:
+    """Scores ``(n,)`` of one query against token ranges ``[starts[i], starts[i] + lengths[i])``."""
+    q = np.asarray(query, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != tokens.shape[1]:
+        raise ValueError(f"query shape {q.shape} does not match token dim {tokens.shape[1]}")
+    return _score_ranges(q, None, tokens, starts, lengths, scales, False)
+
+
+def maxsim_batch_ranges(queries: Sequence[np.ndarray], tokens: np.ndarray, starts: np.ndarray,
+                        lengths: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+    """Scores ``(n_queries, n)`` of several queries against token ranges."""
+    qs = [np.asarray(q, dtype=np.float32) for q in queries]
+    q_offsets = np.zeros(len(qs) + 1, dtype=np.int64)
+    np.cumsum([q.shape[0] for q in qs], out=q_offsets[1:])
+    return _score_ranges(np.concatenate(qs), q_offsets, tokens, starts, lengths, scales, False)
 
 
 def maxsim(query: np.ndarray, doc: np.ndarray) -> float:

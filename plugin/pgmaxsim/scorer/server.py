@@ -1,0 +1,408 @@
+"""``pgmaxsim scorer``: the long-lived scoring process (one per GPU; CPU backend without one).
+
+    python -m pgmaxsim.scorer.server --dsn postgresql://... --socket /tmp/pgmaxsim-scorer.sock
+
+A sync thread LISTENs on ``maxsim_changes``, loads every index of
+``maxsim.indexes`` (or only ``--index`` names) into the backend, and keeps each
+one equal to its token table at a recent snapshot (:mod:`.sync`). An index that
+does not fit (GPU out of memory, or over ``--max-memory``) is marked failed
+with a clear error and the others keep being served. Request threads (one per
+connection) answer the protocol of :mod:`.protocol` under request limits; more
+than ``--max-inflight`` concurrent requests waiting longer than
+``--queue-timeout`` get ``overloaded`` (callers then score on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pgmaxsim.scorer.client import parse_address
+from pgmaxsim.scorer.protocol import (
+    DEFAULT_SOCKET,
+    ProtocolError,
+    ScorerError,
+    Snapshot,
+    check_query,
+    pack_ids,
+    recv_frame,
+    send_frame,
+    unpack_ids,
+)
+from pgmaxsim.scorer.store import CpuBackend, IndexStore, OutOfMemory, make_backend
+
+log = logging.getLogger("pgmaxsim.scorer")
+
+
+@dataclass
+class Limits:
+    max_ids: int = 1_000_000
+    max_query_tokens: int = 512
+    max_k: int = 10_000
+    max_payload: int = 1 << 30
+    max_inflight: int = 32
+    queue_timeout: float = 0.2
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Scorer:
+    """Indexes held in memory + the request handler (no sockets here)."""
+
+    def __init__(self, dsn: str, backend: CpuBackend, limits: Limits | None = None,
+                 index_names: Sequence[str] | None = None, poll_interval: float = 1.0,
+                 journal_seconds: float = 600.0) -> None:
+        self.dsn = dsn
+        self.backend = backend
+        self.limits = limits or Limits()
+        self.index_names = list(index_names) if index_names else None
+        self.poll_interval = poll_interval
+        self.journal_seconds = journal_seconds
+        self.stores: dict[int, IndexStore] = {}
+        self.failed: dict[int, IndexStore] = {}
+        self._reload: set[int] = set()
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._slots = threading.BoundedSemaphore(self.limits.max_inflight)
+        self._thread: threading.Thread | None = None
+        self.sync_count = 0
+        self.served: dict[str, int] = {"score": 0, "search": 0}
+        #: cleared = the sync thread waits (tests use it to hold the scorer behind)
+        self.sync_enabled = threading.Event()
+        self.sync_enabled.set()
+
+    # ---------------------------------------------------------------- sync
+    def start_sync(self) -> None:
+        self._thread = threading.Thread(target=self._sync_loop, name="pgmaxsim-scorer-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def wait_synced(self, timeout: float = 30.0) -> bool:
+        """Block until the first full pass over the registry has finished."""
+        return self._synced.wait(timeout)
+
+    def _sync_loop(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as listen, \
+                        psycopg.connect(self.dsn, autocommit=True) as conn:
+                    listen.execute("LISTEN maxsim_changes")
+                    while not self._stop.is_set():
+                        if not self.sync_enabled.is_set():
+                            self._stop.wait(0.05)
+                            continue
+                        self.sync_once(conn)
+                        self._synced.set()
+                        for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
+                            pass
+                        # let a burst of commits settle into one sync
+                        for _ in listen.notifies(timeout=0.005):
+                            pass
+            except psycopg.Error as exc:
+                log.warning("scorer sync: %s; retrying in 1 s", str(exc).strip().splitlines()[0])
+                self._stop.wait(1.0)
+
+    def sync_once(self, conn: Any) -> None:
+        from pgmaxsim.scorer import sync
+
+        reg = sync.registry(conn, self.index_names)
+        for iid in list(self.stores):
+            if iid not in reg:
+                self.stores.pop(iid).release()
+        for iid in list(self.failed):
+            if iid not in reg:
+                self.failed.pop(iid)
+        for iid, meta in reg.items():
+            store = self.stores.get(iid)
+            reload = iid in self._reload
+            if store is not None and not reload:
+                try:
+                    if sync.catch_up(conn, store) == "ok":
+                        continue
+                except OutOfMemory as exc:
+                    self._fail(iid, store, exc)
+                    continue
+            if store is None and iid in self.failed and not reload:
+                continue   # failed to load: retried on an explicit reload only
+            self._reload.discard(iid)
+            fresh = IndexStore(meta, self.backend, journal_seconds=self.journal_seconds)
+            try:
+                sync.load(conn, fresh)
+            except OutOfMemory as exc:
+                fresh.release()
+                self._fail(iid, fresh, exc)
+                continue
+            old = self.stores.get(iid)
+            self.stores[iid] = fresh
+            self.failed.pop(iid, None)
+            if old is not None:
+                old.release()
+            log.info("scorer: index %s loaded (%d rows, %d tokens)", meta.name, fresh.rows, fresh.tokens)
+        self.sync_count += 1
+
+    def _fail(self, iid: int, store: IndexStore, exc: Exception) -> None:
+        store.state = "failed"
+        store.error = (f"out of memory while loading index {store.meta.name!r} on the {self.backend.name} "
+                       f"backend: {exc}")
+        log.error("scorer: %s", store.error)
+        old = self.stores.pop(iid, None)
+        if old is not None and old is not store:
+            old.release()
+        self.failed[iid] = store
+
+    # ---------------------------------------------------------------- requests
+    def _store(self, index: Any) -> IndexStore:
+        try:
+            iid = int(index)
+        except (TypeError, ValueError):
+            raise ScorerError("bad_request", f"index must be an index id, got {index!r}") from None
+        store = self.stores.get(iid)
+        if store is None:
+            failed = self.failed.get(iid)
+            if failed is not None:
+                raise ScorerError("not_ready", failed.error or "index failed to load")
+            raise ScorerError("unknown_index", f"the scorer does not hold index {iid}")
+        return store
+
+    def _query(self, arrays: dict[str, np.ndarray], store: IndexStore) -> np.ndarray:
+        if "query" not in arrays:
+            raise ScorerError("bad_request", "request has no query")
+        q = arrays["query"]
+        if q.ndim == 2 and q.shape[0] > self.limits.max_query_tokens:
+            raise ScorerError("limit", f"query has {q.shape[0]} tokens, the limit is {self.limits.max_query_tokens}")
+        return check_query(q, store.meta.dim)
+
+    def handle(self, head: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        op = head.get("op")
+        if op == "ping":
+            return {"ok": True, "backend": self.backend.name, "pid": os.getpid()}, {}
+        if op == "status":
+            return {"ok": True, "backend": self.backend.name, "limits": self.limits.as_dict(),
+                    "syncs": self.sync_count, "served": dict(self.served), "indexes": self.status()}, {}
+        if op == "reload":
+            idx = head.get("index")
+            self._reload.update(list(self.stores) + list(self.failed) if idx is None else [int(idx)])
+            return {"ok": True}, {}
+        if op not in ("score", "search"):
+            raise ScorerError("bad_request", f"unknown op {op!r}")
+        store = self._store(head.get("index"))
+        q = self._query(arrays, store)
+        if not self._slots.acquire(timeout=self.limits.queue_timeout):
+            raise ScorerError("overloaded", f"more than {self.limits.max_inflight} requests in flight")
+        try:
+            self.served[op] += 1
+            if op == "score":
+                return self._score(store, q, arrays)
+            return self._search(store, q, head, arrays)
+        finally:
+            self._slots.release()
+
+    def _score(self, store: IndexStore, q: np.ndarray, arrays: dict[str, np.ndarray]):
+        ids = unpack_ids(arrays.get("ids"))
+        versions = np.asarray(arrays.get("versions", np.zeros(0)), dtype=np.int64)
+        if len(ids) > self.limits.max_ids:
+            raise ScorerError("limit", f"{len(ids)} ids in one request, the limit is {self.limits.max_ids}")
+        if versions.shape != (len(ids),):
+            raise ScorerError("bad_request", f"{len(ids)} ids but {versions.shape[0]} versions")
+        scores, found = store.score(q, ids, versions)
+        return {"ok": True}, {"scores": scores, "found": found.astype(np.uint8)}
+
+    def _search(self, store: IndexStore, q: np.ndarray, head: dict[str, Any], arrays: dict[str, np.ndarray]):
+        k = head.get("k")
+        if not isinstance(k, int) or k <= 0:
+            raise ScorerError("bad_request", f"k must be a positive integer, got {k!r}")
+        if k > self.limits.max_k:
+            raise ScorerError("limit", f"k = {k} exceeds the limit of {self.limits.max_k}")
+        snap = Snapshot.parse(str(head.get("snapshot", "")))
+        exclude = unpack_ids(arrays.get("exclude"))
+        if len(exclude) > self.limits.max_ids:
+            raise ScorerError("limit", f"{len(exclude)} excluded ids, the limit is {self.limits.max_ids}")
+        r = store.search(q, k, snap, exclude)
+        return ({"ok": True, "watermark": r["watermark"], "exhausted": r["exhausted"], "rows": r["rows"]},
+                {"ids": pack_ids(r["ids"]), "versions": np.asarray(r["versions"], dtype=np.int64),
+                 "scores": r["scores"], "dirty": pack_ids(r["dirty"])})
+
+    def status(self) -> list[dict[str, Any]]:
+        now = time.time()
+        out = []
+        for s in [*self.stores.values(), *self.failed.values()]:
+            out.append({"index": s.meta.id, "name": s.meta.name, "state": s.state, "rows": s.rows,
+                        "tokens": s.tokens, "watermark": s.watermark.text() if s.watermark else None,
+                        "lag_s": round(now - s.synced_at, 3) if s.synced_at else None, "error": s.error})
+        return out
+
+
+# -------------------------------------------------------------------- sockets
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        scorer: Scorer = self.server.scorer  # type: ignore[attr-defined]
+        sock: socket.socket = self.request
+        while True:
+            try:
+                head, arrays = recv_frame(sock, scorer.limits.max_payload)
+            except ScorerError as exc:   # payload over the limit: answer, then drop the connection
+                _reply_error(sock, exc.code, exc.message)
+                return
+            except (ProtocolError, OSError, ValueError):
+                return
+            try:
+                rhead, rarr = scorer.handle(head, arrays)
+            except ScorerError as exc:
+                rhead, rarr = {"ok": False, "code": exc.code, "error": exc.message}, {}
+            except Exception as exc:  # a bug must not kill the service
+                log.exception("scorer: request failed")
+                rhead, rarr = {"ok": False, "code": "internal", "error": f"{type(exc).__name__}: {exc}"}, {}
+            try:
+                send_frame(sock, rhead, rarr)
+            except OSError:
+                return
+
+
+def _reply_error(sock: socket.socket, code: str, message: str) -> None:
+    try:
+        send_frame(sock, {"ok": False, "code": code, "error": message})
+    except OSError:
+        pass
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+class ScorerService:
+    """A Scorer plus its listening socket, runnable in a thread (tests) or as the process."""
+
+    def __init__(self, scorer: Scorer, address: str = DEFAULT_SOCKET, socket_mode: int = 0o777) -> None:
+        self.scorer = scorer
+        self.address = address
+        family, sockaddr = parse_address(address)
+        if family == socket.AF_UNIX:
+            _remove_stale_socket(sockaddr)
+            self.server: socketserver.BaseServer = _UnixServer(sockaddr, _Handler)
+            os.chmod(sockaddr, socket_mode)
+        else:
+            self.server = _TcpServer(sockaddr, _Handler)
+            if sockaddr[1] == 0:
+                self.address = "%s:%d" % self.server.server_address[:2]
+        self.server.scorer = scorer  # type: ignore[attr-defined]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "ScorerService":
+        self.scorer.start_sync()
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="pgmaxsim-scorer-accept", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.scorer.stop()
+        family, sockaddr = parse_address(self.address)
+        if family == socket.AF_UNIX and os.path.exists(sockaddr):
+            os.unlink(sockaddr)
+
+
+def _remove_stale_socket(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)      # nobody listens: a leftover of a killed scorer
+        return
+    finally:
+        probe.close()
+    from pgmaxsim.errors import PgmaxsimError
+
+    raise PgmaxsimError(f"another scorer is already listening on {path}")
+
+
+def serve(dsn: str, address: str = DEFAULT_SOCKET, *, backend: str = "auto", int8: bool = False,
+          max_memory: int | None = None, index_names: Sequence[str] | None = None, limits: Limits | None = None,
+          poll_interval: float = 1.0, journal_seconds: float = 600.0, socket_mode: int = 0o777,
+          stop: threading.Event | None = None) -> None:
+    """Run the scorer until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
+    scorer = Scorer(dsn, make_backend(backend, max_memory, int8), limits, index_names, poll_interval, journal_seconds)
+    service = ScorerService(scorer, address, socket_mode).start()
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    log.info("scorer: %s backend listening on %s", scorer.backend.name, service.address)
+    print(f"pgmaxsim scorer: {scorer.backend.name} backend listening on {service.address}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="pgmaxsim scorer", description=__doc__.splitlines()[0])
+    p.add_argument("--socket", default=None, help=f"Unix socket path (default {DEFAULT_SOCKET})")
+    p.add_argument("--tcp", default=None, help="listen on HOST:PORT instead (localhost only is advised)")
+    p.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
+    p.add_argument("--int8", action="store_true", help="hold GPU tokens as int8 with per-token scales")
+    p.add_argument("--index", action="append", dest="indexes", help="serve only this index (repeatable)")
+    p.add_argument("--max-memory", type=float, default=None, help="MiB the backend may hold (GPU: 90%% of free)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between syncs without NOTIFY")
+    p.add_argument("--journal-seconds", type=float, default=600.0)
+    p.add_argument("--max-ids", type=int, default=Limits.max_ids)
+    p.add_argument("--max-query-tokens", type=int, default=Limits.max_query_tokens)
+    p.add_argument("--max-k", type=int, default=Limits.max_k)
+    p.add_argument("--max-inflight", type=int, default=Limits.max_inflight)
+    p.add_argument("--queue-timeout", type=float, default=Limits.queue_timeout)
+    return p
+
+
+def run_args(args: argparse.Namespace, dsn: str) -> int:
+    limits = Limits(max_ids=args.max_ids, max_query_tokens=args.max_query_tokens, max_k=args.max_k,
+                    max_inflight=args.max_inflight, queue_timeout=args.queue_timeout)
+    address = f"tcp:{args.tcp}" if args.tcp else (args.socket or DEFAULT_SOCKET)
+    serve(dsn, address, backend=args.backend, int8=args.int8,
+          max_memory=int(args.max_memory * 2**20) if args.max_memory else None,
+          index_names=args.indexes, limits=limits, poll_interval=args.poll_interval,
+          journal_seconds=args.journal_seconds)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
+    p.add_argument("--dsn", default=os.environ.get("DATABASE_URL"), help="PostgreSQL DSN (default $DATABASE_URL)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if not args.dsn:
+        p.error("--dsn or DATABASE_URL is required")
+    return run_args(args, args.dsn)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
