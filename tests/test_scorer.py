@@ -331,3 +331,27 @@ def test_snapshot_visibility_rules() -> None:
     assert s.sees(99) and s.sees(102) and s.sees(104)
     assert not s.sees(101) and not s.sees(103) and not s.sees(105)
     assert Snapshot.parse(s.text()) == s
+
+
+def test_encode_query_op_serves_sql_encode_query(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """maxsim.encode_query (revision 0004) asks the scorer, which hosts the index's model."""
+    pytest.importorskip("torch")
+    from pgmaxsim.encoders.registry import load_encoder
+
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    Index.create(conn, "notes", "notes", "id", text_column="body", model="default", dim=384)
+    svc = ScorerService(Scorer(dsn, CpuBackend(), poll_interval=0.2), _sock()).start()
+    try:
+        _wait_sync(svc.scorer)
+        conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (svc.address,))
+        got = conn.execute("SELECT array_length(maxsim.encode_query('notes', 'opening rules of chess'), 1)").fetchone()[0]
+        want = load_encoder("default", device="cpu").encode_query("opening rules of chess")
+        assert got == want.shape[0]
+        with ScorerClient(svc.address) as c:
+            iid = conn.execute("SELECT id FROM maxsim.indexes WHERE name = 'notes'").fetchone()[0]
+            _head, arrays = c.request({"op": "encode_query", "index": iid, "text": "opening rules of chess"})
+            np.testing.assert_allclose(arrays["tokens"], want, atol=1e-4)
+            with pytest.raises(ScorerError, match="query text is empty"):
+                c.request({"op": "encode_query", "index": iid, "text": " "})
+    finally:
+        svc.stop()

@@ -79,6 +79,8 @@ class Scorer:
         self._thread: threading.Thread | None = None
         self.sync_count = 0
         self.served: dict[str, int] = {"score": 0, "search": 0}
+        self._encoders: dict[tuple[int, str, str | None], Any] = {}
+        self._enc_lock = threading.Lock()
         #: cleared = the sync thread waits (tests use it to hold the scorer behind)
         self.sync_enabled = threading.Event()
         self.sync_enabled.set()
@@ -201,6 +203,8 @@ class Scorer:
             idx = head.get("index")
             self._reload.update(list(self.stores) + list(self.failed) if idx is None else [int(idx)])
             return {"ok": True}, {}
+        if op == "encode_query":
+            return self._encode_query(head)
         if op not in ("score", "search"):
             raise ScorerError("bad_request", f"unknown op {op!r}")
         store = self._store(head.get("index"))
@@ -239,6 +243,48 @@ class Scorer:
         return ({"ok": True, "watermark": r["watermark"], "exhausted": r["exhausted"], "rows": r["rows"]},
                 {"ids": pack_ids(r["ids"]), "versions": np.asarray(r["versions"], dtype=np.int64),
                  "scores": r["scores"], "dirty": pack_ids(r["dirty"])})
+
+    def _encode_query(self, head: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``encode_query``: the index's model encodes ``text`` -> arrays ``tokens`` (n, d) float32.
+
+        The encoder of an index is loaded on its first query (once per process).
+        """
+        try:
+            iid = int(head.get("index"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ScorerError("bad_request", f"index must be an index id, got {head.get('index')!r}") from None
+        holder = self.stores.get(iid) or self.failed.get(iid)
+        if holder is None:
+            raise ScorerError("unknown_index", f"the scorer does not hold index {iid}")
+        meta = holder.meta
+        text = head.get("text")
+        if not meta.model:
+            raise ScorerError("bad_request", f"index {meta.name!r} has no model")
+        if not isinstance(text, str) or not text.strip():
+            raise ScorerError("bad_request", "query text is empty")
+        if len(text) > 100_000:
+            raise ScorerError("limit", f"query text of {len(text)} characters exceeds the limit of 100000")
+        key = (iid, meta.model, meta.model_revision)
+        with self._enc_lock:
+            enc = self._encoders.get(key)
+            if enc is None:
+                try:
+                    from pgmaxsim.encoders.registry import load_encoder
+
+                    enc = load_encoder(meta.model, revision=meta.model_revision,
+                                       device="cuda" if self.backend.name == "gpu" else "cpu")
+                except Exception as exc:
+                    raise ScorerError("not_ready", f"could not load the query encoder {meta.model!r}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                self._encoders[key] = enc
+        if not self._slots.acquire(timeout=self.limits.queue_timeout):
+            raise ScorerError("overloaded", f"more than {self.limits.max_inflight} requests in flight")
+        try:
+            with self._enc_lock:   # one forward pass at a time per process
+                tokens = np.asarray(enc.encode_query(text), dtype=np.float32)
+        finally:
+            self._slots.release()
+        return {"ok": True}, {"tokens": np.ascontiguousarray(tokens)}
 
     def status(self) -> list[dict[str, Any]]:
         now = time.time()

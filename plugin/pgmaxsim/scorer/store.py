@@ -203,6 +203,8 @@ class IndexMeta:
     token_table: str
     id_type: str
     dim: int
+    model: str | None = None
+    model_revision: str | None = None
 
 
 @dataclass

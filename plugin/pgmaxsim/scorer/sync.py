@@ -41,8 +41,9 @@ CHANGES_SQL = (
 def registry(conn: Any, names: list[str] | None = None) -> dict[int, IndexMeta]:
     """The indexes in ``maxsim.indexes`` (optionally only ``names``)."""
     rows = conn.execute(
-        "SELECT id, name, token_table, id_type::text, dim FROM maxsim.indexes ORDER BY id").fetchall()
-    return {r[0]: IndexMeta(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows
+        "SELECT id, name, token_table, id_type::text, dim, model, model_revision"
+        " FROM maxsim.indexes ORDER BY id").fetchall()
+    return {r[0]: IndexMeta(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], r[6]) for r in rows
             if names is None or r[1] in names}
 
 
