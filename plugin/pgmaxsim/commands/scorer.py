@@ -1,0 +1,40 @@
+"""``pgmaxsim scorer``: the long-lived MaxSim scoring service (one per GPU; CPU backend without one)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+EPILOG = """\
+examples:
+  pgmaxsim scorer                                  # Unix socket /tmp/pgmaxsim-scorer.sock, GPU if present
+  pgmaxsim scorer --socket /run/pgmaxsim/scorer.sock --int8
+  pgmaxsim scorer --backend cpu --index docs
+
+PostgreSQL backends find it through the setting pgmaxsim.scorer, e.g.
+  ALTER DATABASE mydb SET pgmaxsim.scorer = '/tmp/pgmaxsim-scorer.sock';
+Without it (or when the service is down) the SQL functions score on the CPU in the backend.
+"""
+
+
+def register(sub: Any) -> None:
+    from pgmaxsim.scorer.server import build_parser
+
+    p = sub.add_parser(
+        "scorer",
+        help="run the MaxSim scorer service (holds token tables on the GPU, CPU backend otherwise)",
+        description="Run the long-lived scorer service that the SQL functions and the Python API call.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    build_parser(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgmaxsim.db.connect import resolve_dsn
+    from pgmaxsim.scorer.server import run_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run_args(args, resolve_dsn(args.dsn))
