@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-
 from pgmaxsim.worker import run_worker
 from pgmaxsim.worker.loop import WorkerStats
+from psycopg import sql
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 ROOT = Path(__file__).resolve().parent.parent
