@@ -1,0 +1,358 @@
+"""``pgmaxsim index create|list|show|drop|reindex``: manage MaxSim indexes from the shell.
+
+Everything goes through the public SQL functions (``maxsim.create_index``,
+``maxsim.drop_index``, ``maxsim.index_info``), so what the CLI does is what a
+SQL user would do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pgmaxsim.errors import PgmaxsimError
+
+EPILOG = """\
+examples:
+  pgmaxsim index create docs --table documents --text-column body            # offline MiniLM
+  pgmaxsim index create pages --table documents --image-column image --text-column body \\
+      --model vidore/colqwen2.5-v0.2 --pooling centroids
+  pgmaxsim index create mine --table items --model none --dim 128             # you write the embeddings
+  pgmaxsim index list
+  pgmaxsim index show docs
+  pgmaxsim index reindex docs                  # encode every row again (same model)
+  pgmaxsim index reindex docs --model text:BAAI/bge-small-en-v1.5   # re-embed under a new model
+  pgmaxsim index drop docs --yes
+"""
+
+NO_MODEL = {"none", "null", "app", "application"}
+
+
+# ---------------------------------------------------------------- helpers used by other commands
+
+def canonical_model(model: str | None) -> str | None:
+    """The model name stored in the registry: ``None``/``default`` → the bundled MiniLM's name,
+    ``none`` → NULL (the application writes the embeddings)."""
+    from pgmaxsim.encoders.registry import DEFAULT_ALIASES
+    from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
+
+    if model is None or model.strip().lower() in DEFAULT_ALIASES:
+        return DEFAULT_MODEL_NAME
+    if model.strip().lower() in NO_MODEL:
+        return None
+    return model.strip()
+
+
+def check_model_name(model: str | None) -> None:
+    """Raise a one-line PgmaxsimError for a model name no encoder family knows."""
+    from pgmaxsim.encoders.registry import resolve_family
+
+    name = canonical_model(model)
+    if name is not None:
+        resolve_family(name)
+
+
+def columns_for_model(model: str | None) -> dict[str, str | None]:
+    """Which ingest-table columns an index of ``model`` reads: text models the text,
+    image models the page image (and the text of rows without one)."""
+    from pgmaxsim.encoders.registry import resolve_family
+
+    name = canonical_model(model)
+    family = resolve_family(name)[0] if name else "text"
+    if family == "text":
+        return {"text_column": "body", "image_column": None}
+    if family == "nemoretriever":
+        return {"text_column": None, "image_column": "image"}
+    return {"text_column": "body", "image_column": "image"}
+
+
+def model_dim(conn: psycopg.Connection[Any], model: str) -> int:
+    """The embedding size of ``model``: the registry's table of known models, else load the model."""
+    row = conn.execute("SELECT maxsim._known_model_dim(%s)", (model,)).fetchone()
+    if row and row[0]:
+        return int(row[0])
+    from pgmaxsim.encoders import load_encoder
+
+    try:
+        return int(load_encoder(model).dim)
+    except PgmaxsimError as e:
+        raise PgmaxsimError(f"cannot tell the dim of model {model!r} ({e}); pass --dim") from None
+
+
+def index_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.indexes WHERE name = %s)", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def require_schema(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute("SELECT to_regclass('maxsim.indexes') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise PgmaxsimError(f"database {conn.info.dbname!r} has no maxsim schema: run `pgmaxsim migrate` first")
+
+
+def create_index(conn: psycopg.Connection[Any], name: str, table: str, id_column: str = "id", *,
+                 text_column: str | None = None, image_column: str | None = None, model: str | None = None,
+                 dim: int | None = None, pooling: str | None = None,
+                 options: dict[str, Any] | None = None) -> int:
+    """``maxsim.create_index`` with the CLI's model defaults; returns the index id."""
+    from pgmaxsim.commands.ingest import parse_table_name
+
+    require_schema(conn)
+    check_model_name(model)
+    stored = canonical_model(model)
+    opts = dict(options or {})
+    if pooling:
+        opts["pooling"] = pooling
+    if stored is not None and dim is None:
+        dim = model_dim(conn, stored)
+    source = parse_table_name(table).as_string(conn)
+    if conn.execute("SELECT to_regclass(%s)", (source,)).fetchone()[0] is None:  # type: ignore[index]
+        raise PgmaxsimError(f"table {table!r} does not exist")
+    return int(conn.execute(
+        "SELECT maxsim.create_index(%s, %s::regclass, %s, %s, %s, %s, %s, %s::jsonb)",
+        (name, source, id_column, text_column, image_column, stored, dim, json.dumps(opts)),
+    ).fetchone()[0])  # type: ignore[index]
+
+
+def embed_now(dsn: str, names: list[str] | None = None) -> None:
+    """Run the worker until the queues of ``names`` (default: all) are empty."""
+    from pgmaxsim.worker.loop import run_worker
+
+    stats = run_worker(dsn, indexes=names, once=True, progress=True)
+    print(f"worker: {stats.done} row(s) embedded, {stats.skipped} unchanged, {stats.failed} failed")
+    for err in stats.errors[:5]:
+        print(f"  {err}")
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise PgmaxsimError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+# ---------------------------------------------------------------- subcommands
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "index",
+        help="create, list, show, drop or re-embed MaxSim indexes",
+        description="Manage MaxSim indexes (token tables + pooled-vector ANN + change capture on a source table).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION")
+    isub.required = True
+
+    c = isub.add_parser("create", help="index a table (its existing rows are queued for the worker)",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("name", help="index name (any text, 1 to 200 characters)")
+    c.add_argument("--table", required=True, help="source table, [schema.]name")
+    c.add_argument("--id-column", default="id", help="primary key column (default: id)")
+    c.add_argument("--text-column", help="column with the text to embed")
+    c.add_argument("--image-column", help="column with image/PDF bytes (bytea) or a local file path (text)")
+    c.add_argument("--model", help="model name (default: the offline MiniLM; 'none' = you write embeddings)")
+    c.add_argument("--dim", type=int, help="embedding size (default: the model's)")
+    c.add_argument("--pooling", choices=["centroids", "mean"], help="ANN prefilter pooling (default: centroids)")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="index option, e.g. candidates=200 ef_search=100 (repeatable)")
+    c.set_defaults(func=run_create)
+
+    ls = isub.add_parser("list", help="all indexes with row counts")
+    ls.set_defaults(func=run_list)
+
+    s = isub.add_parser("show", help="one index in detail")
+    s.add_argument("name")
+    s.set_defaults(func=run_show)
+
+    d = isub.add_parser("drop", help="remove an index and everything it created (not the source table)")
+    d.add_argument("name")
+    d.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    d.set_defaults(func=run_drop)
+
+    r = isub.add_parser("reindex", help="encode every row again, or re-embed under a new model")
+    r.add_argument("name")
+    r.add_argument("--model", help="re-embed under this model (runs alongside the old one, then switches)")
+    r.add_argument("--revision", help="model revision for --model")
+    r.set_defaults(func=run_reindex)
+
+
+def _conn(args: argparse.Namespace) -> psycopg.Connection[Any]:
+    from pgmaxsim.db.connect import connect
+
+    conn = connect(args.dsn)
+    try:
+        require_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _sql_error(e: psycopg.Error) -> PgmaxsimError:
+    from pgmaxsim.db.connect import first_line
+
+    return PgmaxsimError(first_line(e).removeprefix("pgmaxsim: "))
+
+
+def run_create(args: argparse.Namespace) -> int:
+    if not args.text_column and not args.image_column and canonical_model(args.model) is not None:
+        raise PgmaxsimError("an index with a model needs --text-column or --image-column")
+    with _conn(args) as conn:
+        try:
+            create_index(conn, args.name, args.table, args.id_column, text_column=args.text_column,
+                         image_column=args.image_column, model=args.model, dim=args.dim,
+                         pooling=args.pooling, options=_options(args.option))
+        except psycopg.Error as e:
+            raise _sql_error(e) from None
+        info = _info(conn, args.name)
+    model = info["model"] or "none (embeddings written by the application)"
+    print(f"index {args.name} created: source {info['source']}, model {model}, dim {info['dim']},"
+          f" pooling {info['pooling']}; {info['pending']} row(s) queued")
+    if info["model"]:
+        print("next: pgmaxsim worker --once")
+    return 0
+
+
+def _info(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
+    try:
+        cur = conn.execute("SELECT * FROM maxsim.index_info(%s)", (name,))
+    except psycopg.errors.UndefinedObject:
+        raise PgmaxsimError(f"index {name!r} does not exist (see `pgmaxsim index list`)") from None
+    row = cur.fetchone()
+    assert row is not None and cur.description is not None
+    return {d.name: v for d, v in zip(cur.description, row)}
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from pgmaxsim.commands._output import table
+
+    with _conn(args) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM maxsim.indexes ORDER BY name")]
+        rows = []
+        for name in names:
+            i = _info(conn, name)
+            failed = conn.execute("SELECT count(*) FROM maxsim.failed WHERE index_id = %s", (i["id"],)).fetchone()
+            rows.append([name, str(i["source"]), i["model"] or "-", i["dim"], i["pooling"], i["rows"],
+                         i["pending"], failed[0] if failed else 0])
+    if not rows:
+        print("no indexes yet: pgmaxsim index create NAME --table T --text-column C  (or pgmaxsim demo)")
+        return 0
+    table(["name", "source", "model", "dim", "pooling", "rows", "pending", "failed"], rows, right=[3, 5, 6, 7])
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from pgmaxsim.commands._output import human_bytes
+
+    with _conn(args) as conn:
+        i = _info(conn, args.name)
+        reg = conn.execute(
+            "SELECT text_column, image_column, model_revision, created_at FROM maxsim.indexes WHERE id = %s",
+            (i["id"],)).fetchone()
+        assert reg is not None
+        size = conn.execute("SELECT pg_total_relation_size(%s::regclass)",
+                            (sql.Identifier("maxsim", i["token_table"]).as_string(conn),)).fetchone()
+        failed = conn.execute(
+            "SELECT row_id, step, error FROM maxsim.failed WHERE index_id = %s ORDER BY failed_at DESC LIMIT 5",
+            (i["id"],)).fetchall()
+        nfailed = conn.execute("SELECT count(*) FROM maxsim.failed WHERE index_id = %s", (i["id"],)).fetchone()
+    total = int(size[0]) if size else 0
+    rows = int(i["rows"])
+    lines = [
+        ("name", args.name),
+        ("source", f"{i['source']} (key {i['id_column']} {i['id_type']})"),
+        ("text column", reg[0] or "-"),
+        ("image column", reg[1] or "-"),
+        ("model", (i["model"] or "none (embeddings written by the application)")
+         + (f" @ {reg[2]}" if reg[2] else "")),
+        ("dim", i["dim"]),
+        ("pooling", i["pooling"]),
+        ("options", json.dumps(i["options"], sort_keys=True)),
+        ("token table", f"maxsim.{i['token_table']}"),
+        ("rows", rows),
+        ("tokens", f"{i['tokens']} ({i['tokens'] / rows:.0f} per row)" if rows else i["tokens"]),
+        ("storage", f"{human_bytes(total)}" + (f" ({human_bytes(total / rows)} per row)" if rows else "")),
+        ("pending", i["pending"]),
+        ("failed", nfailed[0] if nfailed else 0),
+        ("created", reg[3].isoformat(timespec="seconds") if reg[3] else "-"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k.ljust(width)}  {v}")
+    for row_id, step, error in failed:
+        print(f"  failed row {row_id} ({step}): {error}")
+    return 0
+
+
+def run_drop(args: argparse.Namespace) -> int:
+    import sys
+
+    with _conn(args) as conn:
+        _info(conn, args.name)  # a clear error for an unknown index
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise PgmaxsimError(f"refusing to drop index {args.name!r} without --yes (stdin is not a terminal)")
+            answer = input(f"drop index {args.name!r} and its embeddings (the source table stays)? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("not dropped")
+                return 1
+        try:
+            conn.execute("SELECT maxsim.drop_index(%s)", (args.name,))
+        except psycopg.Error as e:
+            raise _sql_error(e) from None
+    print(f"index {args.name} dropped")
+    return 0
+
+
+def run_reindex(args: argparse.Namespace) -> int:
+    with _conn(args) as conn:
+        i = _info(conn, args.name)
+        if args.model:
+            return _reembed(conn, args, i)
+        if not i["model"]:
+            raise PgmaxsimError(f"index {args.name!r} has no model: its embeddings are written by the application")
+        n = requeue_all(conn, i)
+    print(f"index {args.name}: {n} row(s) queued to be encoded again; run pgmaxsim worker --once")
+    return 0
+
+
+def requeue_all(conn: psycopg.Connection[Any], info: dict[str, Any]) -> int:
+    """Forget the content hashes (so unchanged rows are encoded again) and queue every source row."""
+    reg = conn.execute("SELECT source::text, id_column FROM maxsim.indexes WHERE id = %s", (info["id"],)).fetchone()
+    assert reg is not None
+    with conn.transaction():
+        conn.execute(sql.SQL("UPDATE maxsim.{} SET content_hash = NULL WHERE content_hash IS NOT NULL").format(
+            sql.Identifier(info["token_table"])))
+        cur = conn.execute(
+            sql.SQL("INSERT INTO maxsim.queue (index_id, row_id) SELECT %s, {}::text FROM {}").format(
+                sql.Identifier(reg[1]), sql.SQL(reg[0])),  # source::text is regclass output: quoted by the server
+            (info["id"],))
+    return cur.rowcount
+
+
+def _reembed(conn: psycopg.Connection[Any], args: argparse.Namespace, info: dict[str, Any]) -> int:
+    from pgmaxsim.worker.reembed import start_reembed
+
+    check_model_name(args.model)
+    model = canonical_model(args.model)
+    if model is None:
+        raise PgmaxsimError("--model none: an index cannot be re-embedded into application-written embeddings")
+    try:
+        state = start_reembed(conn, args.name, model, revision=args.revision)
+    except psycopg.Error as e:
+        raise _sql_error(e) from None
+    del state
+    print(f"index {args.name}: re-embedding under {model} started; search keeps using the current"
+          " embeddings until the new ones are complete, then switches over. Run pgmaxsim worker to do the work.")
+    return 0

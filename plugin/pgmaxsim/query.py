@@ -1,0 +1,253 @@
+"""What ``Index.search`` needs beyond token arrays: queries through the index's model, filters, source rows.
+
+- :func:`encode_query`: a query text, a PIL image (image-to-page search) or an
+  ``(n, d)`` array → ``(n, d)`` float32 tokens. Text and images go through the
+  index's own model, loaded once per process (:func:`encoder_for`).
+- :func:`filter_keys`: the keys of the source rows matching a filter (a SQL
+  condition on the source table's columns, or a ``{column: value}`` mapping).
+- :func:`fetch_rows`: the source rows of a result, as dicts.
+- :class:`Hit`: one result; a 2-tuple ``(id, score)`` with a ``.row`` attribute.
+- :func:`borrow`: a connection from a psycopg 3 connection or a pool.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from pgmaxsim.errors import PgmaxsimError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pgmaxsim.encoders.base import Encoder
+    from pgmaxsim.storage import IndexInfo
+
+Filter = str | sql.Composable | Mapping[str, Any] | None
+
+_encoders: dict[tuple[str, str | None], "Encoder"] = {}
+_lock = threading.Lock()
+
+
+class Hit(tuple):  # type: ignore[type-arg]
+    """One search result: unpacks and compares as ``(id, score)``; ``.row`` is the source row when asked."""
+
+    row: dict[str, Any] | None
+
+    def __new__(cls, id: Any, score: float, row: dict[str, Any] | None = None) -> "Hit":
+        self = super().__new__(cls, (id, score))
+        self.row = row
+        return self
+
+    @property
+    def id(self) -> Any:
+        return self[0]
+
+    @property
+    def score(self) -> float:
+        return float(self[1])
+
+    def __repr__(self) -> str:
+        extra = "" if self.row is None else f", row={self.row!r}"
+        return f"Hit(id={self[0]!r}, score={self[1]:.4f}{extra})"
+
+    def __reduce__(self) -> Any:
+        return (Hit, (self[0], self[1], self.row))
+
+
+@contextmanager
+def borrow(conn: Any) -> Iterator[psycopg.Connection[Any]]:
+    """``conn`` itself, or a connection borrowed from a pool (anything with ``.connection()``)."""
+    if isinstance(conn, psycopg.Connection):
+        yield conn
+        return
+    getter = getattr(conn, "connection", None)
+    if getter is None:
+        raise PgmaxsimError(f"expected a psycopg 3 connection or pool, got {type(conn).__name__}")
+    with getter() as c:
+        yield c
+
+
+# ---------------------------------------------------------------- query encoding
+
+def encoder_for(model: str, revision: str | None = None) -> "Encoder":
+    """The encoder of ``model`` (+ ``revision``), loaded once per process."""
+    key = (model, revision)
+    enc = _encoders.get(key)
+    if enc is not None:
+        return enc
+    with _lock:
+        enc = _encoders.get(key)
+        if enc is None:
+            from pgmaxsim.encoders import load_encoder
+
+            _quiet_transformers()
+            enc = load_encoder(model, revision=revision)
+            _encoders[key] = enc
+    return enc
+
+
+def _quiet_transformers() -> None:
+    """No per-load 'Loading weights' progress bars in the middle of a search's output."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _is_image(query: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(query, Image.Image)
+
+
+def encode_query(info: "IndexInfo", query: Any, encoder: "Encoder | None" = None) -> np.ndarray:
+    """``query`` as an ``(n, d)`` float array for index ``info`` (see module doc).
+
+    Text and images need the index to have a model (or ``encoder`` given);
+    arrays are checked against the index's dim. Raises PgmaxsimError.
+    """
+    if isinstance(query, str) or _is_image(query):
+        if encoder is None:
+            if not info.model:
+                raise PgmaxsimError(
+                    f"index {info.name!r} has no model (its embeddings are written by the application):"
+                    " pass the query as an (n_tokens, dim) array, or give Index(..., encoder=...)")
+            encoder = encoder_for(info.model, info.model_revision)
+        if isinstance(query, str):
+            if not query.strip():
+                raise PgmaxsimError("the query text is empty")
+            tokens = encoder.encode_query(query)
+        else:
+            out = encoder.encode_documents([query])[0]
+            if not isinstance(out, np.ndarray):
+                raise PgmaxsimError(f"query image: {out.message}")
+            tokens = out
+        encoder.check_dim(info.dim, info.name)
+        return np.asarray(tokens, dtype=np.float32)
+    if isinstance(query, (bytes, bytearray, memoryview)) or not (
+            hasattr(query, "__array__") or isinstance(query, (list, tuple))):
+        raise PgmaxsimError(
+            f"index {info.name!r}: a query is text, a PIL image or an (n_tokens, dim) array, not {type(query).__name__}")
+    q = np.asarray(query)
+    if q.ndim != 2 or q.shape[0] == 0:
+        raise PgmaxsimError(f"query must be a non-empty (n_tokens, dim) array, got shape {q.shape}")
+    if q.shape[1] != info.dim:
+        raise PgmaxsimError(f"query vectors have {q.shape[1]} dimensions, index {info.name!r} has {info.dim}")
+    if not np.issubdtype(q.dtype, np.number) or not np.isfinite(q.astype(np.float16)).all():
+        raise PgmaxsimError("query contains NaN or infinite values (or values beyond fp16 range)")
+    return q
+
+
+# ---------------------------------------------------------------- filters and rows
+
+def _source(info: "IndexInfo") -> tuple[sql.Composable, sql.Composable, sql.Composable]:
+    if not info.source or not info.id_column:
+        raise PgmaxsimError(f"index {info.name!r} has no source table")
+    # source is regclass output and id_type format_type output: both already quoted by the server.
+    return sql.SQL(info.source), sql.Identifier(info.id_column), sql.SQL(info.id_type)
+
+
+def filter_condition(filter: Filter) -> tuple[sql.Composable, Sequence[Any] | Mapping[str, Any] | None]:
+    """A filter as ``(SQL condition, its parameters)``; a mapping becomes ``col = value`` terms.
+
+    A string is SQL written by the caller (like SQLAlchemy's ``text()``): it may
+    use the source table's columns and ``%s`` / ``%(name)s`` placeholders.
+    Mapping values that are lists or tuples match any of their elements.
+    """
+    if filter is None:
+        return sql.SQL("true"), None
+    if isinstance(filter, Mapping):
+        if not filter:
+            return sql.SQL("true"), None
+        terms, params = [], []
+        for col, value in filter.items():
+            if isinstance(value, (list, tuple, set, frozenset)):
+                terms.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(col)))
+                params.append(list(value))
+            elif value is None:
+                terms.append(sql.SQL("{} IS NULL").format(sql.Identifier(col)))
+            else:
+                terms.append(sql.SQL("{} = %s").format(sql.Identifier(col)))
+                params.append(value)
+        return sql.SQL(" AND ").join(terms), params
+    if isinstance(filter, str):
+        if not filter.strip():
+            raise PgmaxsimError("the filter is empty")
+        return sql.SQL(filter), None  # type: ignore[arg-type]
+    if isinstance(filter, sql.Composable):
+        return filter, None
+    raise PgmaxsimError(f"filter must be SQL text or a mapping of column to value, not {type(filter).__name__}")
+
+
+def _run(conn: psycopg.Connection[Any], query: sql.Composable, params: Any) -> list[tuple[Any, ...]]:
+    from pgmaxsim.db.connect import first_line
+
+    try:
+        with conn.transaction():
+            return conn.execute(query, params).fetchall()
+    except psycopg.Error as e:
+        raise PgmaxsimError(f"filter: {first_line(e)}") from None
+
+
+def filter_keys(conn: psycopg.Connection[Any], info: "IndexInfo", filter: Filter, params: Any = None,
+                limit: int | None = None) -> list[str] | None:
+    """Keys (as text) of the source rows matching ``filter``; None when more than ``limit`` match."""
+    src, key, _ = _source(info)
+    cond, own = filter_condition(filter)
+    q = sql.SQL("SELECT {key}::text FROM {src} WHERE ({cond})").format(key=key, src=src, cond=cond)
+    if limit is not None:
+        q = q + sql.SQL(" LIMIT {}").format(sql.Literal(limit + 1))
+    rows = _run(conn, q, own if own is not None else params)
+    if limit is not None and len(rows) > limit:
+        return None
+    return [r[0] for r in rows]
+
+
+def keep_matching(conn: psycopg.Connection[Any], info: "IndexInfo", keys: Sequence[str], filter: Filter,
+                  params: Any = None) -> set[str]:
+    """The subset of ``keys`` whose source rows match ``filter``."""
+    if not keys:
+        return set()
+    src, key, typ = _source(info)
+    cond, own = filter_condition(filter)
+    q = sql.SQL("SELECT {key}::text FROM {src} WHERE {key} = ANY({keys}::text[]::{typ}[]) AND ({cond})").format(
+        key=key, src=src, keys=sql.Literal(list(keys)), typ=typ, cond=cond)
+    return {r[0] for r in _run(conn, q, own if own is not None else params)}
+
+
+def fetch_rows(conn: psycopg.Connection[Any], info: "IndexInfo", keys: Sequence[str],
+               columns: bool | Sequence[str] = True) -> dict[str, dict[str, Any]]:
+    """Source rows by key text: all columns (``columns=True``) or the named ones."""
+    if not keys:
+        return {}
+    src, key, typ = _source(info)
+    if columns is True:
+        cols: sql.Composable = sql.SQL("t.*")
+    else:
+        names = list(columns)  # type: ignore[arg-type]
+        if not names:
+            raise PgmaxsimError("rows=[] names no columns")
+        cols = sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in names)
+    q = sql.SQL("SELECT t.{key}::text AS \"pgmaxsim key\", {cols} FROM {src} t"
+                " WHERE t.{key} = ANY(%s::text[]::{typ}[])").format(key=key, cols=cols, src=src, typ=typ)
+    from pgmaxsim.db.connect import first_line
+
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(q, (list(keys),))
+            names = [d.name for d in cur.description or []]
+            out = {}
+            for r in cur.fetchall():
+                out[r[0]] = dict(zip(names[1:], r[1:]))
+    except psycopg.Error as e:
+        raise PgmaxsimError(f"reading rows of {info.source}: {first_line(e)}") from None
+    return out
