@@ -1,6 +1,6 @@
 -- pgmaxsim 0004: query text from SQL. maxsim.encode_query(index, text) -> halfvec[] and its query cache.
--- Installed by migrations/versions/0004_encode_query.py BEFORE one of 0004_encode_query_plpython.sql /
--- 0004_encode_query_sql.sql (which define maxsim.encode_query itself).
+-- Installed by migrations/versions/0004_encode_query.py AFTER one of 0004_encode_query_plpython.sql /
+-- 0004_encode_query_sql.sql, which define maxsim._encode_remote (how this server reaches the scorer).
 -- '@vector@' is replaced by the (quoted) schema of the pgvector extension.
 -- Released file: never edit once its revision is released (sha256 pinned in the revision).
 
@@ -81,5 +81,41 @@ BEGIN
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
+END
+$$;
+
+-- The index's model encodes a query text: this backend's cache -> maxsim.query_cache -> the scorer
+-- service (`pgmaxsim scorer`, which hosts the query encoder of every index that has a model; the model
+-- is never loaded in a database backend). Errors name what to start or do.
+CREATE FUNCTION maxsim.encode_query(name text, query text)
+RETURNS @vector@.halfvec[]
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    t @vector@.halfvec[];
+    res record;
+BEGIN
+    r := maxsim._index(name);
+    IF r.model IS NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: index "%" has no model (its embeddings are written by the application): encode the query in the application and pass it as halfvec[]', name
+            USING ERRCODE = '22023';
+    END IF;
+    IF query IS NULL OR pg_catalog.btrim(query) = '' THEN
+        RAISE EXCEPTION 'pgmaxsim: query text is empty' USING ERRCODE = '22023';
+    END IF;
+    t := maxsim._cached_query(r.id, r.model, r.model_revision, query);
+    IF t IS NOT NULL THEN
+        RETURN t;
+    END IF;
+    SELECT * INTO res FROM maxsim._encode_remote(r.id, r.dim, query);
+    IF res.error IS NOT NULL THEN
+        IF res.hint IS NULL THEN
+            RAISE EXCEPTION 'pgmaxsim: %', res.error USING ERRCODE = '55000';
+        END IF;
+        RAISE EXCEPTION 'pgmaxsim: %', res.error USING ERRCODE = '55000', HINT = res.hint;
+    END IF;
+    RETURN res.tokens;
 END
 $$;

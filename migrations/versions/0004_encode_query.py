@@ -3,11 +3,12 @@
 Revision ID: 0004
 Revises: 0003
 
-``maxsim.encode_query`` comes in two implementations with one signature
-(feature detection, not configuration): with plpython3u it asks the scorer
-service (``pgmaxsim scorer``), which hosts each index's query encoder; without
-it, it answers from ``maxsim.query_cache`` only and otherwise raises an error
-saying how to encode the query. ``@vector@`` is replaced by pgvector's schema.
+``maxsim.encode_query`` reads the query cache, then asks the scorer service
+through ``maxsim._encode_remote``, which comes in two implementations with one
+signature (feature detection, not configuration): with plpython3u it talks to
+the scorer (``pgmaxsim scorer``, which hosts each index's query encoder);
+without it, it can only say how to encode the query instead. ``@vector@`` is
+replaced by pgvector's schema.
 """
 
 from pgmaxsim.db.sqlfiles import driver_connection, read_frozen, server_has_plpython
@@ -17,10 +18,10 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-UP = ("0004_encode_query.up.sql", "63baeccdfe271c6eecc4fa3beeb288eb1da5b55ac61e341407db54ef3b16a185")
-ENCODE_PLPYTHON = ("0004_encode_query_plpython.sql", "0d9987230e946909ad394578a36d6f333643bd4cbae7fe1173e953adfe3460f9")
-ENCODE_SQL = ("0004_encode_query_sql.sql", "ec5dbb37ac0bcf75d9d0a983e7205f49a4f3a09d9582e568440b677945f83de0")
-DOWN = ("0004_encode_query.down.sql", "61f5798617f15b6b1c2ad1042ae7bb141f367d3aed004efae2d0f0b83a872238")
+UP = ("0004_encode_query.up.sql", "fc7e1c709c1e4bca9c7bf67d93f37fd0cfc38ccd25df4e401437851479eed427")
+ENCODE_PLPYTHON = ("0004_encode_query_plpython.sql", "25420a3b642433983463c2639f2da9344664f93ee13328a55b818c80e4e5efef")
+ENCODE_SQL = ("0004_encode_query_sql.sql", "947dd9470a7120d2910f5d2c9ea020df3ed3ff6f74e6ea396dd110161e00c26c")
+DOWN = ("0004_encode_query.down.sql", "a8b60379480d225aabffe9fce0827347bb94710b876073fadbfc24cbf989c5cd")
 
 
 def _run(bind, name: str, digest: str) -> None:  # type: ignore[no-untyped-def]
@@ -37,8 +38,8 @@ def upgrade() -> None:
     from alembic import op
 
     bind = op.get_bind()
-    _run(bind, *UP)
     _run(bind, *(ENCODE_PLPYTHON if server_has_plpython(bind) else ENCODE_SQL))
+    _run(bind, *UP)
 
 
 def downgrade() -> None:
