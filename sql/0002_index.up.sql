@@ -513,6 +513,8 @@ AS $$
 DECLARE
     r maxsim.indexes;
     n integer;
+    cand text[];
+    t0 timestamptz;
 BEGIN
     r := maxsim._index(name);
     IF k IS NULL THEN
@@ -523,8 +525,14 @@ BEGIN
     IF n <= 0 THEN
         RAISE EXCEPTION 'pgmaxsim: candidates must be positive, got %', n USING ERRCODE = '22023';
     END IF;
-    RETURN QUERY SELECT s.id, s.score
-                   FROM maxsim._score(r.id, query, maxsim._candidates(r, query, greatest(n, k)), k) s;
+    t0 := pg_catalog.clock_timestamp();
+    cand := maxsim._candidates(r, query, greatest(n, k));
+    IF pg_catalog.current_setting('pgmaxsim.timing', true) IN ('on', 'true', '1') THEN
+        RAISE NOTICE 'pgmaxsim: candidates % (% ms, pooling %)',
+            coalesce(pg_catalog.cardinality(cand)::text, 'all rows'),
+            pg_catalog.round((EXTRACT(epoch FROM pg_catalog.clock_timestamp() - t0) * 1000)::numeric, 1), r.pooling;
+    END IF;
+    RETURN QUERY SELECT s.id, s.score FROM maxsim._score(r.id, query, cand, k) s;
 END
 $$;
 

@@ -19,7 +19,7 @@ depends_on = None
 
 SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "1231483b61f607b274919ab8d01e1a219f8449d7cbea46f1205489135a7ecbb1")
 SCORING_SQL = ("0002_scoring_sql.sql", "0af3fc8341ac9815ad62c1779e5481e46d4c33020c6385ca7fb8f1236ebe79bc")
-INDEX_UP = ("0002_index.up.sql", "9bc14a0b2105da95a005083c512cb01acbaeaeb783446e65c0b1e8db36e9eb61")
+INDEX_UP = ("0002_index.up.sql", "88bef6c7315f452cf84ef3c73cfee4a7026e420c521bbdf805a6ce0e00d49255")
 INDEX_DOWN = ("0002_index.down.sql", "4700fb8ef3f539cbed41225d62cfa36b0f95b4e06e1cdef18a143f063267ee27")
 
 

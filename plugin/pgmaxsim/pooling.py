@@ -59,11 +59,14 @@ def centroids(tokens: np.ndarray, c: int, rounds: int = ROUNDS) -> np.ndarray:
     c = max(1, min(int(c), n))
     start = ((2 * np.arange(c) + 1) * n) // (2 * c)
     cent = x[start].copy()
+    members = np.zeros((c, n), dtype=np.float32)
+    cols = np.arange(n)
     for _ in range(rounds):
         assign = np.argmax(x @ cent.T, axis=1)
-        sums = np.zeros_like(cent)
-        np.add.at(sums, assign, x)
-        counts = np.bincount(assign, minlength=c)
+        members[:] = 0
+        members[assign, cols] = 1
+        sums = members @ x  # (c, d): one matrix product instead of a scatter-add
+        counts = members.sum(axis=1)
         moved = np.where(counts[:, None] > 0, _normalise(sums), cent)
         if np.array_equal(moved, cent):
             break

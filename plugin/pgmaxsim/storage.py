@@ -17,10 +17,11 @@ table's trigger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,18 @@ def get_index(conn: psycopg.Connection[Any], name: str) -> IndexInfo:
                      halfvec_oid=int(row[13] or 0))
 
 
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Pooling does many small matrix products; BLAS threads only add overhead to those."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
 def _field(data: bytes | None) -> bytes:
     return _NULL if data is None else struct.pack("!i", len(data)) + data
 
@@ -164,6 +177,16 @@ def write_rows(
     rev = None if model_revision is None else model_revision.encode("utf-8")
     tok_rows: list[bytes] = []
     cen_rows: list[bytes] = []
+    with _one_blas_thread():
+        _encode_rows(index, latest, embeddings, content_hashes, m, rev, tok_rows, cen_rows)
+    keys = list(latest)
+    _write(conn, index, keys, tok_rows, cen_rows)
+    return len(keys)
+
+
+def _encode_rows(index: IndexInfo, latest: dict[str, int], embeddings: Sequence[Any],
+                 content_hashes: Sequence[bytes | None] | None, m: bytes | None, rev: bytes | None,
+                 tok_rows: list[bytes], cen_rows: list[bytes]) -> None:
     for key, i in latest.items():
         arr = _check_tokens(index, key, embeddings[i])
         try:
@@ -180,7 +203,10 @@ def write_rows(
             for c, vec in enumerate(cents):
                 cen_rows.append(struct.pack("!h", 3) + _field(kb) + _field(struct.pack("!h", c))
                                 + _field(encode_halfvec(vec)))
-    keys = list(latest)
+
+
+def _write(conn: psycopg.Connection[Any], index: IndexInfo, keys: list[str], tok_rows: list[bytes],
+           cen_rows: list[bytes]) -> None:
     tok = sql.Identifier("maxsim", index.token_table)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
@@ -197,7 +223,6 @@ def write_rows(
         if cen_rows and index.centroid_table:
             _copy(cur, sql.SQL("COPY {} (row_id, c, vec) FROM STDIN (FORMAT binary)").format(
                 sql.Identifier("maxsim", index.centroid_table)), cen_rows)
-    return len(keys)
 
 
 def _copy(cur: psycopg.Cursor[Any], statement: sql.Composable, rows: list[bytes]) -> None:

@@ -10,6 +10,7 @@ computed here with NumPy (:mod:`.cpu`).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,8 +94,38 @@ def _fetch_sql(index: dict[str, Any], where: str) -> str:
             f" FROM maxsim.{index['token_table']} t {where}")
 
 
+class _Timer:
+    """Fetch/score time split, reported as a NOTICE when ``SET pgmaxsim.timing = on``."""
+
+    def __init__(self, plpy: Any) -> None:
+        rows = plpy.execute(_plan(plpy, "SELECT pg_catalog.current_setting('pgmaxsim.timing', true) AS on"))
+        self.on = bool(rows) and rows[0]["on"] in ("on", "true", "1")
+        self.fetch = self.score = 0.0
+        self.rows = 0
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        return dt
+
+    def report(self, plpy: Any, remote_rows: int) -> None:
+        if self.on:
+            plpy.notice(f"pgmaxsim: scored {self.rows} rows on the CPU (fetch {self.fetch * 1e3:.1f} ms,"
+                        f" score {self.score * 1e3:.1f} ms), {remote_rows} by the scorer service")
+
+
+def _score_rows_timed(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any],
+                      out: dict[str, float], timer: _Timer) -> None:
+    timer.fetch += timer.lap()
+    _score_rows(plpy, index, q, rows, out)
+    timer.score += timer.lap()
+    timer.rows += len(rows)
+
+
 def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, k: int | None) -> list[tuple[str, float]]:
     """Exact MaxSim of rows ``ids`` (text keys; None = every row), best ``k`` first (None = all)."""
+    timer = _Timer(plpy)
     index = index_by_id(plpy, index_id)
     q = _query(plpy, query, index["dim"])
     if k is not None and k <= 0:
@@ -105,11 +136,13 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
         if found is not None:
             return found
         cursor = plpy.cursor(_plan(plpy, _fetch_sql(index, "")))
+        timer.lap()
         while True:
             rows = cursor.fetch(FETCH_ROWS)
             if not rows:
                 break
-            _score_rows(plpy, index, q, list(rows), scores)
+            _score_rows_timed(plpy, index, q, list(rows), scores, timer)
+        timer.report(plpy, 0)
         return _ranked(scores, k)
     keys = list(dict.fromkeys(i for i in ids if i is not None))
     if not keys:
@@ -119,9 +152,11 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
         scores.update(got)
         keys = [i for i in keys if i not in got]
     plan = _plan(plpy, _fetch_sql(index, f"WHERE t.id = ANY ($1::{index['id_type']}[])"), ["text[]"])
+    timer.lap()
     for start in range(0, len(keys), FETCH_ROWS):
         rows = plpy.execute(plan, [keys[start:start + FETCH_ROWS]])
-        _score_rows(plpy, index, q, list(rows), scores)
+        _score_rows_timed(plpy, index, q, list(rows), scores, timer)
+    timer.report(plpy, len(got or ()))
     return _ranked(scores, k)
 
 
