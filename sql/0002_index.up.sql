@@ -120,7 +120,7 @@ CREATE FUNCTION maxsim.default_options() RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT '{"candidates": 100, "ef_search": 100, "probe": 50, "max_centroids": 16,
+    SELECT '{"candidates": 64, "ef_search": 64, "probe": 64, "rescore": 4, "max_centroids": 16,
              "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64}'::jsonb
 $$;
 
@@ -148,6 +148,7 @@ BEGIN
             WHEN 'candidates' THEN ARRAY[1, 1000000]
             WHEN 'ef_search' THEN ARRAY[1, 1000]
             WHEN 'probe' THEN ARRAY[1, 1000]
+            WHEN 'rescore' THEN ARRAY[1, 100]
             WHEN 'max_centroids' THEN ARRAY[1, 256]
             WHEN 'tokens_per_centroid' THEN ARRAY[1, 100000]
             WHEN 'hnsw_m' THEN ARRAY[2, 100]
@@ -155,7 +156,7 @@ BEGIN
         END;
         IF lim IS NULL THEN
             RAISE EXCEPTION 'pgmaxsim: unknown option "%"', k USING ERRCODE = '22023',
-                HINT = 'known options: pooling, candidates, ef_search, probe, max_centroids,'
+                HINT = 'known options: pooling, candidates, ef_search, probe, rescore, max_centroids,'
                        ' tokens_per_centroid, hnsw_m, hnsw_ef_construction';
         END IF;
         IF pg_catalog.jsonb_typeof(v) <> 'number' OR (v #>> '{}')::numeric <> pg_catalog.trunc((v #>> '{}')::numeric)
@@ -406,6 +407,9 @@ $$;
 --       exact MaxSim of the rows ids (NULL = every row of the index), best k (NULL = all)
 --   maxsim._pool(tokens halfvec[], n_centroids integer) -> halfvec[]
 --       {normalised mean, centroid 1, ..., centroid n} of one row's tokens
+--   maxsim._rescore(index_id integer, query halfvec[], ids text[], n integer) -> text[]
+--       the best n of rows ids by centroid interaction: sum over query tokens of the max
+--       similarity to the row's centroids (a cheap MaxSim estimate, centroids pooling)
 
 -- Validate a query against an index (and k); raises a clear error.
 CREATE FUNCTION maxsim._check_query(r maxsim.indexes, query @vector@.halfvec[], k integer) RETURNS void
@@ -441,7 +445,9 @@ END
 $$;
 
 -- Candidate row ids (as text) for a query from the pooled-vector ANN, or NULL when the
--- candidate budget covers the whole index (exact search).
+-- candidate budget n covers the whole index (exact search). mean: the n rows whose mean
+-- vector is nearest the query's. centroids: n * rescore rows from the per-token centroid
+-- probes (maxsim._rescore then keeps the best n of them by centroid interaction).
 CREATE FUNCTION maxsim._candidates(r maxsim.indexes, query @vector@.halfvec[], n integer) RETURNS text[]
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
@@ -449,6 +455,7 @@ AS $$
 DECLARE
     present bigint;
     probe integer := (r.options ->> 'probe')::integer;
+    wide integer := n * (r.options ->> 'rescore')::integer;
     ef integer := (r.options ->> 'ef_search')::integer;
     old_ef text := pg_catalog.current_setting('hnsw.ef_search', true);
     qmean @vector@.halfvec;
@@ -477,9 +484,10 @@ BEGIN
                 INTO result USING qmean, n;
         END IF;
     ELSE
-        -- centroids: every query token fetches its `probe` nearest row centroids; a row's
-        -- proxy score sums, over query tokens, its best centroid similarity, imputing the
-        -- probe's smallest similarity where the row was not reached.
+        -- centroids: every query token fetches its `probe` nearest row centroids (more when
+        -- the budget is large); a row's proxy score sums, over query tokens, its best centroid
+        -- similarity, imputing the probe's smallest similarity where the row was not reached.
+        probe := least(1000, greatest(probe, wide / 4));
         PERFORM pg_catalog.set_config('hnsw.ef_search', greatest(ef, probe)::text, true);
         EXECUTE pg_catalog.format($q$
             WITH q AS (SELECT u.v, u.i FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(v, i)),
@@ -492,7 +500,7 @@ BEGIN
             SELECT array_agg(s.row_id::text) FROM (
                 SELECT best.row_id FROM best GROUP BY best.row_id ORDER BY sum(best.gain) DESC, best.row_id LIMIT $3) s
             $q$, 'cen_' || r.id)
-            INTO result USING query, probe, n;
+            INTO result USING query, probe, wide;
     END IF;
     PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(old_ef, '40'), true);
     RETURN coalesce(result, '{}');
@@ -515,6 +523,7 @@ DECLARE
     n integer;
     cand text[];
     t0 timestamptz;
+    timing boolean;
 BEGIN
     r := maxsim._index(name);
     IF k IS NULL THEN
@@ -525,12 +534,22 @@ BEGIN
     IF n <= 0 THEN
         RAISE EXCEPTION 'pgmaxsim: candidates must be positive, got %', n USING ERRCODE = '22023';
     END IF;
+    n := greatest(n, k);
+    timing := pg_catalog.current_setting('pgmaxsim.timing', true) IN ('on', 'true', '1');
     t0 := pg_catalog.clock_timestamp();
-    cand := maxsim._candidates(r, query, greatest(n, k));
-    IF pg_catalog.current_setting('pgmaxsim.timing', true) IN ('on', 'true', '1') THEN
+    cand := maxsim._candidates(r, query, n);
+    IF timing THEN
         RAISE NOTICE 'pgmaxsim: candidates % (% ms, pooling %)',
             coalesce(pg_catalog.cardinality(cand)::text, 'all rows'),
             pg_catalog.round((EXTRACT(epoch FROM pg_catalog.clock_timestamp() - t0) * 1000)::numeric, 1), r.pooling;
+    END IF;
+    IF cand IS NOT NULL AND r.pooling = 'centroids' AND pg_catalog.cardinality(cand) > n THEN
+        t0 := pg_catalog.clock_timestamp();
+        cand := maxsim._rescore(r.id, query, cand, n);
+        IF timing THEN
+            RAISE NOTICE 'pgmaxsim: rescored to % by centroid interaction (% ms)', pg_catalog.cardinality(cand),
+                pg_catalog.round((EXTRACT(epoch FROM pg_catalog.clock_timestamp() - t0) * 1000)::numeric, 1);
+        END IF;
     END IF;
     RETURN QUERY SELECT s.id, s.score FROM maxsim._score(r.id, query, cand, k) s;
 END

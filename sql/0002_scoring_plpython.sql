@@ -53,3 +53,19 @@ SET search_path TO pg_catalog, pg_temp
 AS $$
     SELECT maxsim._pool_py(pg_catalog.array_send(tokens), n_centroids)::@vector@.halfvec[]
 $$;
+
+CREATE FUNCTION maxsim._rescore_py(index_id integer, query bytea, ids text[], n integer) RETURNS text[]
+LANGUAGE plpython3u STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+from pgmaxsim.plpy import api
+return api.rescore(plpy, index_id, query, ids, n)
+$$;
+
+-- The best n of rows `ids` by centroid interaction (MaxSim against each row's centroids).
+CREATE FUNCTION maxsim._rescore(index_id integer, query @vector@.halfvec[], ids text[], n integer) RETURNS text[]
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT maxsim._rescore_py(index_id, pg_catalog.array_send(query), ids, n)
+$$;

@@ -93,3 +93,27 @@ BEGIN
     RETURN ARRAY[mean] || ARRAY(SELECT c::@vector@.halfvec FROM pg_catalog.unnest(cents) AS u(c));
 END
 $$;
+
+-- The best n of rows `ids` by centroid interaction (MaxSim against each row's centroids).
+CREATE FUNCTION maxsim._rescore(index_id integer, query @vector@.halfvec[], ids text[], n integer) RETURNS text[]
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    result text[];
+BEGIN
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    EXECUTE pg_catalog.format($q$
+        SELECT array_agg(s.row_id::text ORDER BY s.score DESC, s.row_id) FROM (
+            SELECT m.row_id, sum(m.best) AS score FROM (
+                SELECT c.row_id, q.i, max(-(c.vec OPERATOR(@vector@.<#>) q.v)) AS best
+                  FROM maxsim.%I c CROSS JOIN pg_catalog.unnest($1) WITH ORDINALITY AS q(v, i)
+                 WHERE c.row_id = ANY ($2::%s[])
+                 GROUP BY c.row_id, q.i) m
+             GROUP BY m.row_id ORDER BY score DESC, m.row_id LIMIT $3) s
+        $q$, 'cen_' || r.id, r.id_type)
+        INTO result USING query, ids, n;
+    RETURN coalesce(result, '{}');
+END
+$$;

@@ -17,10 +17,10 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "1231483b61f607b274919ab8d01e1a219f8449d7cbea46f1205489135a7ecbb1")
-SCORING_SQL = ("0002_scoring_sql.sql", "0af3fc8341ac9815ad62c1779e5481e46d4c33020c6385ca7fb8f1236ebe79bc")
-INDEX_UP = ("0002_index.up.sql", "88bef6c7315f452cf84ef3c73cfee4a7026e420c521bbdf805a6ce0e00d49255")
-INDEX_DOWN = ("0002_index.down.sql", "4700fb8ef3f539cbed41225d62cfa36b0f95b4e06e1cdef18a143f063267ee27")
+SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "54b6dc79d798b8209f9901f6e6d282377325a89ffec8b35eb82a5962db7c93fe")
+SCORING_SQL = ("0002_scoring_sql.sql", "a0b4a47851372ca6f2148f9f50e3c859ac9e520e9ffb7b258b22efbb1450502f")
+INDEX_UP = ("0002_index.up.sql", "cdfdaac8c188e254397425bd1231a6fb7d8d0400bb993d832b06e9717fa983f0")
+INDEX_DOWN = ("0002_index.down.sql", "37d956e4cd4267aef6f3d78dd89ee91ba8add5195a16fd7d869e62d30f2d8ff3")
 
 
 def _run(bind, name: str, digest: str) -> None:  # type: ignore[no-untyped-def]
