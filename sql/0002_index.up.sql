@@ -617,7 +617,8 @@ BEGIN
     BEGIN
         PERFORM maxsim._check_query(r, tokens, NULL);
     EXCEPTION WHEN OTHERS THEN
-        RAISE EXCEPTION '%', replace(SQLERRM, 'query', 'tokens') USING ERRCODE = SQLSTATE;
+        RAISE EXCEPTION '%', replace(replace(replace(SQLERRM, 'query vectors', 'token vectors'), 'query is ',
+                                             'tokens are '), 'query', 'tokens') USING ERRCODE = SQLSTATE;
     END;
     n := pg_catalog.cardinality(tokens);
     pooled := maxsim._pool(tokens, CASE WHEN r.pooling = 'centroids' THEN maxsim._n_centroids(r.options, n) ELSE 0 END);

@@ -19,7 +19,7 @@ depends_on = None
 
 SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "54b6dc79d798b8209f9901f6e6d282377325a89ffec8b35eb82a5962db7c93fe")
 SCORING_SQL = ("0002_scoring_sql.sql", "a0b4a47851372ca6f2148f9f50e3c859ac9e520e9ffb7b258b22efbb1450502f")
-INDEX_UP = ("0002_index.up.sql", "cdfdaac8c188e254397425bd1231a6fb7d8d0400bb993d832b06e9717fa983f0")
+INDEX_UP = ("0002_index.up.sql", "8dfb0356bd3e510740b855b87b378c43c889de7c21260fb1a21fc54959280b6c")
 INDEX_DOWN = ("0002_index.down.sql", "37d956e4cd4267aef6f3d78dd89ee91ba8add5195a16fd7d869e62d30f2d8ff3")
 
 
