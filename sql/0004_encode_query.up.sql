@@ -35,6 +35,7 @@ RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     r maxsim.indexes;
     n integer;
@@ -44,22 +45,23 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: index "%" has no model, so it has no query encodings to cache', name
             USING ERRCODE = '22023';
     END IF;
-    IF query IS NULL OR pg_catalog.btrim(query) = '' THEN
+    IF cache_query.query IS NULL OR pg_catalog.btrim(cache_query.query) = '' THEN
         RAISE EXCEPTION 'pgmaxsim: query text is empty' USING ERRCODE = '22023';
     END IF;
-    n := pg_catalog.cardinality(tokens);
+    n := pg_catalog.cardinality(cache_query.tokens);
     IF n IS NULL OR n = 0 THEN
         RAISE EXCEPTION 'pgmaxsim: query tokens are empty' USING ERRCODE = '22023';
     END IF;
-    IF pg_catalog.array_position(tokens, NULL) IS NOT NULL THEN
+    IF pg_catalog.array_position(cache_query.tokens, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'pgmaxsim: query tokens contain NULL elements' USING ERRCODE = '22004';
     END IF;
-    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(tokens) AS t(v) WHERE @vector@.vector_dims(t.v) <> r.dim) THEN
+    IF EXISTS (SELECT 1 FROM pg_catalog.unnest(cache_query.tokens) AS t(v)
+                WHERE @vector@.vector_dims(t.v) <> r.dim) THEN
         RAISE EXCEPTION 'pgmaxsim: query tokens must have dim % (the dim of index "%")', r.dim, name
             USING ERRCODE = '22023';
     END IF;
     INSERT INTO maxsim.query_cache AS c (index_id, query, model, model_revision, tokens)
-    VALUES (r.id, query, r.model, coalesce(r.model_revision, ''), tokens)
+    VALUES (r.id, cache_query.query, r.model, coalesce(r.model_revision, ''), cache_query.tokens)
     ON CONFLICT (index_id, model, model_revision, query)
     DO UPDATE SET tokens = EXCLUDED.tokens, created_at = pg_catalog.now();
 END

@@ -18,7 +18,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-UP = ("0004_encode_query.up.sql", "fc7e1c709c1e4bca9c7bf67d93f37fd0cfc38ccd25df4e401437851479eed427")
+UP = ("0004_encode_query.up.sql", "8133cac4a6b517ea33b9f527a68bc232df86b606df420f1d43f2e2dc65d55755")
 ENCODE_PLPYTHON = ("0004_encode_query_plpython.sql", "25420a3b642433983463c2639f2da9344664f93ee13328a55b818c80e4e5efef")
 ENCODE_SQL = ("0004_encode_query_sql.sql", "947dd9470a7120d2910f5d2c9ea020df3ed3ff6f74e6ea396dd110161e00c26c")
 DOWN = ("0004_encode_query.down.sql", "a8b60379480d225aabffe9fce0827347bb94710b876073fadbfc24cbf989c5cd")
