@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -429,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
               + (f", {c.removed} removed" if c.removed else "")
               + (f"; {report.skipped} unsupported file(s) skipped" if report.skipped else ""))
         for err in report.errors:
-            print(f"error: {err}")
+            print(f"pgmaxsim: {err}", file=sys.stderr)
         if args.index:
             if index_cmd.index_exists(conn, args.index):
                 print(f"index {args.index} exists: changed rows are queued for its worker")
@@ -446,4 +447,4 @@ def run(args: argparse.Namespace) -> int:
     elif args.index:
         print("next: pgmaxsim worker --once   (embeds the queued rows), then"
               f" pgmaxsim search \"…\" --index {args.index}")
-    return 1 if report.errors and not report.files else (2 if report.errors else 0)
+    return 1 if report.errors else 0
