@@ -181,26 +181,27 @@ class _Worker:
         self.encoders, self.progress, self.on_batch = encoders, progress, on_batch
         self.stats = WorkerStats(worker_id=new_worker_id())
         self.conn: psycopg.Connection[Any] | None = None
+        self.lost = False
         self.specs: list[IndexSpec] = []
         self.specs_at = 0.0
         self.heartbeat = _Heartbeat(dsn, self.stats, heartbeat_interval)
 
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
-        delay, down_since, first_error = RECONNECT_FIRST_S, time.monotonic(), None
+        delay, down_since = RECONNECT_FIRST_S, time.monotonic()
         while True:
             try:
                 conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10, keepalives=1,
                                        keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
                                        application_name="pgmaxsim worker")
-                if first_error is not None:
+                if self.lost:
                     self.stats.reconnects += 1
+                    self.lost = False
                     log.info("pgmaxsim worker: reconnected")
                 return conn
             except psycopg.OperationalError as e:
                 from pgmaxsim.db.connect import first_line, redact
 
-                first_error = first_error or e
                 down = time.monotonic() - down_since
                 if self.max_downtime is not None and down >= self.max_downtime:
                     raise ConfigurationError(
@@ -254,6 +255,7 @@ class _Worker:
                 if _is_connection_error(e, self.conn):
                     log.warning("pgmaxsim worker: connection lost (%s); reconnecting", _first(e))
                     self._drop_connection()
+                    self.lost = True
                 else:
                     log.warning("pgmaxsim worker: database error (%s); retrying", _first(e))
                     self.specs = []  # an index may have been dropped or changed
