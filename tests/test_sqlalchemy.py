@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Integer, String, Text, create_engine, func, select, text
+from sqlalchemy import Integer, String, Text, create_engine, func, literal, select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
@@ -249,3 +249,18 @@ def test_alembic_create_op_reverses_to_drop() -> None:
     assert isinstance(rev, DropMaxsimIndexOp) and rev.name == "x" and rev.reverse() is op
     with pytest.raises(ValueError, match="cannot be reversed"):
         DropMaxsimIndexOp("x").reverse()
+
+
+def test_text_query_goes_through_encode_query(pages: tuple[Any, dict[int, np.ndarray]]) -> None:
+    engine, docs = pages
+    with Session(engine) as s:
+        # An index with a model; its query encoding for 'page seven' is in the query cache (as a
+        # client that encoded it would leave it), so maxsim.encode_query answers without a scorer.
+        s.execute(text("SELECT maxsim.create_index('pages_m', 'pages', 'id', text_column => 'body',"
+                       " model => 'text:some/model', dim => :d)"), {"d": DIM})
+        s.execute(select(func.maxsim.upsert("pages_m", Page.id, Page.tokens)))
+        s.execute(select(func.maxsim.cache_query("pages_m", "page seven", literal(docs[7], HalfvecArray()))))
+        s.commit()
+        hits = maxsim_search("pages_m", "page seven", k=1, id_type=Page.id)
+        top = s.execute(select(Page.body).join(hits, Page.id == hits.c.id)).scalar_one()
+    assert top == "odd page 7"
