@@ -194,3 +194,42 @@ def test_status_library_and_cli(dsn: str, conn: psycopg.Connection[Any]) -> None
     bad = cli("--index", "nope")
     assert bad.returncode == 1 and bad.stderr.strip() == "pgmaxsim: index 'nope' does not exist"
     assert iid
+
+
+def test_stop_finishes_the_current_batch_then_exits(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    import threading
+
+    from pgmaxsim.worker import run_worker
+
+    make_text_table(conn, "st", 50)
+    iid = create_index(conn, "st", "st")
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def on_batch(r: Any) -> None:
+        seen.append(r.done)
+        stop.set()  # what SIGTERM does: the batch in hand is already committed, no new one starts
+
+    stats = run_worker(dsn, batch_size=10, stop_event=stop, on_batch=on_batch, install_signals=False)
+    assert seen == [10] and stats.done == 10
+    assert len(tok_rows(conn, iid)) == 10 and queued(conn, iid) == 40
+    assert conn.execute("SELECT state FROM maxsim.workers WHERE worker_id = %s",
+                        (stats.worker_id,)).fetchone() == ("stopped",)
+
+
+def test_progress_bar_shows_rate_and_eta() -> None:
+    import io
+
+    from pgmaxsim.worker.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(True, stream=out)
+    p.set_pending(200)
+    p.advance(50, index="docs")
+    p.close()
+    text = out.getvalue()
+    assert "50/200" in text and "row/s" in text and "<" in text  # done/total, rate, elapsed<ETA
+    silent = Progress(False)
+    silent.set_pending(5)
+    silent.advance(5)
+    silent.close()
