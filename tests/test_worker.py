@@ -233,3 +233,13 @@ def test_progress_bar_shows_rate_and_eta() -> None:
     silent.set_pending(5)
     silent.advance(5)
     silent.close()
+
+
+def test_worker_on_the_embedded_default_server(embedded_dsn: str) -> None:
+    with psycopg.connect(embedded_dsn, autocommit=True) as c:
+        make_text_table(c, "emb", 12)
+        iid = create_index(c, "emb", "emb")
+        stats = run_once(embedded_dsn)
+        assert stats.done == 12 and len(tok_rows(c, iid)) == 12 and queued(c, iid) == 0
+        c.execute("DELETE FROM emb WHERE id = 1")
+        assert len(tok_rows(c, iid)) == 11
