@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Filter = str | sql.Composable | Mapping[str, Any] | None
 
-_encoders: dict[tuple[str, str | None], "Encoder"] = {}
+_encoders: dict[tuple[str, str | None], Encoder] = {}
 _lock = threading.Lock()
 
 
@@ -38,7 +38,7 @@ class Hit(tuple):  # type: ignore[type-arg]
 
     row: dict[str, Any] | None
 
-    def __new__(cls, id: Any, score: float, row: dict[str, Any] | None = None) -> "Hit":
+    def __new__(cls, id: Any, score: float, row: dict[str, Any] | None = None) -> Hit:
         self = super().__new__(cls, (id, score))
         self.row = row
         return self
@@ -74,7 +74,7 @@ def borrow(conn: Any) -> Iterator[psycopg.Connection[Any]]:
 
 # ---------------------------------------------------------------- query encoding
 
-def encoder_for(model: str, revision: str | None = None) -> "Encoder":
+def encoder_for(model: str, revision: str | None = None) -> Encoder:
     """The encoder of ``model`` (+ ``revision``), loaded once per process."""
     key = (model, revision)
     enc = _encoders.get(key)
@@ -97,7 +97,7 @@ def _quiet_transformers() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - cosmetic only
+    except Exception:
         pass
 
 
@@ -109,7 +109,7 @@ def _is_image(query: Any) -> bool:
     return isinstance(query, Image.Image)
 
 
-def encode_query(info: "IndexInfo", query: Any, encoder: "Encoder | None" = None) -> np.ndarray:
+def encode_query(info: IndexInfo, query: Any, encoder: Encoder | None = None) -> np.ndarray:
     """``query`` as an ``(n, d)`` float array for index ``info`` (see module doc).
 
     Text and images need the index to have a model (or ``encoder`` given);
@@ -149,7 +149,7 @@ def encode_query(info: "IndexInfo", query: Any, encoder: "Encoder | None" = None
 
 # ---------------------------------------------------------------- filters and rows
 
-def _source(info: "IndexInfo") -> tuple[sql.Composable, sql.Composable, sql.Composable]:
+def _source(info: IndexInfo) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
     if not info.source or not info.id_column:
         raise PgmaxsimError(f"index {info.name!r} has no source table")
     # source is regclass output and id_type format_type output: both already quoted by the server.
@@ -198,7 +198,7 @@ def _run(conn: psycopg.Connection[Any], query: sql.Composable, params: Any) -> l
         raise PgmaxsimError(f"filter: {first_line(e)}") from None
 
 
-def filter_keys(conn: psycopg.Connection[Any], info: "IndexInfo", filter: Filter, params: Any = None,
+def filter_keys(conn: psycopg.Connection[Any], info: IndexInfo, filter: Filter, params: Any = None,
                 limit: int | None = None) -> list[str] | None:
     """Keys (as text) of the source rows matching ``filter``; None when more than ``limit`` match."""
     src, key, _ = _source(info)
@@ -212,7 +212,7 @@ def filter_keys(conn: psycopg.Connection[Any], info: "IndexInfo", filter: Filter
     return [r[0] for r in rows]
 
 
-def keep_matching(conn: psycopg.Connection[Any], info: "IndexInfo", keys: Sequence[str], filter: Filter,
+def keep_matching(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[str], filter: Filter,
                   params: Any = None) -> set[str]:
     """The subset of ``keys`` whose source rows match ``filter``."""
     if not keys:
@@ -224,7 +224,7 @@ def keep_matching(conn: psycopg.Connection[Any], info: "IndexInfo", keys: Sequen
     return {r[0] for r in _run(conn, q, own if own is not None else params)}
 
 
-def fetch_rows(conn: psycopg.Connection[Any], info: "IndexInfo", keys: Sequence[str],
+def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[str],
                columns: bool | Sequence[str] = True) -> dict[str, dict[str, Any]]:
     """Source rows by key text: all columns (``columns=True``) or the named ones."""
     if not keys:

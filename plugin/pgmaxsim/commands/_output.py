@@ -58,7 +58,7 @@ def snippet(text: str | None, width: int = 60) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def human_bytes(n: int | float | None) -> str:
+def human_bytes(n: float | None) -> str:
     """``1536`` → ``'1.5 KiB'``.
 
     >>> human_bytes(1536)

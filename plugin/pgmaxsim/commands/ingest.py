@@ -31,7 +31,7 @@ import argparse
 import io
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,7 @@ def _pdf_title(path: Path) -> str | None:
         finally:
             doc.close()
         return title or None
-    except Exception:  # noqa: BLE001 - the title is cosmetic
+    except Exception:
         return None
 
 
@@ -310,7 +310,7 @@ class WriteCounts:
     unchanged: int = 0
     removed: int = 0
 
-    def add(self, other: "WriteCounts") -> None:
+    def add(self, other: WriteCounts) -> None:
         self.inserted += other.inserted
         self.updated += other.updated
         self.unchanged += other.unchanged

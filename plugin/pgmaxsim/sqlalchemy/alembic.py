@@ -62,7 +62,7 @@ class CreateMaxsimIndexOp(MigrateOperation):
         """Create MaxSim index ``name`` over table ``source`` (see :func:`maxsim.create_index`)."""
         return operations.invoke(cls(name, source, id_column, **kw))
 
-    def reverse(self) -> "DropMaxsimIndexOp":
+    def reverse(self) -> DropMaxsimIndexOp:
         return DropMaxsimIndexOp(self.name, _reverse=self)
 
 

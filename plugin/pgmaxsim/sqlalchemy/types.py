@@ -91,7 +91,7 @@ class HalfvecArray(UserDefinedType):  # type: ignore[type-arg]
 
         return process
 
-    class comparator_factory(UserDefinedType.Comparator):  # type: ignore[type-arg]  # noqa: N801
+    class comparator_factory(UserDefinedType.Comparator):  # type: ignore[type-arg]
         def maxsim(self, query: Any) -> Any:
             """``maxsim.maxsim(self, query)``: the MaxSim score of this multi-vector for ``query``."""
             from pgmaxsim.sqlalchemy.search import query_expression
