@@ -152,6 +152,10 @@ def test_exit_on_error_rolls_back_and_raises(dsn: str, conn: psycopg.Connection[
 
 
 def test_unknown_index_and_model_are_clear_errors(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    from pgserver import free_port
+
+    with pytest.raises(PgmaxsimError, match=r"^cannot connect to postgresql://u:\*\*\*@127\.0\.0\.1"):
+        run_once(f"postgresql://u:secret@127.0.0.1:{free_port()}/x")
     with pytest.raises(PgmaxsimError, match="index 'nope' does not exist"):
         run_once(dsn, indexes=["nope"])
     make_text_table(conn, "u", 3)

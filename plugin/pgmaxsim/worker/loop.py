@@ -9,7 +9,9 @@
 - **Reconnect**: a lost connection or a PostgreSQL restart aborts the open
   batch (nothing is lost: it was not committed) and the loop reconnects with
   exponential backoff (0.5 s doubling to 30 s), for ever by default or up to
-  ``max_downtime`` seconds.
+  ``max_downtime`` seconds. A server that is not up yet when a long-running
+  worker starts is waited for the same way; with ``once`` a database that
+  cannot be reached at start is an immediate error.
 - **Heartbeat**: a row in ``maxsim.workers``, refreshed by a small thread on
   its own connection every ``heartbeat_interval`` seconds (so a long batch
   does not look like a dead worker); set to ``stopped`` on a clean exit.
@@ -182,6 +184,7 @@ class _Worker:
         self.stats = WorkerStats(worker_id=new_worker_id())
         self.conn: psycopg.Connection[Any] | None = None
         self.lost = False
+        self.connected_once = False
         self.specs: list[IndexSpec] = []
         self.specs_at = 0.0
         self.heartbeat = _Heartbeat(dsn, self.stats, heartbeat_interval)
@@ -194,6 +197,7 @@ class _Worker:
                 conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10, keepalives=1,
                                        keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
                                        application_name="pgmaxsim worker")
+                self.connected_once = True
                 if self.lost:
                     self.stats.reconnects += 1
                     self.lost = False
@@ -203,6 +207,9 @@ class _Worker:
                 from pgmaxsim.db.connect import first_line, redact
 
                 down = time.monotonic() - down_since
+                if self.once and not self.connected_once:
+                    # --once against a database never reached: one clear line at once.
+                    raise ConfigurationError(f"cannot connect to {redact(self.dsn)}: {first_line(e)}") from e
                 if self.max_downtime is not None and down >= self.max_downtime:
                     raise ConfigurationError(
                         f"cannot connect to {redact(self.dsn)} for {down:.0f} s: {first_line(e)}") from e
