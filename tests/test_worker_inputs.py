@@ -139,3 +139,19 @@ def test_a_fixed_row_leaves_the_failed_table(dsn: str, conn: psycopg.Connection[
     conn.execute("UPDATE fix SET body = '' WHERE id = 3")
     run_once(dsn)
     assert set(failed(conn, iid)) == {"3"} and set(tok_rows(conn, iid)) == {"1", "2"}
+
+
+def test_image_root_resolves_and_confines_paths(dsn: str, conn: psycopg.Connection[Any], tiny_colqwen: str,
+                                                tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    (root / "a.png").write_bytes(png(30, 30, (1, 2, 3)))
+    (tmp_path / "secret.png").write_bytes(png(30, 30, (9, 9, 9)))
+    conn.execute("CREATE TABLE rooted (id int PRIMARY KEY, path text)")
+    conn.execute("INSERT INTO rooted VALUES (1, 'a.png'), (2, '../secret.png'), (3, %s)",
+                 (str(tmp_path / "secret.png"),))
+    iid = create_index(conn, "rooted", "rooted", text=None, image="path", model=tiny_colqwen, dim=128)
+    run_once(dsn, image_root=str(root))
+    assert set(tok_rows(conn, iid)) == {"1"}
+    f = failed(conn, iid)
+    assert set(f) == {"2", "3"} and all("outside the worker's image root" in e for _, e, _ in f.values())

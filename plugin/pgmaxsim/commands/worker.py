@@ -46,6 +46,10 @@ def register(sub: Any) -> None:
     p.add_argument("--exit-on-error", action="store_true",
                    help="stop at the first row error (the batch is rolled back, nothing is recorded)")
     p.add_argument("--poll", type=float, default=2.0, metavar="S", help="idle poll interval (default 2 s)")
+    p.add_argument("--image-root", metavar="DIR",
+                   help="image paths in rows resolve against DIR and may not leave it (default: any local path)")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help="downscale each image or PDF page to at most N pixels (default 2048x2048)")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", help="float32, float16, bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
     bar = p.add_mutually_exclusive_group()
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         args.dsn, indexes=args.indexes, once=args.once, batch_size=args.batch_size,
         token_budget=args.token_budget, max_attempts=args.max_attempts, retry_base=args.retry_delay,
         exit_on_error=args.exit_on_error, poll_interval=args.poll, progress=progress,
-        device=args.device, dtype=args.dtype, max_downtime=300.0 if args.once else None)
+        device=args.device, dtype=args.dtype, image_root=args.image_root, max_pixels=args.max_pixels,
+        max_downtime=300.0 if args.once else None)
     print(f"worker {stats.worker_id}: {stats.done} row(s) embedded, {stats.skipped} unchanged, "
           f"{stats.missing} gone, {stats.retried} to retry, {stats.failed} failed"
           + (f"; switched over: {', '.join(stats.reembeds_finished)}" if stats.reembeds_finished else ""))

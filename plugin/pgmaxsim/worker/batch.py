@@ -36,6 +36,7 @@ class BatchSettings:
     max_attempts: int = queue.DEFAULT_MAX_ATTEMPTS
     retry_base: float = queue.DEFAULT_RETRY_BASE_S
     max_pixels: int | None = None
+    image_root: str | None = None
     exit_on_error: bool = False
 
 
@@ -79,7 +80,8 @@ def process_batch(
             return None
         result = BatchResult(spec.name, claimed=len(claimed))
         by_id = {c.row_id: c for c in claimed}
-        loaded = load_rows(conn, spec, list(by_id), max_pixels=settings.max_pixels)
+        loaded = load_rows(conn, spec, list(by_id), max_pixels=settings.max_pixels,
+                           image_root=settings.image_root)
         failures: list[Failure] = []
         finished: list[Claimed] = []
         missing: list[str] = []

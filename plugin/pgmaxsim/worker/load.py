@@ -8,7 +8,8 @@ What is read (per index, from ``maxsim.indexes``):
 
 - ``image_column`` when set and not NULL: ``bytea`` holds the image (or PDF)
   bytes; a text column holds a local file path (relative paths resolve
-  against ``options.image_root`` when set, which then also confines them).
+  against the worker's ``image_root`` (``pgmaxsim worker --image-root DIR``),
+  which then also confines them: a path that resolves outside it is refused).
   URLs are refused: a worker never fetches from the network.
 - else ``text_column``: the text.
 - both NULL, or blank text: an error (``NULL content`` / ``empty text``).
@@ -91,7 +92,8 @@ def fetch_rows(conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: list[str
 
 
 def load_rows(
-    conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: list[str], *, max_pixels: int | None = None
+    conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: list[str], *, max_pixels: int | None = None,
+    image_root: str | None = None,
 ) -> list[Loaded]:
     """Fetch and prepare the rows ``row_ids`` (in that order); never raises for a bad row."""
     found = fetch_rows(conn, spec, row_ids)
@@ -101,18 +103,19 @@ def load_rows(
             out.append(Loaded(rid, missing=True))
             continue
         key, text, image = found[rid]
-        out.append(prepare(spec, rid, key, text, image, max_pixels=max_pixels))
+        out.append(prepare(spec, rid, key, text, image, max_pixels=max_pixels, image_root=image_root))
     return out
 
 
 def prepare(
-    spec: IndexSpec, row_id: str, key: Any, text: Any, image: Any, *, max_pixels: int | None = None
+    spec: IndexSpec, row_id: str, key: Any, text: Any, image: Any, *, max_pixels: int | None = None,
+    image_root: str | None = None,
 ) -> Loaded:
     """Turn one row's column values into a :class:`Loaded` (pure apart from reading a file)."""
     row = Loaded(row_id, key=key)
     try:
         if spec.image_column and image is not None:
-            _prepare_image(spec, row, image, max_pixels)
+            _prepare_image(spec, row, image, max_pixels, image_root)
         elif spec.text_column and text is not None:
             if not isinstance(text, str):
                 text = str(text)
@@ -137,7 +140,8 @@ class _Permanent(PgmaxsimError):
     """A load error that is a property of the stored content."""
 
 
-def _prepare_image(spec: IndexSpec, row: Loaded, value: Any, max_pixels: int | None) -> None:
+def _prepare_image(spec: IndexSpec, row: Loaded, value: Any, max_pixels: int | None,
+                   image_root: str | None) -> None:
     from pgmaxsim.encoders.inputs import DEFAULT_MAX_PIXELS, load_image, render_pdf
 
     cap = max_pixels or int(spec.options.get("max_pixels", DEFAULT_MAX_PIXELS))
@@ -149,7 +153,7 @@ def _prepare_image(spec: IndexSpec, row: Loaded, value: Any, max_pixels: int | N
         where = f"bytea column {spec.image_column!r}"
         permanent = True
     else:
-        path = resolve_path(str(value), spec.options.get("image_root"))
+        path = resolve_path(str(value), image_root)
         data = read_file(path)
         extra = path.encode("utf-8", "surrogateescape")
         where = f"file {path!r}"
@@ -190,7 +194,7 @@ def resolve_path(value: str, root: str | None) -> str:
         base = os.path.realpath(root)
         path = os.path.realpath(os.path.join(base, value))
         if os.path.commonpath([base, path]) != base:
-            raise _Permanent(f"path {value!r} is outside the index's image_root {root!r}")
+            raise _Permanent(f"path {value!r} is outside the worker's image root {root!r}")
         return path
     return os.path.abspath(value)
 

@@ -95,6 +95,8 @@ def run_worker(
     progress: bool = False,
     device: str | None = None,
     dtype: str | None = None,
+    image_root: str | None = None,
+    max_pixels: int | None = None,
     encoder_factory: EncoderFactory | None = None,
     install_signals: bool | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
@@ -102,6 +104,9 @@ def run_worker(
     """Embed queued rows until stopped (or, with ``once``, until the queue is drained).
 
     ``indexes``: names to serve (default: every index that has a model).
+    ``image_root``: relative image paths resolve against it, and paths outside it
+    are refused. ``max_pixels``: the pixel cap per image/page (default: the
+    encoders' 2048 x 2048).
     ``encoder_factory(spec) -> Encoder`` replaces model loading (the default
     loads ``spec.model`` with :func:`pgmaxsim.encoders.load_encoder`).
     ``install_signals``: SIGTERM/SIGINT set the stop event (default: when
@@ -114,7 +119,8 @@ def run_worker(
     target = resolve_dsn(dsn)
     stop = stop_event or threading.Event()
     settings = BatchSettings(batch_size=batch_size, token_budget=token_budget, max_attempts=max_attempts,
-                             retry_base=retry_base, exit_on_error=exit_on_error)
+                             retry_base=retry_base, exit_on_error=exit_on_error, max_pixels=max_pixels,
+                             image_root=image_root)
     worker = _Worker(target, indexes, once, stop, settings, poll_interval, heartbeat_interval, max_downtime,
                      EncoderCache(encoder_factory or default_factory(device, dtype)), Progress(progress), on_batch)
     if install_signals is None:
