@@ -21,7 +21,7 @@ BEGIN
                 AND p.proname IN ('search', 'rerank', 'upsert', 'delete', 'maxsim', 'index_info',
                                   'create_index', 'drop_index', 'prune_changes', 'default_options',
                                   '_search', '_rerank', '_upsert', '_search_py', '_rerank_py', '_upsert_py',
-                                  '_maxsim_py', '_score', '_rescore', '_rescore_py', '_score_py', '_pool', '_pool_py', '_n_centroids', '_index', '_known_model_dim', '_check_options',
+                                  '_maxsim_py', '_score', '_rescore', '_rescore_py', '_packed', '_packed_py', '_score_py', '_pool', '_pool_py', '_n_centroids', '_index', '_known_model_dim', '_check_options',
                                   '_check_query', '_candidates', '_pool_sql', '_tok_row', '_tok_truncate',
                                   '_set_ef_search')
     LOOP

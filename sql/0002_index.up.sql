@@ -53,6 +53,11 @@ BEGIN
     END IF;
     NEW.version := pg_catalog.nextval('maxsim.version_seq');
     NEW.updated_at := pg_catalog.now();
+    -- tokens_packed mirrors tokens: tokens changed without it means the copy is stale
+    IF TG_OP = 'UPDATE' AND NEW.tokens_packed IS NOT NULL
+       AND NEW.tokens_packed IS NOT DISTINCT FROM OLD.tokens_packed AND NEW.tokens IS DISTINCT FROM OLD.tokens THEN
+        NEW.tokens_packed := NULL;
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.id IS DISTINCT FROM OLD.id THEN
         INSERT INTO maxsim.changes (index_id, row_id, version, deleted)
         VALUES (v_index, OLD.id::text, OLD.version, true);
@@ -121,7 +126,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
     SELECT '{"candidates": 64, "ef_search": 64, "probe": 64, "rescore": 4, "max_centroids": 16,
-             "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64}'::jsonb
+             "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64, "packed": true}'::jsonb
 $$;
 
 CREATE FUNCTION maxsim._check_options(options jsonb) RETURNS void
@@ -137,6 +142,12 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: options must be a JSON object' USING ERRCODE = '22023';
     END IF;
     FOR k, v IN SELECT * FROM pg_catalog.jsonb_each(options) LOOP
+        IF k = 'packed' THEN
+            IF pg_catalog.jsonb_typeof(v) <> 'boolean' THEN
+                RAISE EXCEPTION 'pgmaxsim: option packed must be true or false, got %', v USING ERRCODE = '22023';
+            END IF;
+            CONTINUE;
+        END IF;
         IF k = 'pooling' THEN
             IF pg_catalog.jsonb_typeof(v) <> 'string' OR v #>> '{}' NOT IN ('mean', 'centroids') THEN
                 RAISE EXCEPTION 'pgmaxsim: option pooling must be "mean" or "centroids", got %', v
@@ -156,7 +167,7 @@ BEGIN
         END;
         IF lim IS NULL THEN
             RAISE EXCEPTION 'pgmaxsim: unknown option "%"', k USING ERRCODE = '22023',
-                HINT = 'known options: pooling, candidates, ef_search, probe, rescore, max_centroids,'
+                HINT = 'known options: pooling, packed, candidates, ef_search, probe, rescore, max_centroids,'
                        ' tokens_per_centroid, hnsw_m, hnsw_ef_construction';
         END IF;
         IF pg_catalog.jsonb_typeof(v) <> 'number' OR (v #>> '{}')::numeric <> pg_catalog.trunc((v #>> '{}')::numeric)
@@ -260,7 +271,9 @@ BEGIN
     UPDATE maxsim.indexes SET token_table = v_tok WHERE id = v_id;
 
     -- Token table. tokens are stored out of line uncompressed (fp16 noise does not compress,
-    -- and EXTERNAL storage makes fetching them a plain copy).
+    -- and EXTERNAL storage makes fetching them a plain copy). tokens_packed, when not NULL,
+    -- holds the same values as raw little-endian fp16 (n_tokens x dim): scoring reads it with
+    -- one copy instead of array_send's per-element conversion (option packed, default true).
     EXECUTE pg_catalog.format(
         'CREATE TABLE maxsim.%I ('
         '  id %s PRIMARY KEY,'
@@ -268,14 +281,18 @@ BEGIN
         '    pg_catalog.cardinality(tokens) = 0 OR pg_catalog.array_ndims(tokens) <> 1 THEN false'
         '    ELSE pg_catalog.array_position(tokens, NULL) IS NULL END),'
         '  n_tokens integer NOT NULL,'
+        '  tokens_packed bytea,'
         '  pooled @vector@.halfvec(%s),'
         '  model text,'
         '  model_revision text,'
         '  content_hash bytea,'
         '  version bigint NOT NULL DEFAULT pg_catalog.nextval(''maxsim.version_seq''),'
-        '  updated_at timestamptz NOT NULL DEFAULT pg_catalog.now())',
-        v_tok, v_type_sql, v_dim, v_dim);
-    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ALTER COLUMN tokens SET STORAGE EXTERNAL', v_tok);
+        '  updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),'
+        '  CONSTRAINT n_tokens_valid CHECK (n_tokens = pg_catalog.cardinality(tokens)),'
+        '  CONSTRAINT tokens_packed_valid CHECK (pg_catalog.length(tokens_packed) = n_tokens * %s))',
+        v_tok, v_type_sql, v_dim, v_dim, 2 * v_dim);
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ALTER COLUMN tokens SET STORAGE EXTERNAL,'
+                              ' ALTER COLUMN tokens_packed SET STORAGE EXTERNAL', v_tok);
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER maxsim_row BEFORE INSERT OR UPDATE OR DELETE ON maxsim.%I'
         ' FOR EACH ROW EXECUTE FUNCTION maxsim._tok_row(%L)', v_tok, v_id);
@@ -407,6 +424,8 @@ $$;
 --       exact MaxSim of the rows ids (NULL = every row of the index), best k (NULL = all)
 --   maxsim._pool(tokens halfvec[], n_centroids integer) -> halfvec[]
 --       {normalised mean, centroid 1, ..., centroid n} of one row's tokens
+--   maxsim._packed(tokens halfvec[]) -> bytea
+--       the tokens as raw little-endian fp16 (NULL where that cannot be computed cheaply)
 --   maxsim._rescore(index_id integer, query halfvec[], ids text[], n integer) -> text[]
 --       the best n of rows ids by centroid interaction: sum over query tokens of the max
 --       similarity to the row's centroids (a cheap MaxSim estimate, centroids pooling)
@@ -625,10 +644,12 @@ BEGIN
     -- serialise writers of the same row (see pgmaxsim.storage)
     PERFORM pg_catalog.pg_advisory_xact_lock(r.id, pg_catalog.hashtext(id));
     EXECUTE pg_catalog.format(
-        'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, pooled) VALUES ($1::%s, $2, $3, $4)'
+        'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, tokens_packed, pooled) VALUES ($1::%s, $2, $3, $4, $5)'
         ' ON CONFLICT (id) DO UPDATE SET tokens = EXCLUDED.tokens, n_tokens = EXCLUDED.n_tokens,'
-        ' pooled = EXCLUDED.pooled, model = NULL, model_revision = NULL, content_hash = NULL',
-        r.token_table, r.id_type) USING id, tokens, n, pooled[1];
+        ' tokens_packed = EXCLUDED.tokens_packed, pooled = EXCLUDED.pooled, model = NULL, model_revision = NULL,'
+        ' content_hash = NULL',
+        r.token_table, r.id_type)
+        USING id, tokens, n, CASE WHEN (r.options ->> 'packed')::boolean THEN maxsim._packed(tokens) END, pooled[1];
     IF r.pooling = 'centroids' THEN
         EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE row_id = $1::%s', 'cen_' || r.id, r.id_type)
             USING id;

@@ -69,3 +69,19 @@ SET search_path TO pg_catalog, pg_temp
 AS $$
     SELECT maxsim._rescore_py(index_id, pg_catalog.array_send(query), ids, n)
 $$;
+
+CREATE FUNCTION maxsim._packed_py(tokens bytea) RETURNS bytea
+LANGUAGE plpython3u IMMUTABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+AS $$
+from pgmaxsim.plpy import api
+return api.packed(plpy, tokens)
+$$;
+
+-- Raw little-endian fp16 copy of tokens (the tokens_packed column).
+CREATE FUNCTION maxsim._packed(tokens @vector@.halfvec[]) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT maxsim._packed_py(pg_catalog.array_send(tokens))
+$$;

@@ -117,3 +117,10 @@ BEGIN
     RETURN coalesce(result, '{}');
 END
 $$;
+
+-- Raw little-endian fp16 copy of tokens: not computed in pure SQL (too slow there); NULL
+-- leaves tokens_packed empty, and readers fall back to the halfvec[] column.
+CREATE FUNCTION maxsim._packed(tokens @vector@.halfvec[]) RETURNS bytea
+LANGUAGE sql IMMUTABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT NULL::bytea $$;

@@ -289,3 +289,42 @@ def test_large_dims_beyond_hnsw_limit(db: psycopg.Connection[Any]) -> None:
                           " AND tablename IN (SELECT token_table FROM maxsim.indexes WHERE name = %s"
                           " UNION SELECT 'cen_' || id FROM maxsim.indexes WHERE name = %s)", (name, name)).fetchone()[0]
         assert hnsw == (1 if dim <= 4000 else 0)
+
+
+def test_packed_copy_mirrors_tokens_and_stale_copies_are_dropped(db: psycopg.Connection[Any]) -> None:
+    docs, keys = make_index(db, 6)
+    has_py = db.execute("SELECT maxsim.has_plpython()").fetchone()[0]
+    tok = db.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'docs_idx'").fetchone()[0]
+    rows = db.execute(f"SELECT id, tokens_packed FROM maxsim.{tok} ORDER BY id").fetchall()
+    for key, packed in rows:
+        if has_py:  # maxsim.upsert fills it on PL/Python servers, not in pure SQL
+            assert np.array_equal(np.frombuffer(packed, dtype="<f2").reshape(-1, DIM),
+                                  docs[key].astype(np.float16))
+        else:
+            assert packed is None
+    # from the Python writer it is always filled (both servers)
+    from pgmaxsim import Index
+
+    Index(db, "docs_idx").upsert([1], [docs[1]])
+    packed = db.execute(f"SELECT tokens_packed FROM maxsim.{tok} WHERE id = 1").fetchone()[0]
+    assert np.array_equal(np.frombuffer(packed, dtype="<f2").reshape(-1, DIM), docs[1].astype(np.float16))
+    # tokens changed behind the writer's back: the packed copy is dropped, scores follow tokens
+    db.execute(f"UPDATE maxsim.{tok} SET tokens = %s, n_tokens = 2 WHERE id = 1", (Tokens(docs[2][:2]),))
+    assert db.execute(f"SELECT tokens_packed IS NULL FROM maxsim.{tok} WHERE id = 1").fetchone()[0]
+    q = docs[2][:2]
+    got = dict(db.execute("SELECT id, score FROM maxsim.rerank('docs_idx', %s, ARRAY[1, 2, 3]::bigint[])",
+                          (Tokens(q),)).fetchall())
+    assert got[1] == pytest.approx(ref_maxsim(docs[2][:2], q), rel=1e-5, abs=1e-4)
+    assert got[2] == pytest.approx(ref_maxsim(docs[2], q), rel=1e-5, abs=1e-4)
+    # a packed copy that disagrees in size is refused
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(f"UPDATE maxsim.{tok} SET tokens_packed = '\\x0000' WHERE id = 3")
+    # option packed = false: tokens only
+    db.execute("CREATE TABLE plain (id int PRIMARY KEY)")
+    db.execute("SELECT maxsim.create_index('plain_idx', 'plain', 'id', dim => %s, options => '{\"packed\": false}')",
+               (DIM,))
+    Index(db, "plain_idx").upsert([1], [docs[1]])
+    db.execute("SELECT maxsim.upsert('plain_idx', 2, %s)", (Tokens(docs[2]),))
+    tok2 = db.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'plain_idx'").fetchone()[0]
+    assert db.execute(f"SELECT count(*) FROM maxsim.{tok2} WHERE tokens_packed IS NULL").fetchone()[0] == 2
+    assert db.execute("SELECT id FROM maxsim.search('plain_idx', %s, 1, 10)", (Tokens(docs[2][:3]),)).fetchone()[0] == "2"

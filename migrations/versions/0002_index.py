@@ -17,10 +17,10 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "54b6dc79d798b8209f9901f6e6d282377325a89ffec8b35eb82a5962db7c93fe")
-SCORING_SQL = ("0002_scoring_sql.sql", "a0b4a47851372ca6f2148f9f50e3c859ac9e520e9ffb7b258b22efbb1450502f")
-INDEX_UP = ("0002_index.up.sql", "8dfb0356bd3e510740b855b87b378c43c889de7c21260fb1a21fc54959280b6c")
-INDEX_DOWN = ("0002_index.down.sql", "37d956e4cd4267aef6f3d78dd89ee91ba8add5195a16fd7d869e62d30f2d8ff3")
+SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "4741f1c46005dd143eb753de43e3483060434dde76aa94c5df185a58685f14cb")
+SCORING_SQL = ("0002_scoring_sql.sql", "1f514f0f19bdf6a88630ab589134be880419b6ade9060dc3ee774eead073064b")
+INDEX_UP = ("0002_index.up.sql", "3ac2cca124135d0eaae0a584ef3e11ce21cd472a4b06534affe84b33973a5ceb")
+INDEX_DOWN = ("0002_index.down.sql", "a26b05c1786c0a6f5d8e309e02aac33adc279a611c49b7a67fcc3c2372d93fc7")
 
 
 def _run(bind, name: str, digest: str) -> None:  # type: ignore[no-untyped-def]

@@ -59,6 +59,11 @@ class IndexInfo:
     halfvec_oid: int = 0
 
     @property
+    def packed(self) -> bool:
+        """Whether writers fill ``tokens_packed`` (raw little-endian fp16 copy of tokens)."""
+        return bool(self.options.get("packed", True))
+
+    @property
     def centroid_table(self) -> str | None:
         return f"cen_{self.id}" if self.pooling == "centroids" else None
 
@@ -197,8 +202,10 @@ def _encode_rows(index: IndexInfo, latest: dict[str, int], embeddings: Sequence[
             raise PgmaxsimError(f"row {key}: {e}") from None
         kb = index._key_binary(key)
         h = None if content_hashes is None else content_hashes[i]
-        tok_rows.append(struct.pack("!h", 7) + _field(kb) + _field(tokens) + _field(struct.pack("!i", len(arr)))
-                        + _field(pooled_bin) + _field(m) + _field(rev) + _field(None if h is None else bytes(h)))
+        packed = np.ascontiguousarray(arr, dtype="<f2").tobytes() if index.packed else None
+        tok_rows.append(struct.pack("!h", 8) + _field(kb) + _field(tokens) + _field(struct.pack("!i", len(arr)))
+                        + _field(packed) + _field(pooled_bin) + _field(m) + _field(rev)
+                        + _field(None if h is None else bytes(h)))
         if cents is not None:
             for c, vec in enumerate(cents):
                 cen_rows.append(struct.pack("!h", 3) + _field(kb) + _field(struct.pack("!h", c))
@@ -218,7 +225,8 @@ def _write(conn: psycopg.Connection[Any], index: IndexInfo, keys: list[str], tok
             sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(tok, sql.SQL(index.id_type)),
             (keys,),
         )
-        _copy(cur, sql.SQL("COPY {} (id, tokens, n_tokens, pooled, model, model_revision, content_hash)"
+        _copy(cur, sql.SQL("COPY {} (id, tokens, n_tokens, tokens_packed, pooled, model, model_revision,"
+                           " content_hash)"
                            " FROM STDIN (FORMAT binary)").format(tok), tok_rows)
         if cen_rows and index.centroid_table:
             _copy(cur, sql.SQL("COPY {} (row_id, c, vec) FROM STDIN (FORMAT binary)").format(

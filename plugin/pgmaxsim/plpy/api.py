@@ -19,7 +19,7 @@ import numpy as np
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError
 from pgmaxsim.plpy import cpu, remote
-from pgmaxsim.plpy.tokens import decode_query, pack
+from pgmaxsim.plpy.tokens import decode_query, pack, pack_rows, to_packed
 
 # Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
 # 1,000-token d=128 pages) while keeping the matrix product large enough to be efficient.
@@ -81,7 +81,7 @@ def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any]
     if not rows:
         return
     try:
-        tokens, offsets = pack([r["tokens"] for r in rows], index["dim"])
+        tokens, offsets = pack_rows([(r["packed"], r["tokens"]) for r in rows], index["dim"])
     except CodecError as e:
         _fail(plpy, f"stored tokens of index {index['name']!r} are malformed: {e}", "XX000")
     scores = cpu.maxsim_packed(q, tokens, offsets)
@@ -90,8 +90,8 @@ def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any]
 
 
 def _fetch_sql(index: dict[str, Any], where: str) -> str:
-    return (f"SELECT t.id::text AS id, pg_catalog.array_send(t.tokens) AS tokens"
-            f" FROM maxsim.{index['token_table']} t {where}")
+    return (f"SELECT t.id::text AS id, t.tokens_packed AS packed, CASE WHEN t.tokens_packed IS NULL"
+            f" THEN pg_catalog.array_send(t.tokens) END AS tokens FROM maxsim.{index['token_table']} t {where}")
 
 
 class _Timer:
@@ -200,9 +200,15 @@ def rescore(plpy: Any, index_id: int, query: bytes, ids: list[str] | None, n: in
         return keys
     plan = _plan(
         plpy,
-        f"SELECT c.row_id::text AS id, pg_catalog.array_send(pg_catalog.array_agg(c.vec ORDER BY c.c)) AS tokens"
+        f"SELECT c.row_id::text AS id, NULL::bytea AS packed,"
+        f" pg_catalog.array_send(pg_catalog.array_agg(c.vec ORDER BY c.c)) AS tokens"
         f" FROM maxsim.cen_{int(index_id)} c WHERE c.row_id = ANY ($1::{index['id_type']}[]) GROUP BY c.row_id",
         ["text[]"])
     scores: dict[str, float] = {}
     _score_rows(plpy, index, q, list(plpy.execute(plan, [keys])), scores)
     return [i for i, _ in _ranked(scores, n)]
+
+
+def packed(plpy: Any, tokens: bytes) -> bytes:
+    """The ``tokens_packed`` bytes of a ``halfvec[]`` blob (``maxsim._packed``)."""
+    return to_packed(_decode(plpy, tokens, "tokens"))
