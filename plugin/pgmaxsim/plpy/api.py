@@ -19,7 +19,7 @@ import numpy as np
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError
 from pgmaxsim.plpy import cpu, remote
-from pgmaxsim.plpy.tokens import decode_query, pack, pack_rows, to_packed
+from pgmaxsim.plpy.tokens import decode_query, row_words, to_packed
 
 # Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
 # 1,000-token d=128 pages) while keeping the matrix product large enough to be efficient.
@@ -81,10 +81,10 @@ def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any]
     if not rows:
         return
     try:
-        tokens, offsets = pack_rows([(r["packed"], r["tokens"]) for r in rows], index["dim"])
+        parts = [row_words(r["packed"], r["tokens"], index["dim"]) for r in rows]
     except CodecError as e:
         _fail(plpy, f"stored tokens of index {index['name']!r} are malformed: {e}", "XX000")
-    scores = cpu.maxsim_packed(q, tokens, offsets)
+    scores = cpu.maxsim_rows(q, parts)
     for r, s in zip(rows, scores.tolist()):
         out[r["id"]] = s
 

@@ -58,19 +58,32 @@ def _packed_words(packed: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(packed, dtype="<u2").reshape(-1, dim)
 
 
-def pack_rows(rows: Sequence[tuple[bytes | None, bytes | None]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`pack`, for rows given as ``(tokens_packed, array_send blob)`` pairs.
+def row_words(packed: bytes | None, blob: bytes | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """One row as ``(words (n, dim) uint16 view, table)``: ``table[words]`` is its float32 tokens.
 
-    ``tokens_packed`` (raw little-endian fp16) is used when present, else the blob. The
-    conversion is one ``np.take`` per row from a 65,536-entry table into the output.
+    ``packed`` (``tokens_packed``, raw little-endian fp16) is used when present, else the
+    ``array_send`` blob. Nothing is copied yet.
     """
-    parts = [(_packed_words(p, dim), _LE_HALF_TO_F32) if p is not None else (_records(b, dim), _BE_HALF_TO_F32)
-             for p, b in rows]
+    if packed is not None:
+        return _packed_words(packed, dim), _LE_HALF_TO_F32
+    if blob is None:
+        raise CodecError("row has neither tokens_packed nor tokens")
+    return _records(blob, dim), _BE_HALF_TO_F32
+
+
+def convert(words: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``table[words]`` into ``out`` (same shape), float32. One gather; indices are always valid."""
+    return np.take(table, words, out=out, mode="wrap")
+
+
+def pack_rows(rows: Sequence[tuple[bytes | None, bytes | None]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`pack`, for rows given as ``(tokens_packed, array_send blob)`` pairs."""
+    parts = [row_words(p, b, dim) for p, b in rows]
     offsets = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([w.shape[0] for w, _ in parts], out=offsets[1:])
     out = np.empty((int(offsets[-1]), dim), dtype=np.float32)
     for (words, table), start, end in zip(parts, offsets[:-1], offsets[1:]):
-        np.take(table, words, out=out[start:end])
+        convert(words, table, out[start:end])
     return out, offsets
 
 
