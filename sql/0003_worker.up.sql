@@ -7,6 +7,10 @@ ALTER TABLE maxsim.workers
     ADD COLUMN indexes text[] NOT NULL DEFAULT '{}',
     ADD COLUMN last_error text;
 
+-- Claims take the oldest ready entries of one index (ORDER BY qid): this index serves them
+-- in order without sorting or skipping other indexes' entries.
+CREATE INDEX queue_index_qid_idx ON maxsim.queue (index_id, qid);
+
 -- One row per committed batch; pruned by the workers after a day.
 CREATE TABLE maxsim.ingest_log (
     index_id     integer NOT NULL REFERENCES maxsim.indexes (id) ON DELETE CASCADE,

@@ -13,8 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql_file("0003_worker.up.sql", "a65b74905e765992f94bb142c9261d5c45b4e89ec5e94b9d93f2b489a4e9c765")
+    run_sql_file("0003_worker.up.sql", "2a4d15360aab7e7e403d5a72cb864db4c1aa012d5db4cab029996515c9466afb")
 
 
 def downgrade() -> None:
-    run_sql_file("0003_worker.down.sql", "2b01eccabd9ecdeebf4af72de025a06a70a20ac496aeb652b80df3c54c1c69dd")
+    run_sql_file("0003_worker.down.sql", "ba62730a23ab323292217ead19663db10fa9a0b70a2a5eed99611e3f9e7978b1")

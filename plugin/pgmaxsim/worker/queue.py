@@ -31,7 +31,7 @@ from psycopg import sql
 
 from pgmaxsim.worker.spec import IndexSpec
 
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 256  # rows; the token budget is what bounds batches of images or long texts
 DEFAULT_TOKEN_BUDGET = 32_768
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RETRY_BASE_S = 10.0  # attempt k waits base * 4**(k-1): 10 s, 40 s, 160 s, ...
