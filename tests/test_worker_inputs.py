@@ -139,6 +139,10 @@ def test_a_fixed_row_leaves_the_failed_table(dsn: str, conn: psycopg.Connection[
     conn.execute("UPDATE fix SET body = '' WHERE id = 3")
     run_once(dsn)
     assert set(failed(conn, iid)) == {"3"} and set(tok_rows(conn, iid)) == {"1", "2"}
+    # a failed row that is deleted leaves the failed table too
+    conn.execute("DELETE FROM fix WHERE id = 3")
+    run_once(dsn)
+    assert failed(conn, iid) == {}
 
 
 def test_image_root_resolves_and_confines_paths(dsn: str, conn: psycopg.Connection[Any], tiny_colqwen: str,

@@ -235,6 +235,8 @@ class _Worker:
         if force or not self.specs or time.monotonic() - self.specs_at > SPEC_REFRESH_S:
             self.specs = load_specs(self.conn, self.names)
             self.specs_at = time.monotonic()
+            for spec in self.specs:
+                queue.prune_failed(self.conn, spec)
             self.heartbeat.indexes = [s.name for s in self.specs]
 
     # -- main loop --------------------------------------------------------------------------

@@ -211,6 +211,15 @@ def delete_embeddings(conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: l
             tok=spec.token_ident(), typ=spec.id_type_sql()), (row_ids,))
 
 
+def prune_failed(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
+    """Forget failures of rows that are no longer in the source (deleted, truncated, key changed)."""
+    cur = conn.execute(
+        sql.SQL("DELETE FROM maxsim.failed f WHERE f.index_id = %s AND NOT EXISTS"
+                " (SELECT 1 FROM {src} s WHERE s.{id} = CAST(f.row_id AS {typ}))").format(
+            src=spec.source_ident(), id=sql.Identifier(spec.id_column), typ=spec.id_type_sql()), (spec.id,))
+    return cur.rowcount
+
+
 def pending(conn: psycopg.Connection[Any], index_ids: list[int]) -> tuple[int, float | None]:
     """``(entries queued, seconds until the earliest backed-off entry is due or None)``."""
     row = conn.execute(
