@@ -247,3 +247,18 @@ def test_worker_on_the_embedded_default_server(embedded_dsn: str) -> None:
         assert stats.done == 12 and len(tok_rows(c, iid)) == 12 and queued(c, iid) == 0
         c.execute("DELETE FROM emb WHERE id = 1")
         assert len(tok_rows(c, iid)) == 11
+
+
+def test_a_batch_never_runs_on_a_stale_view_of_its_index(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    from pgmaxsim.worker.batch import StaleSpec
+
+    make_text_table(conn, "sv", 3)
+    iid = create_index(conn, "sv", "sv")
+    spec = _spec(conn, "sv")
+    conn.execute("UPDATE maxsim.indexes SET model_revision = 'v2' WHERE id = %s", (iid,))  # e.g. a switch-over
+    with pytest.raises(StaleSpec):
+        process_batch(conn, spec, EncoderCache(), BatchSettings())
+    assert queued(conn, iid) == 3 and tok_rows(conn, iid) == {}
+    # with the registry back as the worker reads it, the rows are embedded
+    conn.execute("UPDATE maxsim.indexes SET model_revision = NULL WHERE id = %s", (iid,))
+    assert run_once(dsn).done == 3

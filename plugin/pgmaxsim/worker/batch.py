@@ -65,6 +65,10 @@ class RowErrors(PgmaxsimError):
     """Raised (after the batch is rolled back) in ``--exit-on-error`` mode."""
 
 
+class StaleSpec(Exception):
+    """The index changed (model, dim, or dropped) since the worker read it: reload and retry."""
+
+
 def process_batch(
     conn: psycopg.Connection[Any],
     spec: IndexSpec,
@@ -75,6 +79,12 @@ def process_batch(
     """Claim and process one batch of ``spec``; None when nothing was claimable."""
     t0 = time.monotonic()
     with conn.transaction():
+        # Share-lock the registry row for the batch: a re-embedding switch-over (or a drop) waits
+        # for the batch to commit, and a batch never writes one model's embeddings into another's table.
+        reg = conn.execute("SELECT model, model_revision, dim FROM maxsim.indexes WHERE id = %s FOR SHARE",
+                           (spec.id,)).fetchone()
+        if reg is None or tuple(reg) != (spec.model, spec.model_revision, spec.dim):
+            raise StaleSpec(spec.name)
         claimed = queue.claim(conn, spec, batch_size=settings.batch_size, token_budget=settings.token_budget)
         if not claimed:
             return None

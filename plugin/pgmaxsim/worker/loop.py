@@ -35,7 +35,7 @@ import psycopg
 
 from pgmaxsim.errors import ConfigurationError, PgmaxsimError
 from pgmaxsim.worker import queue
-from pgmaxsim.worker.batch import BatchResult, BatchSettings, process_batch
+from pgmaxsim.worker.batch import BatchResult, BatchSettings, StaleSpec, process_batch
 from pgmaxsim.worker.encoding import EncoderCache, EncoderFactory, default_factory
 from pgmaxsim.worker.progress import Progress
 from pgmaxsim.worker.spec import IndexSpec, load_specs
@@ -286,7 +286,11 @@ class _Worker:
         for spec in list(self.specs):
             if self.stop.is_set():
                 break
-            result = process_batch(self.conn, spec, self.encoders, self.settings, self.stats.worker_id)
+            try:
+                result = process_batch(self.conn, spec, self.encoders, self.settings, self.stats.worker_id)
+            except StaleSpec:
+                self._refresh_specs(force=True)
+                return True
             if result is None:
                 continue
             worked = True
