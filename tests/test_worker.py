@@ -262,3 +262,33 @@ def test_a_batch_never_runs_on_a_stale_view_of_its_index(dsn: str, conn: psycopg
     # with the registry back as the worker reads it, the rows are embedded
     conn.execute("UPDATE maxsim.indexes SET model_revision = NULL WHERE id = %s", (iid,))
     assert run_once(dsn).done == 3
+
+
+def test_a_running_worker_survives_the_drop_of_an_index_it_serves(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    import threading
+    import time
+
+    from pgmaxsim.worker import run_worker
+
+    make_text_table(conn, "da", 3)
+    make_text_table(conn, "db", 3)
+    ia = create_index(conn, "da", "da")
+    create_index(conn, "db", "db")
+    stop = threading.Event()
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(stats=run_worker(
+        dsn, indexes=["da", "db"], stop_event=stop, poll_interval=0.05, install_signals=False)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while queued(conn, ia) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        conn.execute("SELECT maxsim.drop_index('db')")
+        conn.execute("INSERT INTO da (id, body) VALUES (10, 'after the drop')")
+        while "10" not in tok_rows(conn, ia) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "10" in tok_rows(conn, ia)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert out["stats"].done == 7

@@ -233,7 +233,7 @@ class _Worker:
     def _refresh_specs(self, force: bool = False) -> None:
         assert self.conn is not None
         if force or not self.specs or time.monotonic() - self.specs_at > SPEC_REFRESH_S:
-            self.specs = load_specs(self.conn, self.names)
+            self.specs = load_specs(self.conn, self.names, missing_ok=self.specs_at > 0)
             self.specs_at = time.monotonic()
             for spec in self.specs:
                 queue.prune_failed(self.conn, spec)

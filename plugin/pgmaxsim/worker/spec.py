@@ -76,17 +76,21 @@ def _row_to_spec(r: tuple[Any, ...]) -> IndexSpec:
     )
 
 
-def load_specs(conn: psycopg.Connection[Any], names: list[str] | None = None) -> list[IndexSpec]:
+def load_specs(conn: psycopg.Connection[Any], names: list[str] | None = None, *,
+               missing_ok: bool = False) -> list[IndexSpec]:
     """Indexes with a model (the ones a worker embeds), optionally only ``names``.
 
     Raises PgmaxsimError naming an index in ``names`` that does not exist or
-    has no model (its embeddings are written by the application).
+    has no model (its embeddings are written by the application), unless
+    ``missing_ok`` (a worker already running skips an index dropped meanwhile).
     """
     rows = conn.execute(_SPEC_SQL + " WHERE i.source IS NOT NULL ORDER BY i.id").fetchall()
     specs = [_row_to_spec(r) for r in rows]
     if names:
         by_name = {s.name: s for s in specs}
         for n in names:
+            if missing_ok:
+                break
             if n not in by_name:
                 raise PgmaxsimError(f"index {n!r} does not exist (see pgmaxsim status)")
             if not by_name[n].model:
