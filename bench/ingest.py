@@ -100,19 +100,26 @@ def client_costs(embs: list[np.ndarray], options: dict[str, Any]) -> dict[str, f
     """Seconds per page of the client-side steps of write_rows."""
     from pgmaxsim import pooling
     from pgmaxsim.db.codec import encode_halfvec_array
+    from pgmaxsim.worker.loop import single_threaded_blas
 
     sample = embs[: min(100, len(embs))]
     out = {}
+    with single_threaded_blas():  # as in the worker (and storage.write_rows)
+        _time_steps(sample, options, out, encode_halfvec_array, pooling)
+    return out
+
+
+def _time_steps(sample: list[np.ndarray], options: dict[str, Any], out: dict[str, float], encode: Any,
+                pooling: Any) -> None:
     t0 = time.perf_counter()
     for e in sample:
-        encode_halfvec_array(e, 1)
+        encode(e, 1)
     out["halfvec encode"] = (time.perf_counter() - t0) / len(sample)
     for mode in ("mean", "centroids"):
         t0 = time.perf_counter()
         for e in sample[:40]:
             pooling.pool(e.astype(np.float16).astype(np.float32), mode, options)
         out[f"{mode} pooling"] = (time.perf_counter() - t0) / len(sample[:40])
-    return out
 
 
 def bench_write_rows(conn: psycopg.Connection[Any], embs: list[np.ndarray], name: str, batch: int) -> float:
@@ -228,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(["write path (pages/s)", "pages/s", "MB/s", "note"], res))
         opts = {"tokens_per_centroid": 64, "max_centroids": 16}
         costs = client_costs(embs, opts)
-        print("\nclient-side cost per page (single process, this machine):")
+        print("\nclient-side cost per page (one process, NumPy BLAS on one thread as in the worker):")
         print(table(["step", "ms/page", "pages/s alone"],
                     [[k, f"{v * 1e3:.2f}", f"{1 / v:,.0f}"] for k, v in costs.items()]))
         if not args.skip_e2e:
