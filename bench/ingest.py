@@ -103,7 +103,7 @@ def client_costs(embs: list[np.ndarray], options: dict[str, Any]) -> dict[str, f
     from pgmaxsim.worker.loop import single_threaded_blas
 
     sample = embs[: min(100, len(embs))]
-    out = {}
+    out: dict[str, float] = {}
     with single_threaded_blas():  # as in the worker (and storage.write_rows)
         _time_steps(sample, options, out, encode_halfvec_array, pooling)
     return out
