@@ -119,8 +119,9 @@ class LocalPostgres:
     def restart(self) -> None:
         assert self.base is not None
         subprocess.run(
-            _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", "fast", "-w",
-                             "restart"]),
+            # -l: without a log file the new postmaster inherits (and holds open) our output pipe.
+            _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-l",
+                             str(self.base / "log"), "-m", "fast", "-w", "restart"]),
             check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(self.pylib or "")),
         )
 
