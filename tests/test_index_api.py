@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-
 from pgmaxsim import Index, PgmaxsimError, storage
 
 DIM = 24
@@ -121,7 +120,7 @@ def test_key_types_through_the_python_api(conn: psycopg.Connection[Any], key: st
     q = docs[keys[7]][:5]
     got = idx.search(q, k=3, candidates=100)
     assert got[0][0] == keys[7] and type(got[0][0]) is type(keys[7])
-    assert [i for i, _ in idx.rerank(q, keys[5:9])][0] == keys[7]
+    assert idx.rerank(q, keys[5:9])[0][0] == keys[7]
 
 
 def test_storage_writer_directly(conn: psycopg.Connection[Any]) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-
 from pgmaxsim import Index, PgmaxsimError
 from pgmaxsim.db.adapters import Tokens, register_tokens
 

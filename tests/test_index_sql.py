@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-
 from pgmaxsim.db.adapters import Tokens, register_tokens
 
 DIM = 16
@@ -66,7 +65,7 @@ def make_index(conn: psycopg.Connection[Any], n: int, *, key: str = "bigint", po
     conn.execute(f"CREATE TABLE docs (id {key} PRIMARY KEY, body text)")
     conn.execute(f"INSERT INTO docs (id) SELECT unnest(%s::{key}[])", ([str(k) for k in keys],))
     conn.execute("SELECT maxsim.create_index(%s, 'docs', 'id', dim => %s, options => %s::jsonb)",
-                 (name, DIM, '{"pooling": "%s"}' % pooling))
+                 (name, DIM, f'{{"pooling": "{pooling}"}}'))
     docs = dict(zip(keys, clustered_docs(n, rng)))
     for k_, d in docs.items():
         conn.execute(f"SELECT maxsim.upsert(%s, %s::{key}, %s)", (name, str(k_), Tokens(d)))
@@ -97,7 +96,7 @@ def test_scalar_maxsim_equals_reference(db: psycopg.Connection[Any]) -> None:
 
 @pytest.mark.parametrize("pooling", ["centroids", "mean"])
 def test_exact_search_is_the_reference_top_k(db: psycopg.Connection[Any], pooling: str) -> None:
-    docs, keys = make_index(db, 40, pooling=pooling)
+    docs, _keys = make_index(db, 40, pooling=pooling)
     rng = np.random.default_rng(7)
     for _ in range(3):
         q = unit(rng.standard_normal((5, DIM)))
@@ -136,7 +135,7 @@ def test_every_key_type_round_trips_and_joins(db: psycopg.Connection[Any], key: 
     joined = db.execute(
         f"SELECT d.id, s.score FROM maxsim.search('docs_idx', %s, 3, 100) s JOIN docs d ON d.id = s.id::{key}"
         " ORDER BY s.score DESC", (Tokens(q),)).fetchall()
-    assert [r[0] for r in joined][0] == keys[4]
+    assert joined[0][0] == keys[4]
     # rerank returns the caller's type
     rows = db.execute(f"SELECT id, score FROM maxsim.rerank('docs_idx', %s, %s::{key}[])",
                       (Tokens(q), [str(k) for k in keys[:5]])).fetchall()
@@ -146,7 +145,7 @@ def test_every_key_type_round_trips_and_joins(db: psycopg.Connection[Any], key: 
 
 
 def test_rerank_a_filtered_id_set(db: psycopg.Connection[Any]) -> None:
-    docs, keys = make_index(db, 30)
+    docs, _keys = make_index(db, 30)
     db.execute("UPDATE docs SET body = CASE WHEN id % 3 = 0 THEN 'finance report' ELSE 'other' END")
     q = docs[7][:4]  # id 7 is not in the filtered set
     rows = db.execute(
@@ -165,7 +164,7 @@ def test_rerank_a_filtered_id_set(db: psycopg.Connection[Any]) -> None:
 
 
 def test_deletes_updates_and_truncate_are_reflected(db: psycopg.Connection[Any]) -> None:
-    docs, keys = make_index(db, 20)
+    docs, _keys = make_index(db, 20)
     q = docs[5][:3]
     assert search(db, q, 1, 100)[0][0] == "5"
     db.execute("DELETE FROM docs WHERE id = 5")
@@ -186,7 +185,7 @@ def test_deletes_updates_and_truncate_are_reflected(db: psycopg.Connection[Any])
 
 
 def test_change_log_and_versions(db: psycopg.Connection[Any]) -> None:
-    docs, keys = make_index(db, 3)
+    docs, _keys = make_index(db, 3)
     tok = db.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'docs_idx'").fetchone()[0]
     v1 = dict(db.execute(f"SELECT id, version FROM maxsim.{tok}").fetchall())
     listener = psycopg.connect(db.info.dsn, autocommit=True)
@@ -277,7 +276,7 @@ def test_large_dims_beyond_hnsw_limit(db: psycopg.Connection[Any]) -> None:
     for dim, pooling in ((3072, "centroids"), (4096, "mean")):
         name = f"big_{dim}"
         db.execute("SELECT maxsim.create_index(%s, 'big', 'id', dim => %s, options => %s::jsonb)",
-                   (name, dim, '{"pooling": "%s"}' % pooling))
+                   (name, dim, f'{{"pooling": "{pooling}"}}'))
         docs = {i: unit(rng.standard_normal((3, dim))) for i in range(1, 5)}
         for i, d in docs.items():
             db.execute("SELECT maxsim.upsert(%s, %s, %s)", (name, i, Tokens(d)))
@@ -292,7 +291,7 @@ def test_large_dims_beyond_hnsw_limit(db: psycopg.Connection[Any]) -> None:
 
 
 def test_packed_copy_mirrors_tokens_and_stale_copies_are_dropped(db: psycopg.Connection[Any]) -> None:
-    docs, keys = make_index(db, 6)
+    docs, _keys = make_index(db, 6)
     has_py = db.execute("SELECT maxsim.has_plpython()").fetchone()[0]
     tok = db.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'docs_idx'").fetchone()[0]
     rows = db.execute(f"SELECT id, tokens_packed FROM maxsim.{tok} ORDER BY id").fetchall()

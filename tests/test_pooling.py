@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-
 from pgmaxsim import pooling
 from pgmaxsim.db.adapters import Tokens, register_tokens
 

@@ -40,8 +40,7 @@ class _QueryTokens:
 def _server_error(e: psycopg.Error) -> PgmaxsimError:
     msg = first_line(e)
     for prefix in ("pgmaxsim: ",):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+        msg = msg.removeprefix(prefix)
     return PgmaxsimError(msg)
 
 
@@ -58,7 +57,7 @@ class Index:
     @classmethod
     def create(cls, conn: psycopg.Connection[Any], name: str, source: str, id_column: str, *,
                text_column: str | None = None, image_column: str | None = None, model: str | None = None,
-               dim: int | None = None, pooling: str | None = None, **options: Any) -> "Index":
+               dim: int | None = None, pooling: str | None = None, **options: Any) -> Index:
         """``maxsim.create_index``; ``pooling`` and other keyword options go to its options."""
         if pooling is not None:
             options["pooling"] = pooling

@@ -233,7 +233,7 @@ def _write(conn: psycopg.Connection[Any], index: IndexInfo, keys: list[str], tok
                 sql.Identifier("maxsim", index.centroid_table)), cen_rows)
 
 
-def _copy(cur: psycopg.Cursor[Any], statement: sql.Composable, rows: list[bytes]) -> None:
+def _copy(cur: psycopg.Cursor[Any], statement: sql.Composed | str, rows: list[bytes]) -> None:
     with cur.copy(statement) as copy:
         copy.write(_COPY_HEADER)
         for row in rows:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -36,8 +36,9 @@ def _plan(plpy: Any, sql: str, types: Iterable[str] = ()) -> Any:
     return plan
 
 
-def _fail(plpy: Any, message: str, sqlstate: str = "22023") -> None:
-    plpy.error("pgmaxsim: " + message, sqlstate=sqlstate)
+def _fail(plpy: Any, message: str, sqlstate: str = "22023") -> NoReturn:
+    plpy.error("pgmaxsim: " + message, sqlstate=sqlstate)  # raises
+    raise AssertionError("unreachable")
 
 
 def index_by_id(plpy: Any, index_id: int) -> dict[str, Any]:
