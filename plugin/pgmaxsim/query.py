@@ -1,5 +1,11 @@
-"""What ``Index.search`` needs beyond token arrays: queries through the index's model, filters, source rows.
+"""Searching an index from Python: queries through the index's model, filters, source rows.
 
+``pgmaxsim.Index.search`` / ``.rerank`` / ``.cache_query`` are these functions
+on the index's connection; the CLI (``pgmaxsim search``) and the demo call them
+too, so there is one implementation.
+
+- :func:`search` / :func:`rerank`: ``maxsim.search`` / ``maxsim.rerank`` with a
+  query of any kind, an optional filter on the source table and the source rows.
 - :func:`encode_query`: a query text, a PIL image (image-to-page search) or an
   ``(n, d)`` array → ``(n, d)`` float32 tokens. Text and images go through the
   index's own model, loaded once per process (:func:`encoder_for`).
@@ -28,6 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from pgmaxsim.storage import IndexInfo
 
 Filter = str | sql.Composable | Mapping[str, Any] | None
+
+#: A filter matching at most this many rows is scored exactly over all of them (maxsim.rerank);
+#: a broader one searches with more candidates and post-filters.
+FILTER_RERANK_LIMIT = 2000
 
 _encoders: dict[tuple[str, str | None], Encoder] = {}
 _lock = threading.Lock()
@@ -251,3 +261,141 @@ def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[st
     except psycopg.Error as e:
         raise PgmaxsimError(f"reading rows of {info.source}: {first_line(e)}") from None
     return out
+
+
+# ---------------------------------------------------------------- search
+
+class _Tokens:
+    """An ``(n, d)`` query array, sent as binary ``halfvec[]`` by :func:`_cursor`."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _cursor(conn: psycopg.Connection[Any], info: IndexInfo) -> psycopg.Cursor[Any]:
+    """A cursor that sends :class:`_Tokens` as ``halfvec[]`` (binary, the one codec); the
+    connection's own adapters are left alone."""
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    from pgmaxsim.db.codec import CodecError, encode_halfvec_array
+
+    row = conn.execute("SELECT typarray FROM pg_catalog.pg_type WHERE oid = %s", (info.halfvec_oid,)).fetchone()
+    elem_oid, array_oid = info.halfvec_oid, int(row[0]) if row else 0
+
+    class TokensDumper(Dumper):
+        format = Format.BINARY
+        oid = array_oid
+
+        def dump(self, obj: _Tokens) -> bytes:
+            try:
+                return encode_halfvec_array(obj.array, elem_oid)
+            except CodecError as e:
+                raise PgmaxsimError(f"query: {e}") from None
+
+    cur = conn.cursor()
+    cur.adapters.register_dumper(_Tokens, TokensDumper)
+    return cur
+
+
+def _fetch(conn: psycopg.Connection[Any], info: IndexInfo, query: str, params: Sequence[Any]) -> list[Any]:
+    from pgmaxsim.db.connect import first_line
+
+    try:
+        with _cursor(conn, info) as cur:
+            cur.execute(query, params)
+            return cur.fetchall() if cur.description is not None else []
+    except psycopg.Error as e:
+        raise PgmaxsimError(first_line(e).removeprefix("pgmaxsim: ")) from None
+
+
+def _index(conn: psycopg.Connection[Any], name: str, info: IndexInfo | None) -> IndexInfo:
+    if info is not None:
+        return info
+    from pgmaxsim.storage import get_index
+
+    return get_index(conn, name)
+
+
+def _hits(conn: psycopg.Connection[Any], info: IndexInfo, pairs: list[tuple[str, float]],
+          rows: bool | Sequence[str]) -> list[Hit]:
+    row_of = fetch_rows(conn, info, [key for key, _ in pairs], rows) if rows else {}
+    return [Hit(info.key_from_text(key), score, row_of.get(key) if rows else None) for key, score in pairs]
+
+
+def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, candidates: int | None = None, *,
+           filter: Filter = None, params: Any = None, rows: bool | Sequence[str] = False,
+           encoder: Encoder | None = None, filter_rerank_limit: int = FILTER_RERANK_LIMIT,
+           info: IndexInfo | None = None) -> list[Hit]:
+    """Top-``k`` rows of index ``name`` by MaxSim, best first.
+
+    ``query``: text or a PIL image (encoded by the index's model, or ``encoder``)
+    or an ``(n, d)`` token array. ``candidates``: rows passed from the ANN
+    prefilter to exact scoring (None: the index's default; >= the row count:
+    exact). ``filter``: only source rows matching it (SQL text on the source
+    table's columns, ``params`` filling its placeholders, or ``{column: value}``):
+    when at most ``filter_rerank_limit`` rows match, all of them are scored
+    exactly (``maxsim.rerank``); a broader filter searches deeper and
+    post-filters. ``rows``: attach each source row as ``hit.row`` (True: every
+    column; or a list of column names).
+    """
+    if k <= 0:
+        raise PgmaxsimError(f"k must be positive, got {k}")
+    info = _index(conn, name, info)
+    q = encode_query(info, query, encoder)
+    if filter is None:
+        pairs = _search_pairs(conn, info, q, k, candidates)
+    else:
+        pairs = _filtered_pairs(conn, info, q, k, candidates, filter, params, filter_rerank_limit)
+    return _hits(conn, info, pairs, rows)
+
+
+def rerank(conn: psycopg.Connection[Any], name: str, query: Any, ids: Sequence[Any], k: int | None = None, *,
+           rows: bool | Sequence[str] = False, encoder: Encoder | None = None,
+           info: IndexInfo | None = None) -> list[Hit]:
+    """Exact MaxSim of the rows ``ids`` (ids not in the index are ignored), best first."""
+    info = _index(conn, name, info)
+    q = encode_query(info, query, encoder)
+    return _hits(conn, info, _rerank_pairs(conn, info, q, [info.key_text(i) for i in ids], k), rows)
+
+
+def cache_query(conn: psycopg.Connection[Any], name: str, text: str, *, encoder: Encoder | None = None,
+                info: IndexInfo | None = None) -> np.ndarray:
+    """Encode ``text`` here and store it in ``maxsim.query_cache`` so that ``maxsim.encode_query(name,
+    text)`` answers it in SQL without the scorer service. Returns the tokens."""
+    info = _index(conn, name, info)
+    tokens = encode_query(info, text, encoder)
+    _fetch(conn, info, "SELECT maxsim.cache_query(%s, %s, %s)", (info.name, text, _Tokens(tokens)))
+    return tokens
+
+
+def _search_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, k: int,
+                  candidates: int | None) -> list[tuple[str, float]]:
+    rows = _fetch(conn, info, "SELECT id, score FROM maxsim.search(%s, %s, %s, %s)",
+                  (info.name, _Tokens(q), k, candidates))
+    return [(i, float(s)) for i, s in rows]
+
+
+def _rerank_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, keys: list[str],
+                  k: int | None) -> list[tuple[str, float]]:
+    rows = _fetch(conn, info, "SELECT id, score FROM maxsim._rerank(%s, %s, %s::text[], %s)",
+                  (info.name, _Tokens(q), keys, k))
+    return [(i, float(s)) for i, s in rows]
+
+
+def _filtered_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, k: int,
+                    candidates: int | None, filter: Filter, params: Any, limit: int) -> list[tuple[str, float]]:
+    keys = filter_keys(conn, info, filter, params, limit=limit)
+    if keys is not None:  # few enough: exact over every matching row
+        return _rerank_pairs(conn, info, q, keys, k) if keys else []
+    # A broad filter: search deeper until k matching rows are found (or every row was seen).
+    total = int(_fetch(conn, info, "SELECT rows FROM maxsim.index_info(%s)", (info.name,))[0][0])
+    want = k * 4
+    while True:
+        cand = max(candidates or int(info.options.get("candidates", 100)), want)
+        found = _search_pairs(conn, info, q, want, cand)
+        ok = keep_matching(conn, info, [key for key, _ in found], filter, params)
+        kept = [(key, s) for key, s in found if key in ok]
+        if len(kept) >= k or want >= total or len(found) < want:
+            return kept[:k]
+        want = min(total, want * 4)

@@ -1,0 +1,119 @@
+"""``pgmaxsim search "query" --index NAME``: encode a query, rank rows by MaxSim, print a table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pgmaxsim.errors import PgmaxsimError
+
+EPILOG = """\
+examples:
+  pgmaxsim search "revenue by region" --index docs
+  pgmaxsim search "how do bees find flowers" --index docs -k 3 --exact
+  pgmaxsim search "safety incidents" --index docs --filter "kind = 'pdf'"
+  pgmaxsim search "tides" --index docs --json | jq .
+
+The query is encoded with the index's own model, in this process (the model is
+loaded on first use; the bundled MiniLM takes a few seconds on a CPU).
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "search",
+        help="rank an index's rows against a text query",
+        description="Encode QUERY with the index's model and print the top-k rows by MaxSim.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("query", help="the query text")
+    p.add_argument("--index", "-i", help="index to search (see `pgmaxsim index list`)")
+    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("--candidates", type=int, help="rows passed from the ANN prefilter to exact scoring"
+                   " (default: the index's option)")
+    p.add_argument("--exact", action="store_true", help="score every row exactly (no ANN prefilter)")
+    p.add_argument("--filter", metavar="SQL", help="SQL condition on the source table's columns;"
+                   " matching rows are scored exactly")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(func=run)
+
+
+def _available(conn: Any) -> str:
+    names = [r[0] for r in conn.execute("SELECT name FROM maxsim.indexes ORDER BY name LIMIT 20")]
+    return ", ".join(names) if names else "none yet (pgmaxsim index create …, or pgmaxsim demo)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgmaxsim.commands._output import snippet, table
+    from pgmaxsim.commands.index import require_schema
+    from pgmaxsim import query as queries
+    from pgmaxsim.db.connect import connect
+
+    if not args.query.strip():
+        raise PgmaxsimError("the query is empty")
+    if args.k <= 0:
+        raise PgmaxsimError(f"-k must be positive, got {args.k}")
+    if args.candidates is not None and args.candidates <= 0:
+        raise PgmaxsimError(f"--candidates must be positive, got {args.candidates}")
+    with connect(args.dsn) as conn:
+        require_schema(conn)
+        if not args.index:
+            raise PgmaxsimError(f"which index? pass --index NAME (indexes: {_available(conn)})")
+        exists = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.indexes WHERE name = %s)", (args.index,))
+        if not exists.fetchone()[0]:  # type: ignore[index]
+            raise PgmaxsimError(f"index {args.index!r} does not exist (indexes: {_available(conn)})")
+        candidates = args.candidates
+        if args.exact:  # >= the row count: exact
+            n = conn.execute("SELECT rows FROM maxsim.index_info(%s)", (args.index,)).fetchone()
+            candidates = max(1, int(n[0]) if n else 1)
+        hits = queries.search(conn, args.index, args.query, k=args.k, candidates=candidates, filter=args.filter,
+                              rows=True)
+    if args.json:
+        for rank, h in enumerate(hits, start=1):
+            row = {k: v for k, v in (h.row or {}).items() if not isinstance(v, (bytes, memoryview))}
+            print(json.dumps({"rank": rank, "id": h.id, "score": h.score, "row": row}, default=str))
+        return 0
+    if not hits:
+        print(f"no results: index {args.index!r} has no embedded rows yet"
+              " (run `pgmaxsim worker --once`; `pgmaxsim status` shows the queue)")
+        return 0
+    rows = [[rank, h.id, f"{h.score:.4f}", snippet(label(h.row), 60), snippet(body(h.row), 50)]
+            for rank, h in enumerate(hits, start=1)]
+    table(["rank", "id", "score", "title / page", "text"], rows, right=[0, 2])
+    return 0
+
+
+def label(row: dict[str, Any] | None) -> str:
+    """What names a row in the results: the ingest table's title and page, else a title-ish column."""
+    if not row:
+        return ""
+    if row.get("document") is not None and row.get("page") is not None:
+        title = row.get("title") or row["document"]
+        if row.get("kind") == "pdf":
+            return f"{row['document']} p.{row['page']}"
+        return str(title)
+    for key in ("title", "name", "document", "filename", "path", "subject", "heading"):
+        if isinstance(row.get(key), str) and row[key].strip():
+            return row[key]
+    return ""
+
+
+def body(row: dict[str, Any] | None) -> str:
+    """A snippet of the row's text: ``body`` of ingest tables, else the first long text column."""
+    if not row:
+        return ""
+    if isinstance(row.get("body"), str):
+        text = row["body"].strip()
+        title = row.get("title")
+        if isinstance(title, str):
+            if row.get("kind") == "text" and text.startswith(title):
+                text = text[len(title):]  # the title is already in the other column
+            elif row.get("kind") == "pdf":
+                first, _, rest = text.partition("\n")
+                if first.strip() and title.startswith(first.strip()):
+                    text = rest  # the page's running header repeats the document title
+        return text
+    texts = [v for v in row.values() if isinstance(v, str)]
+    return max(texts, key=len) if texts else ""
