@@ -130,7 +130,7 @@ def encode_query(info: IndexInfo, query: Any, encoder: Encoder | None = None) ->
             if not info.model:
                 raise PgmaxsimError(
                     f"index {info.name!r} has no model (its embeddings are written by the application):"
-                    " pass the query as an (n_tokens, dim) array, or give Index(..., encoder=...)")
+                    " pass the query as an (n_tokens, dim) array of token embeddings, or give Index(..., encoder=...)")
             encoder = encoder_for(info.model, info.model_revision)
         if isinstance(query, str):
             if not query.strip():
