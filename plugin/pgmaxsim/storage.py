@@ -12,7 +12,13 @@ The whole write is one transaction (a savepoint when the caller already has one 
 e.g. the worker dequeuing in the same transaction), so it is idempotent per id: writing
 the same rows twice leaves one copy of each. Run it at READ COMMITTED (the default).
 Each written row gets a new ``version`` and a ``maxsim.changes`` entry from the token
-table's trigger.
+table's trigger; ``tokens_packed`` (raw little-endian fp16, what the PL/Python scorer
+reads) is written next to ``tokens`` unless the index has option ``packed: false``.
+
+For model-backed indexes: a source row deleted while its embeddings are being computed
+must not come back as orphan embeddings. Read the source rows with ``SELECT ... FOR KEY
+SHARE`` in the transaction that calls ``write_rows``: a concurrent DELETE then waits for
+that commit, and its trigger removes the rows just written.
 """
 
 from __future__ import annotations
