@@ -11,7 +11,7 @@ without it, it can only say how to encode the query instead. ``@vector@`` is
 replaced by pgvector's schema.
 """
 
-from pgmaxsim.db.sqlfiles import driver_connection, read_frozen, server_has_plpython
+from pgmaxsim.db.sqlfiles import run_sql_file, server_has_plpython
 
 revision = "0004"
 down_revision = "0003"
@@ -24,25 +24,13 @@ ENCODE_SQL = ("0004_encode_query_sql.sql", "947dd9470a7120d2910f5d2c9ea020df3ed3
 DOWN = ("0004_encode_query.down.sql", "a8b60379480d225aabffe9fce0827347bb94710b876073fadbfc24cbf989c5cd")
 
 
-def _run(bind, name: str, digest: str) -> None:  # type: ignore[no-untyped-def]
-    conn = driver_connection(bind)
-    row = conn.execute(
-        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-    ).fetchone()
-    schema = row[0] if row else "public"
-    conn.execute(read_frozen(name, digest).replace("@vector@", schema).encode())
-
-
 def upgrade() -> None:
     from alembic import op
 
     bind = op.get_bind()
-    _run(bind, *(ENCODE_PLPYTHON if server_has_plpython(bind) else ENCODE_SQL))
-    _run(bind, *UP)
+    run_sql_file(*(ENCODE_PLPYTHON if server_has_plpython(bind) else ENCODE_SQL), bind=bind)
+    run_sql_file(*UP, bind=bind)
 
 
 def downgrade() -> None:
-    from alembic import op
-
-    _run(op.get_bind(), *DOWN)
+    run_sql_file(*DOWN)

@@ -45,15 +45,35 @@ def driver_connection(bind: Any) -> Any:
     return bind.connection.driver_connection
 
 
+VECTOR_PLACEHOLDER = "@vector@"
+
+
+def vector_schema(conn: Any) -> str:
+    """The quoted schema pgvector lives in (``public`` when it is not installed yet)."""
+    row = conn.execute(
+        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+    ).fetchone()
+    return row[0] if row else "public"
+
+
 def run_sql_file(name: str, digest: str, bind: Any | None = None) -> None:
-    """Execute a frozen SQL file inside the current alembic transaction."""
+    """Execute a frozen SQL file inside the current alembic transaction.
+
+    SQL files name pgvector's objects as ``@vector@.halfvec`` so that every
+    function can pin ``search_path`` to ``pg_catalog, pg_temp``; the placeholder
+    is replaced by the schema pgvector lives in.
+    """
     if bind is None:
         from alembic import op
 
         bind = op.get_bind()
+    conn = driver_connection(bind)
     sql = read_frozen(name, digest)
+    if VECTOR_PLACEHOLDER in sql:
+        sql = sql.replace(VECTOR_PLACEHOLDER, vector_schema(conn))
     # Executed as one simple-protocol script: no parameters, so '%' needs no escaping.
-    driver_connection(bind).execute(sql.encode())
+    conn.execute(sql.encode())
 
 
 def server_has_plpython(bind: Any | None = None) -> bool:
