@@ -8,9 +8,12 @@
 Writes go through :func:`pgmaxsim.storage.write_rows` (binary COPY); searches
 call the SQL functions (``maxsim.search`` / ``maxsim.rerank``), so the Python
 API and SQL always agree. Ids come back as the key's Python type (int, UUID, str).
-Queries are turned into token arrays by :meth:`Index._query_tokens`; an array is
-used as is (other query kinds, e.g. text or images through the index's model,
-extend that one method).
+Queries are text, a PIL image (both encoded by the index's own model, loaded
+once per process) or an ``(n, d)`` token array; results are
+:class:`~pgmaxsim.query.Hit` pairs ``(id, score)`` that carry the source row when
+asked (``rows=``), optionally restricted by a ``filter=`` on the source table
+(all in :mod:`pgmaxsim.query`). ``conn`` is a psycopg 3 connection or a pool
+(``psycopg_pool.ConnectionPool``): each call then borrows a connection.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from pgmaxsim import query as queries
 from pgmaxsim import storage
 from pgmaxsim.db.codec import CodecError, encode_halfvec_array
 from pgmaxsim.db.connect import first_line
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.query import FILTER_RERANK_LIMIT, Filter, Hit, borrow
 
 
 class _QueryTokens:
@@ -45,27 +50,35 @@ def _server_error(e: psycopg.Error) -> PgmaxsimError:
 
 
 class Index:
-    """One pgmaxsim index on a connection (psycopg 3)."""
+    """One pgmaxsim index on a psycopg 3 connection or pool.
 
-    def __init__(self, conn: psycopg.Connection[Any], name: str) -> None:
+    ``encoder``: the encoder of text and image queries (default: the index's
+    model, loaded once per process by :func:`pgmaxsim.query.encoder_for`).
+    ``filter_rerank_limit``: see :meth:`search`.
+    """
+
+    def __init__(self, conn: Any, name: str, *, encoder: Any = None) -> None:
         self.conn = conn
         self.name = name
+        self.encoder = encoder
+        self.filter_rerank_limit = FILTER_RERANK_LIMIT
         self._info: storage.IndexInfo | None = None
         self._array_oid: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, conn: psycopg.Connection[Any], name: str, source: str, id_column: str, *,
+    def create(cls, conn: Any, name: str, source: str, id_column: str, *,
                text_column: str | None = None, image_column: str | None = None, model: str | None = None,
                dim: int | None = None, pooling: str | None = None, **options: Any) -> Index:
         """``maxsim.create_index``; ``pooling`` and other keyword options go to its options."""
         if pooling is not None:
             options["pooling"] = pooling
         try:
-            conn.execute(
-                "SELECT maxsim.create_index(%s, %s::regclass, %s, %s, %s, %s, %s, %s::jsonb)",
-                (name, source, id_column, text_column, image_column, model, dim, json.dumps(options)),
-            )
+            with borrow(conn) as c:
+                c.execute(
+                    "SELECT maxsim.create_index(%s, %s::regclass, %s, %s, %s, %s, %s, %s::jsonb)",
+                    (name, source, id_column, text_column, image_column, model, dim, json.dumps(options)),
+                )
         except psycopg.Error as e:
             raise _server_error(e) from None
         return cls(conn, name)
@@ -78,67 +91,83 @@ class Index:
     @property
     def info(self) -> storage.IndexInfo:
         if self._info is None:
-            self._info = storage.get_index(self.conn, self.name)
+            with borrow(self.conn) as c:
+                self._info = storage.get_index(c, self.name)
+        return self._info
+
+    def _info_on(self, c: psycopg.Connection[Any]) -> storage.IndexInfo:
+        if self._info is None:
+            self._info = storage.get_index(c, self.name)
         return self._info
 
     def __len__(self) -> int:
-        row = self._sql("SELECT rows FROM maxsim.index_info(%s)", (self.name,)).fetchone()
-        return int(row[0]) if row else 0
+        rows = self._sql("SELECT rows FROM maxsim.index_info(%s)", (self.name,))
+        return int(rows[0][0]) if rows else 0
 
     # ------------------------------------------------------------------ writes
     def upsert(self, ids: Sequence[Any], embeddings: Sequence[Any], *, model: str | None = None,
                model_revision: str | None = None, content_hashes: Sequence[bytes | None] | None = None) -> int:
         """Write rows' token embeddings (``(n_i, d)`` arrays) by binary COPY; returns rows written."""
         try:
-            return storage.write_rows(self.conn, self.info, ids, embeddings, model=model,
-                                      model_revision=model_revision, content_hashes=content_hashes)
+            with borrow(self.conn) as c:
+                return storage.write_rows(c, self._info_on(c), ids, embeddings, model=model,
+                                          model_revision=model_revision, content_hashes=content_hashes)
         except psycopg.Error as e:
             raise _server_error(e) from None
 
     def delete(self, ids: Sequence[Any]) -> int:
         """Remove rows' embeddings; ids not in the index are ignored. Returns rows removed."""
         try:
-            return storage.delete_rows(self.conn, self.info, ids)
+            with borrow(self.conn) as c:
+                return storage.delete_rows(c, self._info_on(c), ids)
         except psycopg.Error as e:
             raise _server_error(e) from None
 
     # ------------------------------------------------------------------ reads
-    def search(self, query: Any, k: int = 10, candidates: int | None = None) -> list[tuple[Any, float]]:
-        """Top-``k`` rows by MaxSim as ``(id, score)``, best first (``maxsim.search``)."""
-        q = self._query_tokens(query)
-        rows = self._sql("SELECT id, score FROM maxsim.search(%s, %s, %s, %s)",
-                         (self.name, _QueryTokens(q), k, candidates)).fetchall()
-        return [(self.info.key_from_text(i), float(s)) for i, s in rows]
+    def search(self, query: Any, k: int = 10, candidates: int | None = None, *, filter: Filter = None,
+               params: Any = None, rows: bool | Sequence[str] = False) -> list[Hit]:
+        """Top-``k`` rows by MaxSim, best first, as :class:`~pgmaxsim.query.Hit` ``(id, score)`` pairs.
 
-    def rerank(self, query: Any, ids: Sequence[Any], k: int | None = None) -> list[tuple[Any, float]]:
+        ``query``: text or a PIL image (encoded by the index's model) or an
+        ``(n, d)`` array of token embeddings. ``candidates``: rows passed from the
+        ANN prefilter to exact scoring (None: the index's default; >= the row
+        count: exact search). ``filter``: only source rows matching it: SQL text
+        on the source table's columns (``params`` fill its ``%s`` placeholders)
+        or a ``{column: value}`` mapping. A filter matching at most
+        ``self.filter_rerank_limit`` rows scores all of them exactly
+        (``maxsim.rerank``); a broader one searches deeper and post-filters.
+        ``rows``: attach each hit's source row as ``hit.row`` (a dict): True for
+        every column, or a list of column names.
+        """
+        with borrow(self.conn) as c:
+            return queries.search(c, self.name, query, k, candidates, filter=filter, params=params, rows=rows,
+                                  encoder=self.encoder, filter_rerank_limit=self.filter_rerank_limit,
+                                  info=self._info_on(c))
+
+    def rerank(self, query: Any, ids: Sequence[Any], k: int | None = None, *,
+               rows: bool | Sequence[str] = False) -> list[Hit]:
         """Exact MaxSim of the given rows, best first (ids not in the index are ignored)."""
-        q = self._query_tokens(query)
-        keys = [self.info.key_text(i) for i in ids]
-        rows = self._sql("SELECT id, score FROM maxsim._rerank(%s, %s, %s::text[], %s)",
-                         (self.name, _QueryTokens(q), keys, k)).fetchall()
-        return [(self.info.key_from_text(i), float(s)) for i, s in rows]
+        with borrow(self.conn) as c:
+            return queries.rerank(c, self.name, query, ids, k, rows=rows, encoder=self.encoder,
+                                  info=self._info_on(c))
+
+    def cache_query(self, text: str) -> np.ndarray:
+        """Encode ``text`` here and keep it in ``maxsim.query_cache``, so that SQL's
+        ``maxsim.encode_query(name, text)`` answers it without the scorer service
+        (servers without plpython3u). Returns the tokens."""
+        with borrow(self.conn) as c:
+            return queries.cache_query(c, self.name, text, encoder=self.encoder, info=self._info_on(c))
 
     def _query_tokens(self, query: Any) -> np.ndarray:
-        """A query as an ``(n, d)`` float array (extension point for other query kinds)."""
-        if isinstance(query, (str, bytes)) or not hasattr(query, "__array__") and not isinstance(query, (list, tuple)):
-            raise PgmaxsimError(
-                f"index {self.name!r}: query must be an (n_tokens, dim) array of token embeddings,"
-                f" got {type(query).__name__}")
-        q = np.asarray(query)
-        if q.ndim != 2 or q.shape[0] == 0:
-            raise PgmaxsimError(f"query must be a non-empty (n_tokens, dim) array, got shape {q.shape}")
-        if q.shape[1] != self.info.dim:
-            raise PgmaxsimError(f"query vectors have {q.shape[1]} dimensions, index {self.name!r} has {self.info.dim}")
-        if not np.issubdtype(q.dtype, np.number) or not np.isfinite(q.astype(np.float16)).all():
-            raise PgmaxsimError("query contains NaN or infinite values (or values beyond fp16 range)")
-        return q
+        """A query as an ``(n, d)`` float array (text, PIL images, arrays: :func:`pgmaxsim.query.encode_query`)."""
+        return queries.encode_query(self.info, query, self.encoder)
 
     # ------------------------------------------------------------------ plumbing
-    def _cursor(self) -> psycopg.Cursor[Any]:
-        info = self.info
+    def _cursor(self, c: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+        info = self._info_on(c)
         if self._array_oid is None:
-            row = self.conn.execute("SELECT typarray FROM pg_catalog.pg_type WHERE oid = %s",
-                                    (info.halfvec_oid,)).fetchone()
+            row = c.execute("SELECT typarray FROM pg_catalog.pg_type WHERE oid = %s",
+                            (info.halfvec_oid,)).fetchone()
             self._array_oid = int(row[0]) if row else 0
         elem_oid, array_oid = info.halfvec_oid, self._array_oid
 
@@ -152,12 +181,15 @@ class Index:
                 except CodecError as e:
                     raise PgmaxsimError(f"query: {e}") from None
 
-        cur = self.conn.cursor()
+        cur = c.cursor()
         cur.adapters.register_dumper(_QueryTokens, QueryDumper)
         return cur
 
-    def _sql(self, query: str, params: Sequence[Any]) -> psycopg.Cursor[Any]:
+    def _sql(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one statement on a (borrowed) connection and return its rows."""
         try:
-            return self._cursor().execute(query, params)
+            with borrow(self.conn) as c, self._cursor(c) as cur:
+                cur.execute(query, params)
+                return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as e:
             raise _server_error(e) from None
