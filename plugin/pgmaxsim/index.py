@@ -24,22 +24,12 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
 
 from pgmaxsim import query as queries
 from pgmaxsim import storage
-from pgmaxsim.db.codec import CodecError, encode_halfvec_array
 from pgmaxsim.db.connect import first_line
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.query import FILTER_RERANK_LIMIT, Filter, Hit, borrow
-
-
-class _QueryTokens:
-    """An ``(n, d)`` array sent as ``halfvec[]`` (binary) by this module's cursors."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
 
 
 def _server_error(e: psycopg.Error) -> PgmaxsimError:
@@ -63,7 +53,6 @@ class Index:
         self.encoder = encoder
         self.filter_rerank_limit = FILTER_RERANK_LIMIT
         self._info: storage.IndexInfo | None = None
-        self._array_oid: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -163,32 +152,10 @@ class Index:
         return queries.encode_query(self.info, query, self.encoder)
 
     # ------------------------------------------------------------------ plumbing
-    def _cursor(self, c: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-        info = self._info_on(c)
-        if self._array_oid is None:
-            row = c.execute("SELECT typarray FROM pg_catalog.pg_type WHERE oid = %s",
-                            (info.halfvec_oid,)).fetchone()
-            self._array_oid = int(row[0]) if row else 0
-        elem_oid, array_oid = info.halfvec_oid, self._array_oid
-
-        class QueryDumper(Dumper):
-            format = Format.BINARY
-            oid = array_oid
-
-            def dump(self, obj: _QueryTokens) -> bytes:
-                try:
-                    return encode_halfvec_array(obj.array, elem_oid)
-                except CodecError as e:
-                    raise PgmaxsimError(f"query: {e}") from None
-
-        cur = c.cursor()
-        cur.adapters.register_dumper(_QueryTokens, QueryDumper)
-        return cur
-
     def _sql(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run one statement on a (borrowed) connection and return its rows."""
         try:
-            with borrow(self.conn) as c, self._cursor(c) as cur:
+            with borrow(self.conn) as c, c.cursor() as cur:
                 cur.execute(query, params)
                 return cur.fetchall() if cur.description is not None else []
         except psycopg.Error as e:

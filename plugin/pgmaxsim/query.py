@@ -27,6 +27,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from pgmaxsim.db.adapters import Tokens, tokens_cursor
 from pgmaxsim.errors import PgmaxsimError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,37 +266,10 @@ def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[st
 
 # ---------------------------------------------------------------- search
 
-class _Tokens:
-    """An ``(n, d)`` query array, sent as binary ``halfvec[]`` by :func:`_cursor`."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-
 def _cursor(conn: psycopg.Connection[Any], info: IndexInfo) -> psycopg.Cursor[Any]:
-    """A cursor that sends :class:`_Tokens` as ``halfvec[]`` (binary, the one codec); the
+    """A cursor that sends :class:`Tokens` as binary ``halfvec[]`` (the one codec); the
     connection's own adapters are left alone."""
-    from psycopg.adapt import Dumper
-    from psycopg.pq import Format
-
-    from pgmaxsim.db.codec import CodecError, encode_halfvec_array
-
-    row = conn.execute("SELECT typarray FROM pg_catalog.pg_type WHERE oid = %s", (info.halfvec_oid,)).fetchone()
-    elem_oid, array_oid = info.halfvec_oid, int(row[0]) if row else 0
-
-    class TokensDumper(Dumper):
-        format = Format.BINARY
-        oid = array_oid
-
-        def dump(self, obj: _Tokens) -> bytes:
-            try:
-                return encode_halfvec_array(obj.array, elem_oid)
-            except CodecError as e:
-                raise PgmaxsimError(f"query: {e}") from None
-
-    cur = conn.cursor()
-    cur.adapters.register_dumper(_Tokens, TokensDumper)
-    return cur
+    return tokens_cursor(conn, info.halfvec_oid, what="query")
 
 
 def _fetch(conn: psycopg.Connection[Any], info: IndexInfo, query: str, params: Sequence[Any]) -> list[Any]:
@@ -365,21 +339,21 @@ def cache_query(conn: psycopg.Connection[Any], name: str, text: str, *, encoder:
     text)`` answers it in SQL without the scorer service. Returns the tokens."""
     info = _index(conn, name, info)
     tokens = encode_query(info, text, encoder)
-    _fetch(conn, info, "SELECT maxsim.cache_query(%s, %s, %s)", (info.name, text, _Tokens(tokens)))
+    _fetch(conn, info, "SELECT maxsim.cache_query(%s, %s, %s)", (info.name, text, Tokens(tokens)))
     return tokens
 
 
 def _search_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, k: int,
                   candidates: int | None) -> list[tuple[str, float]]:
     rows = _fetch(conn, info, "SELECT id, score FROM maxsim.search(%s, %s, %s, %s)",
-                  (info.name, _Tokens(q), k, candidates))
+                  (info.name, Tokens(q), k, candidates))
     return [(i, float(s)) for i, s in rows]
 
 
 def _rerank_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, keys: list[str],
                   k: int | None) -> list[tuple[str, float]]:
     rows = _fetch(conn, info, "SELECT id, score FROM maxsim._rerank(%s, %s, %s::text[], %s)",
-                  (info.name, _Tokens(q), keys, k))
+                  (info.name, Tokens(q), keys, k))
     return [(i, float(s)) for i, s in rows]
 
 

@@ -17,8 +17,8 @@ import psycopg
 from psycopg.adapt import Buffer, Dumper, Loader
 from psycopg.pq import Format
 
-from pgmaxsim.db.codec import decode_halfvec_array, encode_halfvec_array
-from pgmaxsim.errors import ConfigurationError
+from pgmaxsim.db.codec import CodecError, decode_halfvec_array, encode_halfvec_array
+from pgmaxsim.errors import ConfigurationError, PgmaxsimError
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,34 @@ def register_tokens(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_dumper(Tokens, TokensBinaryDumper)
     conn.adapters.register_loader(array_oid, TokensTextLoader)
     conn.adapters.register_loader(array_oid, TokensBinaryLoader)
+
+
+def tokens_cursor(conn: psycopg.Connection[Any], elem_oid: int, array_oid: int | None = None, *,
+                  what: str = "tokens") -> psycopg.Cursor[Any]:
+    """A cursor that sends :class:`Tokens` as binary ``halfvec[]``, leaving the connection's
+    own adapters alone; a value the codec refuses is a PgmaxsimError naming ``what``.
+
+    ``array_oid`` (the oid of ``halfvec[]``) is looked up when not given; callers that
+    make many cursors cache it.
+    """
+    if array_oid is None:
+        row = conn.execute("SELECT typarray FROM pg_catalog.pg_type WHERE oid = %s", (elem_oid,)).fetchone()
+        array_oid = int(row[0]) if row else 0
+    oid_of_array = array_oid
+
+    class TokensDumper(Dumper):
+        format = Format.BINARY
+        oid = oid_of_array
+
+        def dump(self, obj: Tokens) -> bytes:
+            try:
+                return encode_halfvec_array(obj.array, elem_oid)
+            except CodecError as e:
+                raise PgmaxsimError(f"{what}: {e}") from None
+
+    cur = conn.cursor()
+    cur.adapters.register_dumper(Tokens, TokensDumper)
+    return cur
 
 
 def tokens_to_text(tokens: np.ndarray) -> str:
