@@ -51,30 +51,25 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgre
         shutil.rmtree(pylib_root, ignore_errors=True)
 
 
-def _fresh_db(server_user: str, host: str, port: int, template: str | None) -> tuple[DatabaseJanitor, str]:
+def _fresh_db(server: LocalPostgres, template: str | None) -> Iterator[str]:
     name = f"t{os.getpid()}_{next(_counter)}"
-    janitor = DatabaseJanitor(user=server_user, host=host, port=port, dbname=name,
+    janitor = DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=name,
                               template_dbname=template)
     janitor.init()
-    return janitor, name
+    try:
+        yield server.dsn(name)
+    finally:
+        janitor.drop()
 
 
 @pytest.fixture
 def raw_dsn(pg_server: LocalPostgres) -> Iterator[str]:
-    janitor, name = _fresh_db(pg_server.user, pg_server.host, pg_server.port, None)
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        janitor.drop()
+    yield from _fresh_db(pg_server, None)
 
 
 @pytest.fixture
 def dsn(pg_server: LocalPostgres) -> Iterator[str]:
-    janitor, name = _fresh_db(pg_server.user, pg_server.host, pg_server.port, TEMPLATE)
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        janitor.drop()
+    yield from _fresh_db(pg_server, TEMPLATE)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.scoring.reference import maxsim_reference
 
 DIM = 16
 
@@ -21,9 +22,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def ref_maxsim(doc: np.ndarray, query: np.ndarray) -> float:
-    d = np.asarray(doc, dtype=np.float16).astype(np.float64)
-    q = np.asarray(query, dtype=np.float16).astype(np.float64)
-    return float((d @ q.T).max(axis=0).sum())
+    """The float64 reference on the fp16 values the database stores."""
+    return maxsim_reference(np.asarray(query, dtype=np.float16), np.asarray(doc, dtype=np.float16))
 
 
 def ref_top(docs: dict[Any, np.ndarray], query: np.ndarray, k: int) -> list[tuple[Any, float]]:
