@@ -121,8 +121,9 @@ class LocalPostgres:
         subprocess.run(
             # -l: without a log file the new postmaster inherits (and holds open) our output pipe.
             _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-l",
-                             str(self.base / "log"), "-m", "fast", "-w", "restart"]),
-            check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(self.pylib or "")),
+                             str(self.base / "log"), "-m", "fast", "-w", "-t", "60", "restart"]),
+            check=True, capture_output=True, timeout=120,
+            env=dict(os.environ, PYTHONPATH=str(self.pylib or "")),
         )
 
     def stop(self) -> None:

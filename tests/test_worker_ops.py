@@ -17,7 +17,6 @@ from test_worker_util import (
     failed,
     make_text_table,
     queued,
-    restart_server,
     spawn_worker,
     tok_rows,
     writes_per_row,
@@ -107,7 +106,7 @@ def test_postgres_restart_while_the_worker_runs(pg_server: Any, dsn: str, conn: 
     t.start()
     wait_for(lambda: count(dsn, "SELECT count(*) FROM maxsim.ingest_log WHERE index_id = %s", iid) >= 2, 120,
              "a few batches")
-    restart_server(pg_server)
+    pg_server.restart()
     t.join(timeout=240)
     assert not t.is_alive()
     assert "error" not in result, result.get("error")

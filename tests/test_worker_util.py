@@ -77,21 +77,6 @@ def run_once(dsn: str, **kw: Any) -> WorkerStats:
     return run_worker(dsn, once=True, install_signals=False, **kw)
 
 
-def restart_server(server: Any) -> None:
-    """``pg_ctl restart -m fast`` of the suite's server, its output going to its log file.
-
-    (``LocalPostgres.restart`` captures pg_ctl's output without ``-l``: the restarted
-    postmaster inherits the pipe and ``subprocess.run`` waits for it for ever.)
-    """
-    from pgserver import _as_server_user
-
-    subprocess.run(
-        _as_server_user([str(server.bindir / "pg_ctl"), "-D", str(server.base / "data"), "-l",
-                         str(server.base / "log"), "-m", "fast", "-w", "-t", "60", "restart"]),
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(server.pylib or "")))
-
-
 def worker_env() -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", PYTHONUNBUFFERED="1")
