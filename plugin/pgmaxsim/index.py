@@ -27,16 +27,12 @@ import psycopg
 
 from pgmaxsim import query as queries
 from pgmaxsim import storage
-from pgmaxsim.db.connect import first_line
-from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.errors import PgmaxsimError, one_line
 from pgmaxsim.query import FILTER_RERANK_LIMIT, Filter, Hit, borrow
 
 
 def _server_error(e: psycopg.Error) -> PgmaxsimError:
-    msg = first_line(e)
-    for prefix in ("pgmaxsim: ",):
-        msg = msg.removeprefix(prefix)
-    return PgmaxsimError(msg)
+    return PgmaxsimError(one_line(e))
 
 
 class Index:

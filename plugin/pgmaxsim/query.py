@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.db.adapters import Tokens, tokens_cursor
-from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.errors import PgmaxsimError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from pgmaxsim.encoders.base import Encoder
@@ -200,13 +200,11 @@ def filter_condition(filter: Filter) -> tuple[sql.Composable, Sequence[Any] | Ma
 
 
 def _run(conn: psycopg.Connection[Any], query: sql.Composable, params: Any) -> list[tuple[Any, ...]]:
-    from pgmaxsim.db.connect import first_line
-
     try:
         with conn.transaction():
             return conn.execute(query, params).fetchall()
     except psycopg.Error as e:
-        raise PgmaxsimError(f"filter: {first_line(e)}") from None
+        raise PgmaxsimError(f"filter: {one_line(e)}") from None
 
 
 def filter_keys(conn: psycopg.Connection[Any], info: IndexInfo, filter: Filter, params: Any = None,
@@ -250,8 +248,6 @@ def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[st
         cols = sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in names)
     q = sql.SQL("SELECT t.{key}::text AS \"pgmaxsim key\", {cols} FROM {src} t"
                 " WHERE t.{key} = ANY(%s::text[]::{typ}[])").format(key=key, cols=cols, src=src, typ=typ)
-    from pgmaxsim.db.connect import first_line
-
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(q, (list(keys),))
@@ -260,7 +256,7 @@ def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[st
             for r in cur.fetchall():
                 out[r[0]] = dict(zip(names[1:], r[1:]))
     except psycopg.Error as e:
-        raise PgmaxsimError(f"reading rows of {info.source}: {first_line(e)}") from None
+        raise PgmaxsimError(f"reading rows of {info.source}: {one_line(e)}") from None
     return out
 
 
@@ -273,14 +269,12 @@ def _cursor(conn: psycopg.Connection[Any], info: IndexInfo) -> psycopg.Cursor[An
 
 
 def _fetch(conn: psycopg.Connection[Any], info: IndexInfo, query: str, params: Sequence[Any]) -> list[Any]:
-    from pgmaxsim.db.connect import first_line
-
     try:
         with _cursor(conn, info) as cur:
             cur.execute(query, params)
             return cur.fetchall() if cur.description is not None else []
     except psycopg.Error as e:
-        raise PgmaxsimError(first_line(e).removeprefix("pgmaxsim: ")) from None
+        raise PgmaxsimError(one_line(e)) from None
 
 
 def _index(conn: psycopg.Connection[Any], name: str, info: IndexInfo | None) -> IndexInfo:

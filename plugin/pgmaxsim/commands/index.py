@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.errors import PgmaxsimError, one_line
 
 EPILOG = """\
 examples:
@@ -200,9 +200,7 @@ def _conn(args: argparse.Namespace) -> psycopg.Connection[Any]:
 
 
 def _sql_error(e: psycopg.Error) -> PgmaxsimError:
-    from pgmaxsim.db.connect import first_line
-
-    return PgmaxsimError(first_line(e).removeprefix("pgmaxsim: "))
+    return PgmaxsimError(one_line(e))
 
 
 def run_create(args: argparse.Namespace) -> int:

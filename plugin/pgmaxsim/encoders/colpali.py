@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PgmaxsimError
+from ..errors import PgmaxsimError, one_line
 from .base import Encoder, resolve_device, resolve_dtype
 from .prompts import prompt_format as get_prompt_format
 
@@ -75,11 +75,6 @@ def _import_colpali() -> Any:
     except ImportError as exc:
         raise ColpaliEngineMissing() from exc
     return models
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def read_adapter_config(target: str, revision: str | None, local_files_only: bool) -> dict[str, Any] | None:
@@ -184,7 +179,7 @@ class ColVisionEncoder(Encoder):
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             what = f"base {self.base_model!r} of adapter {model!r}" if adapter else f"model {model!r}"
-            raise PgmaxsimError(f"could not load {what}: {_first_line(exc)}") from None
+            raise PgmaxsimError(f"could not load {what}: {one_line(exc)}") from None
         _fix_meta_parameters(net, model)
         self._model = net.to(self.device).eval()
         self._processor = self._load_processor(proc_cls, model, revision, local_files_only)
@@ -208,7 +203,7 @@ class ColVisionEncoder(Encoder):
             try:
                 return proc_cls.from_pretrained(source, revision=rev, local_files_only=local_files_only)
             except (OSError, ValueError, TypeError, KeyError) as exc:
-                errors.append(f"{source}: {_first_line(exc)}")
+                errors.append(f"{source}: {one_line(exc)}")
         raise PgmaxsimError(f"could not load the processor of {model!r}: " + "; ".join(errors or ["no files"]))
 
     def _cap_visual_tokens(self, n: int) -> None:

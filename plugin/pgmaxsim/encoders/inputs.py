@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MissingExtraError, PgmaxsimError
+from ..errors import MissingExtraError, PgmaxsimError, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
@@ -183,17 +183,12 @@ def load_image(data: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImag
             f"image {desc} is {claimed}, over the {MAX_DECODE_PIXELS / 1e6:.0f} MP decode limit"
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
-        raise PgmaxsimError(f"image {desc} could not be decoded: {_one_line(exc)}") from None
+        raise PgmaxsimError(f"image {desc} could not be decoded: {one_line(exc)}") from None
     img = to_rgb(img)
     size = fit_size(img.width, img.height, max_pixels)
     if size != img.size:
         img = img.resize(size, Image.Resampling.LANCZOS)
     return img
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -231,7 +226,7 @@ def _open_pdf(data: Source, password: str | None) -> tuple[Any, str]:
         msg = str(exc)
         if "password" in msg.lower():
             raise PgmaxsimError(f"PDF {desc} is password-protected") from None
-        raise PgmaxsimError(f"PDF {desc} could not be opened: {_one_line(exc)}") from None
+        raise PgmaxsimError(f"PDF {desc} could not be opened: {one_line(exc)}") from None
     return doc, desc
 
 
@@ -283,7 +278,7 @@ def render_pdf(
                 text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
                 textpage.close()
             except pdfium.PdfiumError as exc:
-                raise PgmaxsimError(f"PDF {desc} page {number} could not be rendered: {_one_line(exc)}") from None
+                raise PgmaxsimError(f"PDF {desc} page {number} could not be rendered: {one_line(exc)}") from None
             finally:
                 page.close()
             out.append(PdfPage(page_number=number, image=image, text=text))

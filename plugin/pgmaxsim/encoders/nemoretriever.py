@@ -29,17 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingExtraError, PgmaxsimError
+from ..errors import MissingExtraError, PgmaxsimError, one_line
 from .base import Encoder, resolve_device, resolve_dtype
 
 NVIDIA_PATTERN = re.compile(r"^nvidia/llama-nemoretriever-colembed-", re.IGNORECASE)
 KNOWN_DIMS = {"1b": 2048, "3b": 3072}
 _PAD_EPS = 1e-6
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def check_requirements(model: str, device: str) -> None:
@@ -107,9 +102,9 @@ class NemoRetrieverEncoder(Encoder):
                     "pip install flash-attn --no-build-isolation"
                 ) from None
             raise PgmaxsimError(f"model {model!r} (remote code) needs a missing package: "
-                                f"{_first_line(exc)}") from None
+                                f"{one_line(exc)}") from None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise PgmaxsimError(f"could not load model {model!r}: {_first_line(exc)}") from None
+            raise PgmaxsimError(f"could not load model {model!r}: {one_line(exc)}") from None
         for attr in ("forward_queries", "forward_passages"):
             if not callable(getattr(net, attr, None)):
                 raise PgmaxsimError(f"model {model!r} has no {attr}(): not a colembed-style model")

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pgmaxsim.errors import one_line
 from pgmaxsim.scorer.client import parse_address
 from pgmaxsim.scorer.protocol import (
     DEFAULT_SOCKET,
@@ -119,7 +120,7 @@ class Scorer:
                         for _ in listen.notifies(timeout=0.005):
                             pass
             except psycopg.Error as exc:
-                log.warning("scorer sync: %s; retrying in 1 s", str(exc).strip().splitlines()[0])
+                log.warning("scorer sync: %s; retrying in 1 s", one_line(exc))
                 self._stop.wait(1.0)
 
     def sync_once(self, conn: Any) -> None:
@@ -275,7 +276,7 @@ class Scorer:
                                        device="cuda" if self.backend.name == "gpu" else "cpu")
                 except Exception as exc:
                     raise ScorerError("not_ready", f"could not load the query encoder {meta.model!r}: "
-                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                                      f"{one_line(exc)}") from None
                 self._encoders[key] = enc
         if not self._slots.acquire(timeout=self.limits.queue_timeout):
             raise ScorerError("overloaded", f"more than {self.limits.max_inflight} requests in flight")

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.errors import PgmaxsimError, one_line
 from pgmaxsim.worker import queue
 from pgmaxsim.worker.encoding import EncoderCache, encode_rows
 from pgmaxsim.worker.load import Loaded, load_rows
@@ -113,7 +113,7 @@ def process_batch(
                 encoder = encoders.get(spec)
                 encoded = encode_rows(encoder, spec, todo)
             except Exception as e:  # noqa: BLE001 - the whole encode step failed: every row retries
-                msg = _one_line(e)
+                msg = one_line(e)
                 failures += [Failure(by_id[r.row_id], "encode", msg) for r in todo]
                 encoded = []
                 encoder = None
@@ -153,11 +153,6 @@ def process_batch(
     return result
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _unchanged(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[Loaded]) -> set[str]:
     """Row ids whose stored content hash equals the freshly loaded one (nothing to encode)."""
     if not rows:
@@ -192,7 +187,7 @@ def write_embeddings(
         raise  # connection trouble: the whole batch is retried after reconnecting
     except Exception as e:  # noqa: BLE001 - find the culprit(s) below
         if len(rows) == 1:
-            return [], [(rows[0][0], _one_line(e))]
+            return [], [(rows[0][0], one_line(e))]
     ok: list[Loaded] = []
     bad: list[tuple[Loaded, str]] = []
     for r, t in rows:
@@ -203,7 +198,7 @@ def write_embeddings(
         except psycopg.OperationalError:
             raise
         except Exception as e:  # noqa: BLE001 - reported per row
-            bad.append((r, _one_line(e)))
+            bad.append((r, one_line(e)))
     return ok, bad
 
 

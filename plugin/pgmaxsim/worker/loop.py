@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from pgmaxsim.errors import ConfigurationError, PgmaxsimError
+from pgmaxsim.errors import ConfigurationError, PgmaxsimError, one_line
 from pgmaxsim.worker import queue
 from pgmaxsim.worker.batch import BatchResult, BatchSettings, StaleSpec, process_batch
 from pgmaxsim.worker.encoding import EncoderCache, EncoderFactory, default_factory
@@ -210,16 +210,16 @@ class _Worker:
                     log.info("pgmaxsim worker: reconnected")
                 return conn
             except psycopg.OperationalError as e:
-                from pgmaxsim.db.connect import first_line, redact
+                from pgmaxsim.db.connect import redact
 
                 down = time.monotonic() - down_since
                 if self.once and not self.connected_once:
                     # --once against a database never reached: one clear line at once.
-                    raise ConfigurationError(f"cannot connect to {redact(self.dsn)}: {first_line(e)}") from e
+                    raise ConfigurationError(f"cannot connect to {redact(self.dsn)}: {one_line(e)}") from e
                 if self.max_downtime is not None and down >= self.max_downtime:
                     raise ConfigurationError(
-                        f"cannot connect to {redact(self.dsn)} for {down:.0f} s: {first_line(e)}") from e
-                log.warning("pgmaxsim worker: cannot connect (%s); retrying in %.1f s", first_line(e), delay)
+                        f"cannot connect to {redact(self.dsn)} for {down:.0f} s: {one_line(e)}") from e
+                log.warning("pgmaxsim worker: cannot connect (%s); retrying in %.1f s", one_line(e), delay)
                 if self.stop.wait(delay):
                     raise _Stopped from None
                 delay = min(RECONNECT_MAX_S, delay * 2)
@@ -266,13 +266,13 @@ class _Worker:
                 raise
             except psycopg.Error as e:
                 if self.settings.exit_on_error and not _is_connection_error(e, self.conn):
-                    raise PgmaxsimError(f"worker stopped on a database error: {_first(e)}") from e
+                    raise PgmaxsimError(f"worker stopped on a database error: {one_line(e)}") from e
                 if _is_connection_error(e, self.conn):
-                    log.warning("pgmaxsim worker: connection lost (%s); reconnecting", _first(e))
+                    log.warning("pgmaxsim worker: connection lost (%s); reconnecting", one_line(e))
                     self._drop_connection()
                     self.lost = True
                 else:
-                    log.warning("pgmaxsim worker: database error (%s); retrying", _first(e))
+                    log.warning("pgmaxsim worker: database error (%s); retrying", one_line(e))
                     self.specs = []  # an index may have been dropped or changed
                 if self.stop.wait(delay):
                     return
@@ -329,11 +329,6 @@ class _Worker:
 
 class _Stopped(Exception):
     pass
-
-
-def _first(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 class _Heartbeat:
