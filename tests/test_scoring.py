@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pgmaxsim.scoring import _emulate as emu
-from pgmaxsim.scoring import cpu, gpu
+from pgmaxsim.scoring import cpu, gpu, quantize
 from pgmaxsim.scoring.quantize import (
     binarize,
     dequantize_int8,
@@ -56,9 +56,9 @@ def test_chunking_does_not_change_scores(monkeypatch: pytest.MonkeyPatch) -> Non
     q = rng.standard_normal((5, 16)).astype(np.float32)
     tokens, offsets = cpu.pack(docs, np.float32)
     whole = cpu.maxsim_packed(q, tokens, offsets)
-    monkeypatch.setattr(cpu, "SIM_BUDGET", 5 * 50)   # forces many small chunks (>= 4096 tokens floor)
-    monkeypatch.setattr(cpu, "_chunks", lambda lengths, mt: [(i, i + 1) for i in range(len(lengths))])
-    np.testing.assert_allclose(cpu.maxsim_packed(q, tokens, offsets), whole, rtol=1e-6)
+    for block in (1, 7, 64):   # documents split across blocks, several per block
+        monkeypatch.setattr(cpu, "BLOCK_TOKENS", block)
+        np.testing.assert_allclose(cpu.maxsim_packed(q, tokens, offsets), whole, rtol=1e-6)
 
 
 def test_all_negative_similarities_with_padding() -> None:
@@ -197,3 +197,81 @@ def test_gpu_module_imports_without_cupy() -> None:
         except ImportError:
             with pytest.raises(ImportError, match=r"pip install 'pgmaxsim\[gpu\]'"):
                 gpu.cupy()
+
+
+# --- stored tiers: fp16 and int8 bytes, scored as stored -------------------------------
+
+def _stored_docs(rng: np.random.Generator, lengths: list[int], d: int) -> list[np.ndarray]:
+    return [_normed(rng.standard_normal((n, d))) if n else np.zeros((0, d), np.float32) for n in lengths]
+
+
+@pytest.mark.parametrize("storage", ["fp16", "int8"])
+@pytest.mark.parametrize("block", [None, 5])
+def test_stored_tiers_match_reference_of_what_is_stored(storage: str, block: int | None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if block:
+        monkeypatch.setattr(cpu, "BLOCK_TOKENS", block)
+    rng = np.random.default_rng(11)
+    d = 32
+    docs = _stored_docs(rng, [40, 1, 0, 700, 3, 129], d)
+    q = _normed(rng.standard_normal((9, d)))
+    blobs = [quantize.encode_tokens(x, storage) for x in docs]
+    assert [len(b) for b in blobs] == [quantize.stored_nbytes(len(x), d, storage) for x in docs]
+    decoded = [quantize.decode_tokens(b, d, storage) for b in blobs]
+    toks = [t for t, _ in decoded]
+    scales = None if storage == "fp16" else [s for _, s in decoded]
+    assert all(t.dtype == (np.float16 if storage == "fp16" else np.int8) for t in toks)
+    ref = maxsim_reference_many(q, [quantize.dequantize(t, s) for t, s in decoded])
+    got = cpu.maxsim_docs(q, toks, scales)
+    assert np.isneginf(got[2]) and np.isneginf(ref[2])
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(got[fin], ref[fin], rtol=1e-5, atol=1e-5)
+    # the packed layout (scorer service) gives the same scores, in any order
+    tokens = np.concatenate(toks)
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in toks])])
+    flat = None if scales is None else np.concatenate(scales)
+    sub = cpu.maxsim_packed(q, tokens, offsets, np.array([3, 0, 5]), scales=flat)
+    np.testing.assert_allclose(sub, ref[[3, 0, 5]], rtol=1e-5, atol=1e-5)
+    # int8 stays within its error bound of the exact (fp32) scores
+    exact = maxsim_reference_many(q, docs)
+    if storage == "int8":
+        bound = int8_error_bound(q, flat, offsets)
+        assert (np.abs(got[fin] - exact[fin]) <= bound[fin] + 1e-5).all()
+
+
+def test_fp16_bit_placement_is_exact_for_every_half() -> None:
+    """The fp16 -> float32 bit trick of doc_maxes reproduces every finite half, subnormals and -0 included."""
+    halves = np.arange(65536, dtype=np.uint16).view(np.float16)
+    finite = halves[np.isfinite(halves)].reshape(-1, 1)
+    qt = np.ones((1, 1), dtype=np.float32)
+    per_token = cpu.doc_maxes(qt, list(finite[:, None, :]), block=4096)[:, 0]   # one token per document
+    np.testing.assert_array_equal(per_token, finite[:, 0].astype(np.float32))
+    tiny = np.array([[6e-8], [-6e-8], [0.0], [65504.0]], dtype=np.float16)
+    np.testing.assert_array_equal(cpu.doc_maxes(qt, list(tiny[:, None]))[:, 0], tiny[:, 0].astype(np.float32))
+
+
+def test_int8_scale_applies_before_the_max() -> None:
+    """A token with large codes but a small scale must not win the max."""
+    codes = np.array([[127, 0], [10, 0]], dtype=np.int8)
+    scales = np.array([0.001, 0.1], dtype=np.float32)   # values 0.127 and 1.0
+    got = cpu.maxsim_docs(np.array([[1.0, 0.0]]), [codes], [scales])
+    assert got.tolist() == pytest.approx([1.0])
+
+
+def test_stored_bytes_layout_and_errors() -> None:
+    t = np.array([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0]])
+    blob = quantize.encode_int8(t)
+    assert len(blob) == 2 * (3 + 4)
+    assert np.frombuffer(blob[:8], "<f4").tolist() == pytest.approx([1 / 127, 0.0])
+    assert np.frombuffer(blob[8:], np.int8).tolist() == [64, -127, 32, 0, 0, 0]
+    assert quantize.encode_fp16(t)[:2] == np.float16(0.5).tobytes()
+    with pytest.raises(quantize.StoredTokensError, match="whole 3-dimension"):
+        quantize.decode_int8(blob[:-1], 3)
+    with pytest.raises(quantize.StoredTokensError, match="whole 4-dimension"):
+        quantize.decode_fp16(b"\x00" * 6, 4)
+    with pytest.raises(ValueError, match="unknown storage 'int4'"):
+        quantize.encode_tokens(t, "int4")
+    with pytest.raises(ValueError, match="need their per-token scales"):
+        cpu.maxsim_docs(np.ones((1, 3)), [np.zeros((2, 3), np.int8)])
+    with pytest.raises(ValueError, match="mix token dtypes"):
+        cpu.maxsim_docs(np.ones((1, 3)), [np.zeros((2, 3), np.float16), np.zeros((2, 3), np.float32)])

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pgmaxsim.plpy.tokens import convert
+from pgmaxsim.plpy.tokens import _LE_HALF_TO_F32, convert
+from pgmaxsim.scoring import cpu as scoring_cpu
+from pgmaxsim.scoring.quantize import decode_tokens
 
 
 def maxsim_packed(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -37,16 +39,32 @@ def maxsim_rows(query: np.ndarray, rows: Sequence[tuple[np.ndarray, np.ndarray]]
     """MaxSim of ``query`` (nq, d) against rows given as ``(fp16 words (n_i, d), table)``
     (see :func:`pgmaxsim.plpy.tokens.row_words`) → scores (m,) float32.
 
-    Each row is converted into one reused float32 buffer and scored at once, so its
-    tokens are read from memory once and stay in cache for the product (about twice as
-    fast as converting every row first and multiplying one large matrix).
+    Little-endian words (``tokens_packed``) are scored as fp16 where they lie
+    (:func:`pgmaxsim.scoring.cpu.maxsim_docs`); ``array_send`` words are converted
+    through their table first.
     """
     scores = np.empty(len(rows), dtype=np.float32)
     if not rows:
         return scores
-    q_t = np.ascontiguousarray(np.asarray(query, dtype=np.float32).T)
-    buf = np.empty((max(w.shape[0] for w, _ in rows), q_t.shape[0]), dtype=np.float32)
-    for i, (words, table) in enumerate(rows):
-        tokens = convert(words, table, buf[: words.shape[0]])
-        scores[i] = (tokens @ q_t).max(axis=0).sum(dtype=np.float64)
+    le = [i for i, (_, table) in enumerate(rows) if table is _LE_HALF_TO_F32]
+    be = [i for i, (_, table) in enumerate(rows) if table is not _LE_HALF_TO_F32]
+    if le:
+        scores[le] = scoring_cpu.maxsim_docs(query, [rows[i][0].view(np.float16) for i in le])
+    if be:
+        docs = [convert(w, t, np.empty(w.shape, dtype=np.float32)) for w, t in (rows[i] for i in be)]
+        scores[be] = scoring_cpu.maxsim_docs(query, docs)
     return scores
+
+
+def maxsim_stored(query: np.ndarray, blobs: Sequence[bytes], dim: int, storage: str) -> np.ndarray:
+    """MaxSim of ``query`` (nq, d) against rows' stored token bytes (tier ``storage``) → (m,) float32.
+
+    Decoding makes views only; each row is scored as stored (fp16 or int8 with its
+    scales, :mod:`pgmaxsim.scoring.quantize` layouts). Raises ``StoredTokensError``
+    for bytes that do not fit the layout; a row with no tokens scores ``-inf``.
+    """
+    if not blobs:
+        return np.zeros(0, dtype=np.float32)
+    decoded = [decode_tokens(b, dim, storage) for b in blobs]
+    scales = None if storage == "fp16" else [s for _, s in decoded]  # type: ignore[misc]
+    return scoring_cpu.maxsim_docs(query, [t for t, _ in decoded], scales)  # type: ignore[arg-type]
