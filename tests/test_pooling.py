@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -123,3 +124,63 @@ def test_writer_stores_the_pooled_vectors(conn: psycopg.Connection[Any]) -> None
     pooled = conn.execute(f"SELECT pooled::text FROM maxsim.{idx.info.token_table}").fetchone()[0]
     assert np.allclose([float(x) for x in pooled.strip("[]").split(",")],
                        pooling.mean_pool(tokens.astype(np.float16).astype(np.float32)), atol=2e-3)
+
+
+# --- token pooling at ingest (pool_factor) -------------------------------------------------
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = set(zip(np.asarray(a).tolist(), np.asarray(b).tolist()))
+    return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
+
+
+@pytest.mark.parametrize(("n", "d", "factor"), [(2, 3, 2), (10, 4, 2), (57, 8, 3), (300, 16, 4)])
+def test_token_clusters_equal_scipy_ward_on_cosine_distance_rows(n: int, d: int, factor: int) -> None:
+    hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+    rng = np.random.default_rng(n)
+    x = unit(rng.standard_normal((n, d)))
+    k = pooling.pooled_count(n, factor)
+    # colpali-engine's HierarchicalTokenPooler: linkage(1 - x x^T, metric="euclidean", method="ward")
+    with pytest.warns() if n == 2 else contextlib.nullcontext():   # SciPy suspects a distance matrix; it is not
+        z = hierarchy.linkage(1 - x @ x.T, metric="euclidean", method="ward")
+    ref = hierarchy.fcluster(z, t=k,
+                             criterion="maxclust")
+    got = pooling.token_clusters(x, k)
+    assert len(set(got.tolist())) == k
+    assert _same_partition(ref, got)
+    assert got[0] == 0 and (np.diff(np.maximum.accumulate(got)) <= 1).all()   # numbered by first token
+
+
+def test_pool_tokens_equals_colpali_engine_hierarchical_pooler() -> None:
+    torch = pytest.importorskip("torch")
+    hp = pytest.importorskip("colpali_engine.compression.token_pooling")
+    rng = np.random.default_rng(7)
+    _, x = clustered(rng, 12, 10, 32, noise=0.3)
+    ours = pooling.pool_tokens(x, 3)
+    pooled, _ = hp.HierarchicalTokenPooler()._pool_embeddings_impl([torch.from_numpy(x)], pool_factor=3)
+    theirs = pooled[0].numpy()
+    assert ours.shape == theirs.shape == (40, 32)
+    key = lambda a: a[np.lexsort(np.round(a, 4).T[::-1])]  # same rows, any order
+    np.testing.assert_allclose(key(ours), key(theirs), atol=1e-5)
+
+
+def test_pool_tokens_keeps_the_clusters_and_unit_norms() -> None:
+    rng = np.random.default_rng(3)
+    centers, x = clustered(rng, 8, 16, 24)
+    out = pooling.pool_tokens(x, 16)
+    assert out.shape == (8, 24) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+    assert (np.sort((out @ centers.T).max(axis=0)) > 0.99).all()   # each center found by one pooled vector
+
+
+def test_pool_factor_edge_cases() -> None:
+    x = unit(np.random.default_rng(5).standard_normal((3, 6)))
+    assert np.array_equal(pooling.pool_tokens(x, 1), x)                  # 1 = off: unchanged
+    mean = pooling.pool_tokens(x, 4)                                       # fewer tokens than the factor
+    np.testing.assert_allclose(mean, pooling.mean_pool(x)[None, :], atol=1e-6)
+    assert pooling.pool_tokens(np.zeros((0, 6)), 4).shape == (0, 6)
+    np.testing.assert_allclose(pooling.pool_tokens(x[:1] * 3, 2), x[:1], atol=1e-6)  # one token: normalised
+    assert pooling.pooled_count(1000, 4) == 250 and pooling.pooled_count(3, 4) == 1
+    with pytest.raises(ValueError, match="pool_factor must be >= 1, got 0"):
+        pooling.pool_tokens(x, 0)
+    with pytest.raises(ValueError, match=r"must be \(n, d\)"):
+        pooling.pool_tokens(x[0], 2)

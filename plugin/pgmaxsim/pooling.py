@@ -85,3 +85,132 @@ def pool(tokens: np.ndarray, pooling: str, options: dict | None = None) -> tuple
     c = n_centroids(len(tokens), int(opts.get("tokens_per_centroid", DEFAULT_TOKENS_PER_CENTROID)),
                     int(opts.get("max_centroids", DEFAULT_MAX_CENTROIDS)))
     return pooled, centroids(tokens, c)
+
+
+# --- token pooling at ingest (pool_factor) -------------------------------------------------
+#
+# Each row's tokens are clustered and every cluster replaced by its L2-normalised mean,
+# ~n / pool_factor vectors instead of n, as in the token-pooling work on ColPali (Answer.AI;
+# colpali-engine's HierarchicalTokenPooler), whose clustering this reproduces: Ward
+# linkage where token i is described by its row of cosine distances ``1 - <x_i, x_j>`` to
+# every token of the row, cut into ``max(n // pool_factor, 1)`` clusters. Written in NumPy
+# (nearest-neighbour chain) so it runs wherever this module does, PL/Python included,
+# without SciPy; tests check it against scipy.cluster.hierarchy and colpali-engine.
+
+
+def pooled_count(n_tokens: int, pool_factor: int) -> int:
+    """How many vectors a row of ``n_tokens`` keeps: ``max(n // pool_factor, 1)`` (``n`` when off).
+
+    A row with fewer tokens than the pool factor keeps one vector, the normalised mean of
+    its tokens; an empty row stays empty.
+
+    >>> [pooled_count(n, 4) for n in (0, 1, 3, 4, 1000, 1003)], pooled_count(7, 1)
+    ([0, 1, 1, 1, 250, 250], 7)
+    """
+    if pool_factor < 1:
+        raise ValueError(f"pool_factor must be >= 1, got {pool_factor}")
+    if n_tokens <= 0 or pool_factor == 1:
+        return max(n_tokens, 0)
+    return max(n_tokens // pool_factor, 1)
+
+
+def _ward_merges(d2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ward merges of ``n`` points given their squared Euclidean distances ``(n, n)`` float64.
+
+    Returns ``(height, keep, drop)`` arrays of the ``n - 1`` merges, in an order where
+    every merge follows the merges that formed its two clusters; cluster slots are point
+    indices (a merged cluster keeps the lower slot). Nearest-neighbour chain with the
+    Lance-Williams update on squared distances (exact Ward, as SciPy's ``ward``).
+    """
+    n = d2.shape[0]
+    d2 = d2.copy()
+    np.fill_diagonal(d2, np.inf)
+    size = np.ones(n)
+    heights, keeps, drops = [], [], []
+    chain: list[int] = []
+    active = n
+    next_start = 0
+    while active > 1:
+        if not chain:
+            while not np.isfinite(d2[next_start]).any():
+                next_start += 1
+            chain.append(next_start)
+        while True:
+            a = chain[-1]
+            row = d2[a]
+            b = int(np.argmin(row))
+            if len(chain) > 1 and row[chain[-2]] <= row[b]:
+                b = chain[-2]
+                break
+            chain.append(b)
+        chain.pop()
+        chain.pop()
+        h = d2[a, b]
+        ni, nj = size[a], size[b]
+        new = ((size + ni) * d2[a] + (size + nj) * d2[b] - size * h) / (size + ni + nj)
+        keep, drop = min(a, b), max(a, b)
+        d2[keep, :] = new
+        d2[:, keep] = new
+        d2[drop, :] = np.inf
+        d2[:, drop] = np.inf
+        d2[keep, keep] = np.inf
+        size[keep] = ni + nj
+        heights.append(h)
+        keeps.append(keep)
+        drops.append(drop)
+        active -= 1
+    return np.array(heights), np.array(keeps, dtype=np.int64), np.array(drops, dtype=np.int64)
+
+
+def token_clusters(tokens: np.ndarray, k: int) -> np.ndarray:
+    """Cluster label ``(n,)`` int64 in ``[0, k)`` of each token (Ward on cosine-distance rows).
+
+    Labels are numbered by each cluster's first token, so the result is deterministic.
+    """
+    x = _normalise(np.asarray(tokens, dtype=np.float64))
+    n = x.shape[0]
+    k = max(1, min(int(k), n))
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    s = x @ x.T
+    sq = np.einsum("ij,ij->i", s, s)
+    # ||(1 - s_i) - (1 - s_j)||^2 = ||s_i - s_j||^2; s is symmetric, so s @ s holds every <s_i, s_j>
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (s @ s), 0.0)
+    height, keep, drop = _ward_merges(d2)
+    order = np.lexsort((np.arange(len(height)), height))[: n - k]  # the n - k lowest merges
+    parent = np.arange(n)
+    for m in order.tolist():  # slots: applying children first, `keep` is the merged cluster's root
+        parent[drop[m]] = keep[m]
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    roots = np.array([root(i) for i in range(n)])  # O(n * depth); depth stays small here
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return rank[inverse].astype(np.int64)
+
+
+def pool_tokens(tokens: np.ndarray, pool_factor: int) -> np.ndarray:
+    """A row's tokens ``(n, d)`` -> ``(pooled_count(n, pool_factor), d)`` float32 pooled tokens.
+
+    ``pool_factor`` 1 returns the tokens unchanged (float32). Otherwise each cluster of
+    :func:`token_clusters` becomes the L2-normalised mean of its tokens, clusters in the
+    order of their first token. Deterministic; pure NumPy.
+
+    >>> t = np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9]], dtype=np.float32)
+    >>> pool_tokens(t, 2).astype(np.float64).round(3).tolist()
+    [[0.999, 0.053], [0.053, 0.999]]
+    """
+    x = np.asarray(tokens, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"tokens must be (n, d), got shape {x.shape}")
+    k = pooled_count(x.shape[0], pool_factor)
+    if pool_factor == 1 or x.shape[0] == 0:
+        return x.copy()
+    labels = token_clusters(x, k)
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, x.astype(np.float64))
+    return _normalise(sums).astype(np.float32)
