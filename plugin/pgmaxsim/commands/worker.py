@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise PgmaxsimError(f"--{name.replace('_', '-')} must be at least 1")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    logging.basicConfig(level=logging.WARNING if args.quiet or progress else logging.INFO,
+    level = logging.WARNING if args.quiet or progress else logging.INFO
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", 0) > 1 else level,
                         format="%(asctime)s %(message)s", stream=sys.stderr)
     stats = run_worker(
         args.dsn, indexes=args.indexes, once=args.once, batch_size=args.batch_size,
@@ -76,7 +77,20 @@ def run(args: argparse.Namespace) -> int:
         exit_on_error=args.exit_on_error, poll_interval=args.poll, progress=progress,
         device=args.device, dtype=args.dtype, image_root=args.image_root, max_pixels=args.max_pixels,
         max_downtime=300.0 if args.once else None)
-    print(f"worker {stats.worker_id}: {stats.done} row(s) embedded, {stats.skipped} unchanged, "
-          f"{stats.missing} gone, {stats.retried} to retry, {stats.failed} failed"
-          + (f"; switched over: {', '.join(stats.reembeds_finished)}" if stats.reembeds_finished else ""))
+    print(summary(stats))
+    if args.once and stats.failed:
+        raise PgmaxsimError(f"{stats.failed} row(s) failed and are recorded in maxsim.failed"
+                            " (`pgmaxsim status` shows why)")
     return 0
+
+
+def summary(stats: Any) -> str:
+    """The worker's last line: each row counted once, by where it ended up."""
+    parts = [f"{stats.done} row(s) embedded", f"{stats.skipped} unchanged", f"{stats.missing} gone",
+             f"{stats.failed} failed"]
+    if stats.waiting:
+        parts.append(f"{stats.waiting} still queued for a retry")
+    line = f"worker {stats.worker_id}: " + ", ".join(parts)
+    if stats.reembeds_finished:
+        line += f"; switched over: {', '.join(stats.reembeds_finished)}"
+    return line

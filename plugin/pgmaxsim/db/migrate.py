@@ -41,6 +41,19 @@ def current_revision(conn: psycopg.Connection[Any]) -> str | None:
     return row[0] if row else None
 
 
+def revisions() -> list[str]:
+    """The schema's revisions, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    return [r.revision for r in reversed(list(ScriptDirectory.from_config(_alembic_config()).walk_revisions()))]
+
+
+def _alembic_errors() -> tuple[type[BaseException], ...]:
+    from alembic.util.exc import CommandError
+
+    return (CommandError,)
+
+
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
@@ -107,6 +120,9 @@ def _run(dsn: str, action: str, revision: str) -> MigrateReport:
             sa_conn.commit()
     except psycopg.Error as e:
         raise _explain(e, db) from e
+    except _alembic_errors() as e:  # an unknown or unreachable revision: name the known ones
+        raise PgmaxsimError(f"{one_line(e)} (revisions: {', '.join(revisions())}, head; base removes"
+                            " the schema)") from e
     except Exception as e:  # SQLAlchemy wraps driver errors
         orig = getattr(e, "orig", None)
         if isinstance(orig, psycopg.Error):

@@ -12,6 +12,11 @@
   ``max_downtime`` seconds. A server that is not up yet when a long-running
   worker starts is waited for the same way; with ``once`` a database that
   cannot be reached at start is an immediate error.
+- **Schema**: a database without the ``maxsim`` schema (never migrated, or
+  downgraded while the worker ran) is an immediate one-line error, not a retry.
+- **Errors**: each distinct row error (the text without the row id: a model
+  that cannot load fails every row with the same text) is logged once, as a
+  warning; repeats are only counted.
 - **Heartbeat**: a row in ``maxsim.workers``, refreshed by a small thread on
   its own connection every ``heartbeat_interval`` seconds (so a long batch
   does not look like a dead worker); set to ``stopped`` on a clean exit.
@@ -60,6 +65,7 @@ class WorkerStats:
     failed: int = 0
     tokens: int = 0
     reconnects: int = 0
+    waiting: int = 0  # rows of the served indexes queued for a retry when the worker stopped
     reembeds_finished: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -194,6 +200,7 @@ class _Worker:
         self.specs: list[IndexSpec] = []
         self.specs_at = 0.0
         self.heartbeat = _Heartbeat(dsn, self.stats, heartbeat_interval)
+        self.reported: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
@@ -247,6 +254,7 @@ class _Worker:
         except _Stopped:
             pass
         finally:
+            self._count_waiting()
             self.heartbeat.stop(final_state="stopped")
             self._drop_connection()
         return self.stats
@@ -257,6 +265,7 @@ class _Worker:
             try:
                 if self.conn is None:
                     self.conn = self._connect()
+                    self._require_schema()
                     self._refresh_specs(force=True)
                     self._prune()
                 if not self._round() and self._idle():
@@ -272,6 +281,7 @@ class _Worker:
                     self._drop_connection()
                     self.lost = True
                 else:
+                    self._require_schema()  # dropped under us (migrate --downgrade): stop, do not retry
                     log.warning("pgmaxsim worker: database error (%s); retrying", one_line(e))
                     self.specs = []  # an index may have been dropped or changed
                 if self.stop.wait(delay):
@@ -296,11 +306,43 @@ class _Worker:
             worked = True
             self.stats.add(result)
             self.progress.advance(result.handled, failed=self.stats.failed, index=spec.name)
-            for err in result.errors:
-                log.info("pgmaxsim worker: index %s %s", spec.name, err)
+            self._report(spec, result.errors)
             if self.on_batch:
                 self.on_batch(result)
         return worked
+
+    def _report(self, spec: IndexSpec, errors: list[str]) -> None:
+        """Log each distinct error once (with the first row it hit); count the repeats."""
+        repeats = 0
+        for err in errors:
+            row, _, text = err.partition(": ") if err.startswith("row ") else ("", "", err)
+            key = f"{spec.name}\0{text}"
+            if key in self.reported:
+                repeats += 1
+                continue
+            if len(self.reported) < 10_000:
+                self.reported.add(key)
+            log.warning("pgmaxsim worker: index %s, %s: %s%s", spec.name, row or "rows", text,
+                        " (later rows with this error are not logged again)" if row else "")
+        if repeats:
+            log.debug("pgmaxsim worker: index %s: %d more row(s) with errors already logged", spec.name, repeats)
+
+    def _require_schema(self) -> None:
+        assert self.conn is not None
+        with contextlib.suppress(psycopg.Error):  # the connection itself failing is handled by the caller
+            row = self.conn.execute("SELECT to_regclass('maxsim.indexes') IS NOT NULL").fetchone()
+            if row is not None and not row[0]:
+                raise ConfigurationError(f"database {self.conn.info.dbname!r} has no maxsim schema:"
+                                         " run `pgmaxsim migrate` first")
+
+    def _count_waiting(self) -> None:
+        if self.conn is None or self.conn.closed or not self.specs:
+            return
+        with contextlib.suppress(psycopg.Error):
+            row = self.conn.execute(
+                "SELECT count(DISTINCT (index_id, row_id)) FROM maxsim.queue"
+                " WHERE index_id = ANY(%s) AND attempts > 0", ([s.id for s in self.specs],)).fetchone()
+            self.stats.waiting = int(row[0]) if row else 0
 
     def _idle(self) -> bool:
         """Nothing was claimable: finish re-embeddings, then wait or (``once``) decide to exit."""
