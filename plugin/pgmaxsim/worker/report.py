@@ -34,15 +34,17 @@ class IndexStatus:
     pending: int
     retrying: int
     failed: int
-    rows_per_s: float | None
+    rows_per_s: float | None  # rows/s of the running workers; of the last worker when none runs
     last_batch_at: Any
     last_errors: list[FailedRow] = field(default_factory=list)
     reembed: str | None = None  # "<shadow> (<model>): <rows> rows, <pending> pending" while re-embedding
     shadow_of: str | None = None
+    workers_running: int = 0  # workers with a fresh heartbeat that embedded rows of this index lately
 
     @property
     def eta_s(self) -> float | None:
-        if not self.pending or not self.rows_per_s:
+        """Seconds until the queue is empty at the current rate; None when no worker is on it."""
+        if not self.pending or not self.rows_per_s or not self.workers_running:
             return None
         return self.pending / self.rows_per_s
 
@@ -73,26 +75,26 @@ def status(conn: psycopg.Connection[Any], index: str | None = None, *, errors: i
         " (SELECT count(DISTINCT q.row_id) FROM maxsim.queue q WHERE q.index_id = i.id),"
         " (SELECT count(DISTINCT q.row_id) FROM maxsim.queue q WHERE q.index_id = i.id AND q.attempts > 0),"
         " (SELECT count(*) FROM maxsim.failed f WHERE f.index_id = i.id),"
-        " (SELECT sum(l.rows_done) / greatest(1, extract(epoch FROM max(l.at) - min(l.at)) + min(l.seconds))"
-        "    FROM maxsim.ingest_log l WHERE l.index_id = i.id"
-        "     AND l.at > now() - make_interval(secs => %s)),"
+        " NULL,"
         " (SELECT max(l.at) FROM maxsim.ingest_log l WHERE l.index_id = i.id),"
         " (SELECT s.name FROM maxsim.reembeds r JOIN maxsim.indexes s ON s.id = r.shadow_id"
         "   WHERE r.index_id = i.id),"
         " (SELECT m.name FROM maxsim.reembeds r JOIN maxsim.indexes m ON m.id = r.index_id"
         "   WHERE r.shadow_id = i.id)"
         " FROM maxsim.indexes i WHERE (%s::text IS NULL OR i.name = %s) ORDER BY i.name",
-        (THROUGHPUT_WINDOW_S, index, index)).fetchall()
+        (index, index)).fetchall()
     if index is not None and not rows:
         raise PgmaxsimError(f"index {index!r} does not exist")
+    rates = throughput(conn)
     out: list[IndexStatus] = []
-    for (iid, name, model, rev, dim, tok, pending, retrying, failed, rate, last_at, shadow, shadow_of) in rows:
+    for (iid, name, model, rev, dim, tok, pending, retrying, failed, _, last_at, shadow, shadow_of) in rows:
         n = conn.execute(sql.SQL("SELECT count(*) FROM maxsim.{}").format(sql.Identifier(tok))).fetchone()
         errs = [FailedRow(*r) for r in conn.execute(
             "SELECT row_id, step, error, attempts, failed_at FROM maxsim.failed WHERE index_id = %s"
             " ORDER BY failed_at DESC, row_id LIMIT %s", (iid, errors)).fetchall()]
+        rate, running = rates.get(iid, (None, 0))
         st = IndexStatus(name, model, rev, dim, int(n[0]) if n else 0, int(pending), int(retrying), int(failed),
-                         float(rate) if rate is not None else None, last_at, errs, shadow_of=shadow_of)
+                         rate, last_at, errs, shadow_of=shadow_of, workers_running=running)
         if shadow:
             st.reembed = shadow
         out.append(st)
@@ -105,6 +107,37 @@ def status(conn: psycopg.Connection[Any], index: str | None = None, *, errors: i
         if w.state == "running" and w.heartbeat_age_s > STALE_AFTER_S:
             w.state = "stale"
     return Status(out, workers)
+
+
+def throughput(conn: psycopg.Connection[Any]) -> dict[int, tuple[float | None, int]]:
+    """Per index id: (rows/s, running workers), from the batches of the last THROUGHPUT_WINDOW_S.
+
+    Each worker's rate is the rows its batches handled over the wall time from the
+    start of its first batch to the end of its last one (idle gaps between two
+    worker runs do not dilute it). The index's rate is the sum over the workers
+    whose heartbeat is fresh; when none is, the rate of the worker that finished
+    last (shown for reference, with no ETA).
+    """
+    rows = conn.execute(
+        "SELECT l.index_id, sum(l.rows_done + l.rows_skipped),"
+        "  extract(epoch FROM max(l.at + make_interval(secs => l.seconds)) - min(l.at)),"
+        "  max(l.at + make_interval(secs => l.seconds)),"
+        "  coalesce(bool_or(w.state = 'running' AND w.heartbeat_at > now() - make_interval(secs => %s)), false)"
+        " FROM maxsim.ingest_log l LEFT JOIN maxsim.workers w ON w.worker_id = l.worker_id"
+        " WHERE l.at > now() - make_interval(secs => %s)"
+        " GROUP BY l.index_id, l.worker_id", (STALE_AFTER_S, THROUGHPUT_WINDOW_S)).fetchall()
+    live: dict[int, tuple[float, int]] = {}
+    last: dict[int, tuple[Any, float]] = {}
+    for iid, n, span, ended, running in rows:
+        rate = float(n) / max(float(span or 0), 0.001)
+        if running:
+            total, count = live.get(iid, (0.0, 0))
+            live[iid] = (total + rate, count + 1)
+        elif iid not in last or ended > last[iid][0]:
+            last[iid] = (ended, rate)
+    out: dict[int, tuple[float | None, int]] = {iid: (r, 0) for iid, (_, r) in last.items()}
+    out.update({iid: (r, c) for iid, (r, c) in live.items()})
+    return out
 
 
 def _age(seconds: float) -> str:
@@ -140,6 +173,8 @@ def render(st: Status) -> str:
     for i in st.indexes:
         model = (i.model or "(application)") + (f"@{i.model_revision}" if i.model_revision else "")
         rate = f"{i.rows_per_s:.1f}/s" if i.rows_per_s else "-"
+        if i.rows_per_s and not i.workers_running:
+            rate += " (last)"
         note = ""
         if i.reembed:
             note = f"re-embedding into {i.reembed}"
@@ -149,6 +184,8 @@ def render(st: Status) -> str:
                          rate, _duration(i.eta_s), note])
     parts = [table(["index", "model", "dim", "rows", "pending", "retrying", "failed", "throughput", "eta", ""],
                    idx_rows) if idx_rows else "no indexes (create one with maxsim.create_index)"]
+    if any(i.pending for i in st.indexes) and not any(w.state == "running" for w in st.workers):
+        parts.append("rows are pending and no worker is running: start one with `pgmaxsim worker`")
     for i in st.indexes:
         if i.last_errors:
             parts.append(f"\nlast failures of {i.name} ({i.failed} in maxsim.failed):")
