@@ -207,7 +207,7 @@ def test_encode_query_errors(notes: pgmaxsim.Index, conn: psycopg.Connection[Any
     conn.execute("SELECT maxsim.create_index('app2', 'app2', 'id', dim => 4)")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match='index "app2" has no model'):
         conn.execute("SELECT maxsim.encode_query('app2', 'x')")
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="must have dim 384"):
+    with pytest.raises(psycopg.errors.DataException, match="query token vectors have 2 dimensions"):
         conn.execute("SELECT maxsim.cache_query('notes', 'q', ARRAY['[1,2]']::halfvec[])")
 
 

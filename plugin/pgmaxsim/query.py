@@ -346,7 +346,7 @@ def _search_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray,
 
 def _rerank_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, keys: list[str],
                   k: int | None) -> list[tuple[str, float]]:
-    rows = _fetch(conn, info, "SELECT id, score FROM maxsim._rerank(%s, %s, %s::text[], %s)",
+    rows = _fetch(conn, info, "SELECT id, score FROM maxsim.rerank(%s, %s, %s::text[], %s)",
                   (info.name, Tokens(q), keys, k))
     return [(i, float(s)) for i, s in rows]
 

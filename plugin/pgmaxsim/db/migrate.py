@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from pgmaxsim.db.connect import connect, resolve_dsn
+from pgmaxsim.db.sqlfiles import apply_functions
 from pgmaxsim.errors import ConfigurationError, PgmaxsimError, one_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "_migrations"
@@ -109,6 +110,11 @@ def _run(dsn: str, action: str, revision: str) -> MigrateReport:
             cfg.attributes["connection"] = sa_conn
             if action == "upgrade":
                 command.upgrade(cfg, revision)
+                driver = sa_conn.connection.driver_connection
+                if current_revision(driver) == head_revision():
+                    # Functions are not revisions' business: (re)installed from the idempotent
+                    # files at the newest revision, in the same transaction.
+                    apply_functions(driver)
             else:
                 command.downgrade(cfg, revision)
                 if revision == "base":

@@ -90,9 +90,11 @@ def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any]
         out[r["id"]] = s
 
 
-def _fetch_sql(index: dict[str, Any], where: str) -> str:
+def _fetch_sql(plpy: Any, index: dict[str, Any], where: str) -> str:
+    # Identifiers from the registry are quoted even though only the schema owner can write it.
     return (f"SELECT t.id::text AS id, t.tokens_packed AS packed, CASE WHEN t.tokens_packed IS NULL"
-            f" THEN pg_catalog.array_send(t.tokens) END AS tokens FROM maxsim.{index['token_table']} t {where}")
+            f" THEN pg_catalog.array_send(t.tokens) END AS tokens"
+            f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t {where}")
 
 
 class _Timer:
@@ -136,7 +138,7 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
         found = remote.search_all(plpy, index, q, k)
         if found is not None:
             return found
-        cursor = plpy.cursor(_plan(plpy, _fetch_sql(index, "")))
+        cursor = plpy.cursor(_plan(plpy, _fetch_sql(plpy, index, "")))
         timer.lap()
         while True:
             rows = cursor.fetch(FETCH_ROWS)
@@ -152,7 +154,7 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
     if got:
         scores.update(got)
         keys = [i for i in keys if i not in got]
-    plan = _plan(plpy, _fetch_sql(index, f"WHERE t.id = ANY ($1::{index['id_type']}[])"), ["text[]"])
+    plan = _plan(plpy, _fetch_sql(plpy, index, f"WHERE t.id = ANY ($1::{index['id_type']}[])"), ["text[]"])
     timer.lap()
     for start in range(0, len(keys), FETCH_ROWS):
         rows = plpy.execute(plan, [keys[start:start + FETCH_ROWS]])

@@ -186,3 +186,53 @@ def search_all(plpy: Any, index: dict[str, Any], query: np.ndarray, k: int | Non
     if dirty:
         merged.update(_cpu_scores(plpy, index, query, sorted(dirty)))
     return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+#: Query encodings remembered per backend (index, model, revision, text) -> halfvec texts.
+_encoded: dict[tuple[Any, ...], list[str]] = {}
+ENCODE_MEMO = 256
+#: Encoding may load a model on first use: at least this long, whatever the scoring timeout.
+ENCODE_TIMEOUT_S = 30.0
+
+
+def encode_query(plpy: Any, index_id: int, dim: int, query: str) -> tuple[list[str] | None, str | None, str | None]:
+    """``maxsim._encode_remote``: (tokens as halfvec texts, error, hint) from the scorer's encoder.
+
+    Connects nowhere when no scorer is configured (maxsim.set_scorer): the error says so.
+    """
+    row = plpy.execute(_plan(plpy, "SELECT i.model, i.model_revision FROM maxsim.indexes i WHERE i.id = $1",
+                             ["integer"]), [index_id])
+    key = (index_id, row[0]["model"] if row else None, row[0]["model_revision"] if row else None, query)
+    if key in _encoded:
+        return _encoded[key], None, None
+    client = _client(plpy)
+    if client is None:
+        return None, ("maxsim.encode_query needs the scorer service, and no scorer is configured for this"
+                      " database"), ("start one (pgmaxsim scorer --dsn <this database>), then an admin runs"
+                                     " SELECT maxsim.set_scorer('<its socket path or host:port>')")
+    timeout, client.timeout = client.timeout, max(client.timeout, ENCODE_TIMEOUT_S)
+    try:
+        head, arrays = client.request({"op": "encode_query", "index": int(index_id), "text": query})
+    except ScorerError as exc:
+        if exc.code == "unknown_index":
+            return None, f"the scorer at {client.address} does not serve this index: {exc.message}", \
+                "the scorer loads the indexes it serves when it starts or reloads (pgmaxsim scorer --index NAME)"
+        return None, f"scorer at {client.address}: {exc.message}", None
+    except (ProtocolError, OSError) as exc:
+        client.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+        return None, (f"maxsim.encode_query needs the scorer service, which is not reachable at"
+                      f" {client.address} ({reason})"), "start it: pgmaxsim scorer --dsn <this database>"
+    finally:
+        client.timeout = timeout
+    tokens = np.asarray(arrays.get("tokens"), dtype=np.float32)
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] != dim:
+        return None, f"the scorer encoded the query as shape {tokens.shape}, expected (n, {dim})", None
+    if not np.isfinite(tokens).all():
+        return None, "the scorer returned non-finite query embeddings", None
+    half = tokens.astype(np.float16).astype(np.float32)
+    out = ["[" + ",".join(repr(float(x)) for x in r) + "]" for r in half]
+    if len(_encoded) >= ENCODE_MEMO:
+        _encoded.clear()
+    _encoded[key] = out
+    return out, None, None

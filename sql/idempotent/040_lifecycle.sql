@@ -1,0 +1,349 @@
+-- pgmaxsim functions: index lifecycle (create, drop, describe, list).
+-- Idempotent file (see 010_registry.sql for the privilege layering).
+
+-- Register an index over a table the caller owns (or any table, for an admin). Runs as the
+-- caller for the checks; the privileged part (_create_index) creates the token table, its
+-- pooled-vector ANN and the source triggers as the schema owner.
+CREATE OR REPLACE FUNCTION maxsim.create_index(
+    name text, source regclass, id_column text,
+    text_column text DEFAULT NULL, image_column text DEFAULT NULL,
+    model text DEFAULT NULL, dim integer DEFAULT NULL, options jsonb DEFAULT '{}'
+) RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id integer;
+BEGIN
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: source table is required' USING ERRCODE = '22023';
+    END IF;
+    IF NOT maxsim._may_manage(source) THEN
+        RAISE EXCEPTION 'pgmaxsim: permission denied: only the owner of % (or a pgmaxsim admin) may index it', source
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    v_id := maxsim._create_index(name, source, id_column, text_column, image_column, model, dim, options);
+    RETURN v_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim._create_index(
+    name text, source regclass, id_column text, text_column text, image_column text,
+    model text, dim integer, options jsonb
+) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_id integer;
+    v_dim integer;
+    v_type oid;
+    v_typmod integer;
+    v_attnum smallint;
+    v_type_sql text;
+    v_pooling text;
+    v_opts jsonb;
+    v_tok text;
+    v_cen text;
+    v_fn text;
+    v_body text;
+    v_key text;
+    v_changed text := '';
+    v_cols text;
+    col text;
+    ctx text;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_create_index'); END IF;
+    IF name IS NULL OR pg_catalog.length(name) NOT BETWEEN 1 AND 200 THEN
+        RAISE EXCEPTION 'pgmaxsim: index name must be 1 to 200 characters' USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM maxsim.indexes i WHERE i.name = _create_index.name) THEN
+        RAISE EXCEPTION 'pgmaxsim: index "%" already exists', name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF source IS NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: source table is required' USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = source AND c.relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'pgmaxsim: source % is not a table', source USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT a.atttypid, a.atttypmod, a.attnum INTO v_type, v_typmod, v_attnum
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = source AND a.attname = id_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgmaxsim: column "%" does not exist in %', id_column, source
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    IF v_type NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'uuid'::regtype,
+                      'text'::regtype, 'character varying'::regtype) THEN
+        RAISE EXCEPTION 'pgmaxsim: id column "%" has type %; supported key types are smallint, integer, bigint, uuid, text and varchar',
+            id_column, pg_catalog.format_type(v_type, v_typmod) USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index x
+                    WHERE x.indrelid = source AND x.indisunique AND x.indnatts = 1 AND x.indkey[0] = v_attnum
+                      AND x.indpred IS NULL AND x.indexprs IS NULL) THEN
+        RAISE EXCEPTION 'pgmaxsim: id column "%" of % must be its primary key (or carry a unique index)',
+            id_column, source USING ERRCODE = 'invalid_table_definition';
+    END IF;
+    FOREACH col IN ARRAY ARRAY[text_column, image_column] LOOP
+        IF col IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION 'pgmaxsim: column "%" does not exist in %', col, source USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+    IF model IS NOT NULL AND text_column IS NULL AND image_column IS NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: an index with a model needs text_column or image_column' USING ERRCODE = '22023';
+    END IF;
+    v_dim := coalesce(dim, maxsim._known_model_dim(model));
+    IF v_dim IS NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: dim is required%', CASE WHEN model IS NULL
+            THEN ' when model is NULL (embeddings written by the application)'
+            ELSE ' (the embedding size of model ' || pg_catalog.quote_literal(model) || ')' END
+            USING ERRCODE = '22023';
+    END IF;
+    IF v_dim NOT BETWEEN 1 AND 16000 THEN
+        RAISE EXCEPTION 'pgmaxsim: dim must be between 1 and 16000 (pgvector halfvec), got %', v_dim
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM maxsim._check_options(options);
+    v_pooling := coalesce(options ->> 'pooling', 'centroids');
+    v_opts := maxsim.default_options() || (options - 'pooling');
+    v_type_sql := pg_catalog.format_type(v_type, v_typmod);
+
+    INSERT INTO maxsim.indexes (name, source, id_column, id_type, text_column, image_column, model, dim,
+                                pooling, options, token_table)
+    VALUES (name, source, id_column, v_type::regtype, text_column, image_column, model, v_dim,
+            v_pooling, v_opts, 'pending-' || pg_catalog.gen_random_uuid()::text)
+    RETURNING id INTO v_id;
+    v_tok := 'tok_' || v_id;
+    v_cen := 'cen_' || v_id;
+    UPDATE maxsim.indexes SET token_table = v_tok WHERE id = v_id;
+
+    -- Token table. tokens are stored out of line uncompressed (fp16 noise does not compress,
+    -- and EXTERNAL storage makes fetching them a plain copy). tokens_packed, when not NULL,
+    -- holds the same values as raw little-endian fp16 (n_tokens x dim): scoring reads it with
+    -- one copy instead of array_send's per-element conversion (option packed, default true).
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE maxsim.%I ('
+        '  id %s PRIMARY KEY,'
+        '  tokens @vector@.halfvec(%s)[] NOT NULL CONSTRAINT tokens_valid CHECK (CASE WHEN'
+        '    pg_catalog.cardinality(tokens) = 0 OR pg_catalog.array_ndims(tokens) <> 1 THEN false'
+        '    ELSE pg_catalog.array_position(tokens, NULL) IS NULL END),'
+        '  n_tokens integer NOT NULL,'
+        '  tokens_packed bytea,'
+        '  pooled @vector@.halfvec(%s),'
+        '  model text,'
+        '  model_revision text,'
+        '  content_hash bytea,'
+        '  version bigint NOT NULL DEFAULT pg_catalog.nextval(''maxsim.version_seq''),'
+        '  updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),'
+        '  CONSTRAINT n_tokens_valid CHECK (n_tokens = pg_catalog.cardinality(tokens)),'
+        '  CONSTRAINT tokens_packed_valid CHECK (pg_catalog.length(tokens_packed) = n_tokens * %s))',
+        v_tok, v_type_sql, v_dim, v_dim, 2 * v_dim);
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ALTER COLUMN tokens SET STORAGE EXTERNAL,'
+                              ' ALTER COLUMN tokens_packed SET STORAGE EXTERNAL', v_tok);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER maxsim_row BEFORE INSERT OR UPDATE OR DELETE ON maxsim.%I'
+        ' FOR EACH ROW EXECUTE FUNCTION maxsim._tok_row(%L)', v_tok, v_id);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER maxsim_truncate AFTER TRUNCATE ON maxsim.%I'
+        ' FOR EACH STATEMENT EXECUTE FUNCTION maxsim._tok_truncate(%L)', v_tok, v_id);
+
+    -- Pooled-vector ANN. pgvector's HNSW indexes halfvec up to 4000 dims; above that the
+    -- prefilter is a flat scan over the pooled vectors (still exact scoring after it).
+    IF v_pooling = 'mean' THEN
+        IF v_dim <= 4000 THEN
+            EXECUTE pg_catalog.format(
+                'CREATE INDEX %I ON maxsim.%I USING hnsw (pooled @vector@.halfvec_ip_ops) WITH (m = %s, ef_construction = %s)',
+                v_tok || '_pooled_hnsw', v_tok, (v_opts ->> 'hnsw_m')::integer, (v_opts ->> 'hnsw_ef_construction')::integer);
+        END IF;
+    ELSE
+        EXECUTE pg_catalog.format(
+            'CREATE TABLE maxsim.%I ('
+            '  row_id %s NOT NULL REFERENCES maxsim.%I (id) ON DELETE CASCADE ON UPDATE CASCADE,'
+            '  c smallint NOT NULL,'
+            '  vec @vector@.halfvec(%s) NOT NULL,'
+            '  PRIMARY KEY (row_id, c))',
+            v_cen, v_type_sql, v_tok, v_dim);
+        IF v_dim <= 4000 THEN
+            EXECUTE pg_catalog.format(
+                'CREATE INDEX %I ON maxsim.%I USING hnsw (vec @vector@.halfvec_ip_ops) WITH (m = %s, ef_construction = %s)',
+                v_cen || '_vec_hnsw', v_cen, (v_opts ->> 'hnsw_m')::integer, (v_opts ->> 'hnsw_ef_construction')::integer);
+        END IF;
+    END IF;
+
+    -- Change capture on the source table: one generated trigger function per index, with the
+    -- column names baked in (static SQL, quoted with %I; the body travels as a literal).
+    v_fn := 'src_' || v_id;
+    v_key := pg_catalog.format('%I', id_column);
+    v_cols := v_key;
+    IF model IS NOT NULL THEN
+        FOREACH col IN ARRAY ARRAY[text_column, image_column] LOOP
+            IF col IS NOT NULL THEN
+                v_changed := v_changed || pg_catalog.format(' OR NEW.%1$I IS DISTINCT FROM OLD.%1$I', col);
+                v_cols := v_cols || ', ' || pg_catalog.format('%I', col);
+            END IF;
+        END LOOP;
+    END IF;
+    v_body := pg_catalog.format($b$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE maxsim.%1$I%2$s;
+        RETURN NULL;
+    END IF;
+    IF TG_OP IN ('DELETE', 'UPDATE') AND (TG_OP = 'DELETE' OR NEW.%3$s IS DISTINCT FROM OLD.%3$s) THEN
+        DELETE FROM maxsim.%1$I WHERE id = OLD.%3$s;
+    END IF;
+    IF %4$L AND (TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND (NEW.%3$s IS DISTINCT FROM OLD.%3$s%5$s))) THEN
+        INSERT INTO maxsim.queue (index_id, row_id) VALUES (%6$s, NEW.%3$s::text);
+    END IF;
+    RETURN NULL;
+END
+$b$, v_tok, CASE WHEN v_pooling = 'centroids' THEN pg_catalog.format(', maxsim.%I', v_cen) ELSE '' END,
+      v_key, model IS NOT NULL, v_changed, v_id);
+    EXECUTE pg_catalog.format(
+        'CREATE FUNCTION maxsim.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER'
+        ' SET search_path TO pg_catalog, pg_temp AS %L', v_fn, v_body);
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION maxsim.%I() FROM PUBLIC', v_fn);
+    IF model IS NOT NULL THEN
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION maxsim.%I()',
+            'maxsim_' || v_id || '_insert', source, v_fn);
+    END IF;
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION maxsim.%I()',
+        'maxsim_' || v_id || '_update', v_cols, source, v_fn);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER %I AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION maxsim.%I()',
+        'maxsim_' || v_id || '_delete', source, v_fn);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION maxsim.%I()',
+        'maxsim_' || v_id || '_truncate', source, v_fn);
+
+    -- Backfill: every existing row goes to the queue (model-backed indexes only).
+    IF model IS NOT NULL THEN
+        EXECUTE pg_catalog.format('INSERT INTO maxsim.queue (index_id, row_id) SELECT %s, %s::text FROM %s',
+                                  v_id, v_key, source);
+    END IF;
+    RETURN v_id;
+END
+$fn$;
+
+-- Remove an index and everything it created (triggers on the source included).
+CREATE OR REPLACE FUNCTION maxsim.drop_index(name text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    done boolean;
+BEGIN
+    r := maxsim._index(name);
+    PERFORM maxsim._check_manage(r);
+    done := maxsim._drop_index(r.id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim._drop_index(index_id integer) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_drop_index'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    -- CASCADE removes the triggers on the source table with the function.
+    EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS maxsim.%I() CASCADE', 'src_' || r.id);
+    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'cen_' || r.id);
+    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', r.token_table);
+    DELETE FROM maxsim.indexes WHERE id = r.id;  -- cascades to queue, failed, changes
+    PERFORM pg_catalog.pg_notify('maxsim_changes', r.id::text);
+    RETURN true;
+END
+$$;
+
+-- Dropping an index also drops the shadow of its unfinished re-embedding (trigger on maxsim.indexes,
+-- fired inside _drop_index as the schema owner).
+CREATE OR REPLACE FUNCTION maxsim.drop_reembed_shadow() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    shadow text;
+BEGIN
+    SELECT i.name INTO shadow
+      FROM maxsim.reembeds r JOIN maxsim.indexes i ON i.id = r.shadow_id
+     WHERE r.index_id = OLD.id;
+    IF shadow IS NOT NULL THEN
+        DELETE FROM maxsim.reembeds WHERE index_id = OLD.id;
+        PERFORM maxsim.drop_index(shadow);
+    END IF;
+    RETURN OLD;
+END
+$$;
+
+-- Live counts of an index: rows, tokens, queued rows (privileged: reads the owner's tables).
+CREATE OR REPLACE FUNCTION maxsim._counts(index_id integer) RETURNS bigint[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+    n_rows bigint;
+    n_tokens bigint;
+    n_pending bigint;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_counts'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    EXECUTE pg_catalog.format('SELECT count(*), coalesce(sum(n_tokens), 0) FROM maxsim.%I', r.token_table)
+        INTO n_rows, n_tokens;
+    SELECT count(*) INTO n_pending FROM maxsim.queue q WHERE q.index_id = r.id;
+    RETURN ARRAY[n_rows, n_tokens, n_pending];
+END
+$$;
+
+-- One row describing an index: registry fields plus live counts. The counts are NULL for a role that
+-- may not read every row of the source (no SELECT on it, or row-level security filtering it): they
+-- would tell it about rows it cannot see.
+CREATE OR REPLACE FUNCTION maxsim.index_info(name text)
+RETURNS TABLE (id integer, source regclass, id_column text, id_type regtype, dim integer, model text,
+               pooling text, options jsonb, token_table text, rows bigint, tokens bigint, pending bigint)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    counts bigint[];
+BEGIN
+    r := maxsim._index(name);
+    id := r.id; source := r.source; id_column := r.id_column; id_type := r.id_type; dim := r.dim;
+    model := r.model; pooling := r.pooling; options := r.options; token_table := r.token_table;
+    IF r.source IS NOT NULL AND pg_catalog.has_column_privilege(r.source, r.id_column, 'SELECT')
+       AND NOT pg_catalog.row_security_active(r.source) THEN
+        counts := maxsim._counts(r.id);
+        rows := counts[1]; tokens := counts[2]; pending := counts[3];
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
+-- Every index: name, source, model, dim (what `pgmaxsim index list` shows; no counts).
+CREATE OR REPLACE FUNCTION maxsim.list_indexes()
+RETURNS TABLE (id integer, name text, source regclass, id_column text, model text, dim integer, pooling text)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    regs maxsim.indexes[];
+BEGIN
+    regs := maxsim._registry();
+    RETURN QUERY SELECT g.id, g.name, g.source, g.id_column, g.model, g.dim, g.pooling
+                   FROM pg_catalog.unnest(regs) AS g ORDER BY g.id;
+END
+$$;

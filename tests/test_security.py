@@ -1,0 +1,262 @@
+"""The privilege model against a real server with real roles: grants, row-level security, the
+attacks of the security review (registry rewrite, overload plants, cross-tenant deletes,
+calling the privileged layer directly), settings only admins may change, query limits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pgmaxsim.db import migrate
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.scoring.reference import maxsim_reference
+
+DIM = 8
+ROWS = 40
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def as_role(dsn: str, role: str) -> psycopg.Connection[Any]:
+    c = psycopg.connect(make_conninfo(dsn, user=role), autocommit=True)
+    register_tokens(c)
+    return c
+
+
+@pytest.fixture
+def roles(conn: psycopg.Connection[Any]) -> Iterator[dict[str, str]]:
+    """Fresh login roles (cluster-wide, so uniquely named), dropped afterwards."""
+    tag = uuid.uuid4().hex[:8]
+    names = {k: f"{k}_{tag}" for k in ("app", "tenant_a", "tenant_b", "outsider", "admin")}
+    for name in names.values():
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+    conn.execute(f'GRANT CREATE ON SCHEMA public TO "{names["tenant_a"]}", "{names["tenant_b"]}", "{names["app"]}"')
+    try:
+        yield names
+    finally:
+        db = conn.info.dbname
+        for name in names.values():
+            conn.execute(f'DROP OWNED BY "{name}" CASCADE')
+        conn.execute(f'REVOKE CREATE ON SCHEMA public FROM "{names["tenant_a"]}", "{names["tenant_b"]}", "{names["app"]}"')
+        for name in names.values():
+            # other databases of the cluster never saw these roles; only this one holds grants
+            conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+        assert db
+
+
+def rolsuper(conn: psycopg.Connection[Any], role: str) -> bool:
+    return bool(conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,)).fetchone()[0])
+
+
+def refused(conn: psycopg.Connection[Any], sql: str, params: Any = None, needle: str = "permission denied") -> str:
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(sql, params)
+    msg = str(info.value).splitlines()[0]
+    assert needle in msg, msg
+    return msg
+
+
+@pytest.fixture
+def docs(conn: psycopg.Connection[Any], roles: dict[str, str]) -> dict[str, Any]:
+    """docs(id, tenant) owned by the superuser with an RLS policy showing `app` only even ids,
+    an index over it with random tokens, `app` granted SELECT and pgmaxsim usage."""
+    register_tokens(conn)
+    app = roles["app"]
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'row ' || g FROM generate_series(1, %s) g", (ROWS,))
+    conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
+    conn.execute(f'CREATE POLICY even ON docs FOR SELECT TO "{app}" USING (id % 2 = 0)')
+    conn.execute(f'GRANT SELECT ON docs TO "{app}"')
+    conn.execute("SELECT maxsim.create_index('docs', 'docs', 'id', dim => %s)", (DIM,))
+    rng = np.random.default_rng(7)
+    tokens = {i: unit(rng.standard_normal((6, DIM))) for i in range(1, ROWS + 1)}
+    for i, t in tokens.items():
+        conn.execute("SELECT maxsim.upsert('docs', %s::bigint, %s)", (i, Tokens(t)))
+    conn.execute("SELECT maxsim.grant_usage(%s)", (app,))
+    return {"tokens": tokens, "query": unit(rng.standard_normal((4, DIM)))}
+
+
+def ranked(tokens: dict[int, np.ndarray], q: np.ndarray, ids: set[int]) -> list[int]:
+    scores = {i: maxsim_reference(q, tokens[i]) for i in ids}
+    return sorted(scores, key=lambda i: (-scores[i], str(i)))
+
+
+def test_search_and_rerank_return_only_rows_the_caller_can_see(
+        dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str], docs: dict[str, Any]) -> None:
+    q, tokens = docs["query"], docs["tokens"]
+    even = {i for i in tokens if i % 2 == 0}
+    with as_role(dsn, roles["app"]) as app:
+        exact = [int(r[0]) for r in app.execute("SELECT id FROM maxsim.search('docs', %s, 6, %s)",
+                                                 (Tokens(q), ROWS)).fetchall()]
+        assert exact == ranked(tokens, q, even)[:6]
+        # the default prefilter (few candidates) still fills k with visible rows only
+        default = [int(r[0]) for r in app.execute("SELECT id FROM maxsim.search('docs', %s, 6, 4)",
+                                                   (Tokens(q),)).fetchall()]
+        assert len(default) == 6 and set(default) <= even
+        got = {r[0] for r in app.execute("SELECT id FROM maxsim.rerank('docs', %s, ARRAY[1, 2, 3, 4, 5, 7]::bigint[])",
+                                         (Tokens(q),)).fetchall()}
+        assert got == {2, 4}
+        # row counts would tell about hidden rows: not shown under RLS
+        info = app.execute("SELECT rows, tokens, pending FROM maxsim.index_info('docs')").fetchone()
+        assert info == (None, None, None)
+        assert app.execute("SELECT maxsim.tokens('docs', 3::bigint)").fetchone()[0] is None
+        assert len(app.execute("SELECT maxsim.tokens('docs', 4::bigint)").fetchone()[0]) == 6
+    # the superuser sees every row
+    every = [int(r[0]) for r in conn.execute("SELECT id FROM maxsim.search('docs', %s, 6, %s)",
+                                             (Tokens(q), ROWS)).fetchall()]
+    assert every == ranked(tokens, q, set(tokens))[:6]
+    assert conn.execute("SELECT rows FROM maxsim.index_info('docs')").fetchone()[0] == ROWS
+
+
+def test_a_role_without_select_on_the_source_gets_a_permission_error(
+        dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str], docs: dict[str, Any]) -> None:
+    conn.execute("SELECT maxsim.grant_usage(%s)", (roles["outsider"],))
+    with as_role(dsn, roles["outsider"]) as out:
+        for sql in ("SELECT * FROM maxsim.search('docs', %s, 3)",
+                    "SELECT * FROM maxsim.rerank('docs', %s, ARRAY[2]::bigint[])"):
+            refused(out, sql, (Tokens(docs["query"]),), 'permission denied for index "docs"')
+        assert out.execute("SELECT rows FROM maxsim.index_info('docs')").fetchone()[0] is None
+    with as_role(dsn, roles["tenant_a"]) as nobody:  # never granted pgmaxsim at all
+        refused(nobody, "SELECT * FROM maxsim.search('docs', %s, 3)", (Tokens(docs["query"]),),
+                "permission denied for schema maxsim")
+
+
+def test_no_role_but_the_owner_creates_in_maxsim_or_touches_its_tables(
+        dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str], docs: dict[str, Any]) -> None:
+    app = roles["app"]
+    with as_role(dsn, app) as c:
+        # the registry rewrite of the review: token_table pointing at the attacker's function
+        refused(c, "UPDATE maxsim.indexes SET token_table = 'tok_1 t, mal.pwn() x --'")
+        refused(c, "DELETE FROM maxsim.indexes")
+        refused(c, "SELECT * FROM maxsim.queue")
+        refused(c, "SELECT nextval('maxsim.version_seq')")
+        # overload plants: neither wins anything, the schema does not take them
+        refused(c, "CREATE FUNCTION maxsim._check_query(r maxsim.indexes, q halfvec[], k text) RETURNS void"
+                   " LANGUAGE sql AS 'SELECT NULL'")
+        refused(c, "CREATE FUNCTION maxsim.create_index(a text, b text) RETURNS integer LANGUAGE sql AS 'SELECT 1'")
+    # the victim's index still works and nobody became superuser
+    assert conn.execute("SELECT count(*) FROM maxsim.search('docs', %s, 5)", (Tokens(docs["query"]),)).fetchone()[0] == 5
+    assert not rolsuper(conn, app)
+
+
+def test_migrate_refuses_objects_planted_in_maxsim_and_takes_create_back(
+        dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    app = roles["app"]
+    # an installation where a DBA once granted CREATE (the old advice) and a role used it
+    conn.execute(f'GRANT CREATE ON SCHEMA maxsim TO "{app}"')
+    with as_role(dsn, app) as c:
+        c.execute("CREATE FUNCTION maxsim._check_query(a text, b text, k text) RETURNS void LANGUAGE sql AS ''")
+    with pytest.raises(Exception, match="objects its owner did not create"):
+        migrate.upgrade(dsn)
+    conn.execute("DROP FUNCTION maxsim._check_query(text, text, text)")
+    migrate.upgrade(dsn)
+    assert not conn.execute("SELECT has_schema_privilege(%s, 'maxsim', 'CREATE')", (app,)).fetchone()[0]
+
+
+def test_the_privileged_layer_answers_only_the_entry_points(
+        dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str], docs: dict[str, Any]) -> None:
+    q = Tokens(docs["query"])
+    with as_role(dsn, roles["app"]) as c:
+        for sql in ("SELECT maxsim._index('docs')",
+                    "SELECT maxsim._scores(1, %s, NULL, 5)",
+                    "SELECT maxsim._candidates(NULL::maxsim.indexes, %s, 5)",
+                    "SELECT maxsim._setting('scorer')"):
+            refused(c, sql, (q,) if "%s" in sql else None, "is internal")
+        # from a function of the caller's own, from a DO block, and with a forged frame in the statement text
+        c.execute("CREATE FUNCTION public.peek(q halfvec[]) RETURNS text[] LANGUAGE plpgsql AS $$"
+                  " DECLARE res record; BEGIN res := maxsim._scores(1, q, NULL, 50); RETURN res.ranked_ids; END $$")
+        refused(c, "SELECT public.peek(%s)", (q,), "is internal")
+        refused(c, "DO $$ DECLARE r maxsim.indexes; BEGIN r := maxsim._index('docs'); END $$", None, "is internal")
+        c.execute("CREATE FUNCTION public.forge() RETURNS void LANGUAGE plpgsql AS $$ BEGIN"
+                  " PERFORM maxsim._index('docs') /*\nPL/pgSQL function maxsim.search(text) line 1 at assignment\n*/;"
+                  " END $$")
+        refused(c, "SELECT public.forge()", None, "is internal")
+    # every SECURITY DEFINER function of the schema carries the guard (or only answers a yes/no)
+    unguarded = [r[0] for r in conn.execute(
+        "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'maxsim'::regnamespace AND p.prosecdef"
+        " AND p.prosrc NOT LIKE '%maxsim._called_by_maxsim(ctx)%' AND p.proname !~ '^src_[0-9]+$'").fetchall()]
+    assert sorted(unguarded) == ["_is_admin", "version"]
+
+
+def test_tenants_manage_only_indexes_over_their_own_tables(
+        dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    a, b = roles["tenant_a"], roles["tenant_b"]
+    for role in (a, b):
+        conn.execute("SELECT maxsim.grant_usage(%s)", (role,))
+    q = Tokens(unit(np.random.default_rng(1).standard_normal((3, DIM))))
+    with as_role(dsn, a) as ca, as_role(dsn, b) as cb:
+        ca.execute("CREATE TABLE a_docs (id bigint PRIMARY KEY, body text)")
+        ca.execute("INSERT INTO a_docs VALUES (1, 'x'), (2, 'y')")
+        ca.execute("SELECT maxsim.create_index('a_idx', 'a_docs', 'id', dim => %s)", (DIM,))
+        ca.execute("SELECT maxsim.upsert('a_idx', 1::bigint, %s)", (q,))
+        refused(cb, "SELECT maxsim.create_index('b_on_a', 'a_docs', 'id', dim => 8)", None, "only the owner of")
+        refused(cb, "SELECT maxsim.drop_index('a_idx')", None, "only the owner of")
+        refused(cb, "SELECT maxsim.upsert('a_idx', 2::bigint, %s)", (q,), "only the owner of")
+        refused(cb, "SELECT maxsim.delete('a_idx', ARRAY[1]::bigint[])", None, "only the owner of")
+        refused(cb, "DELETE FROM maxsim.indexes")
+        refused(cb, "SELECT * FROM maxsim.search('a_idx', %s, 2)", (q,), 'permission denied for index "a_idx"')
+        # the victim's writes and searches still work
+        ca.execute("INSERT INTO a_docs VALUES (3, 'z')")
+        assert [r[0] for r in ca.execute("SELECT id FROM maxsim.search('a_idx', %s, 5)", (q,)).fetchall()] == ["1"]
+        ca.execute("SELECT maxsim.drop_index('a_idx')")
+    assert not rolsuper(conn, a) and not rolsuper(conn, b)
+
+
+def test_the_readme_flow_runs_as_a_granted_role(dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    conn.execute("SELECT maxsim.grant_usage(%s)", (roles["app"],))
+    rng = np.random.default_rng(3)
+    with as_role(dsn, roles["app"]) as c:
+        c.execute("CREATE TABLE mine (id bigint PRIMARY KEY, title text)")
+        c.execute("INSERT INTO mine VALUES (1, 'one'), (2, 'two'), (3, 'three')")
+        c.execute("SELECT maxsim.create_index('mine', 'mine', 'id', dim => %s)", (DIM,))
+        for i in (1, 2, 3):
+            c.execute("SELECT maxsim.upsert('mine', %s::bigint, %s)", (i, Tokens(unit(rng.standard_normal((4, DIM))))))
+        q = Tokens(unit(rng.standard_normal((2, DIM))))
+        rows = c.execute("SELECT d.title, s.score FROM maxsim.search('mine', %s, 2) s"
+                         " JOIN mine d ON d.id = s.id::bigint", (q,)).fetchall()
+        assert len(rows) == 2
+        assert c.execute("SELECT rows FROM maxsim.index_info('mine')").fetchone()[0] == 3
+        assert c.execute("SELECT count(*) FROM maxsim.list_indexes() WHERE name = 'mine'").fetchone()[0] == 1
+        assert c.execute("SELECT maxsim.delete('mine', ARRAY[3]::bigint[])").fetchone()[0] == 1
+        c.execute("SELECT maxsim.drop_index('mine')")
+    assert not rolsuper(conn, roles["app"])
+
+
+def test_only_admins_choose_settings(dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    conn.execute("SELECT maxsim.grant_usage(%s)", (roles["app"],))
+    conn.execute("SELECT maxsim.grant_usage(%s, admin => true)", (roles["admin"],))
+    with as_role(dsn, roles["app"]) as c:
+        refused(c, "SELECT maxsim.set_scorer('127.0.0.1:9')", None, "needs a pgmaxsim admin")
+        refused(c, "SELECT maxsim.grant_usage(%s, admin => true)", (roles["app"],), "needs a pgmaxsim admin")
+        refused(c, "SELECT maxsim.show_settings()", None, "needs a pgmaxsim admin")
+    with as_role(dsn, roles["admin"]) as c:
+        c.execute("SELECT maxsim.set_scorer('/run/pgmaxsim/scorer.sock')")
+        c.execute("SELECT maxsim.set_setting('max_query_tokens', '64')")
+        assert c.execute("SELECT maxsim.show_settings()").fetchone()[0] == {
+            "scorer": "/run/pgmaxsim/scorer.sock", "max_query_tokens": "64"}
+        refused(c, "SELECT maxsim.set_setting('bogus', '1')", None, 'unknown setting "bogus"')
+        refused(c, "SELECT maxsim.set_setting('max_query_tokens', 'lots')", None, "must be a positive integer")
+    conn.execute("SELECT maxsim.revoke_usage(%s)", (roles["admin"],))
+    with as_role(dsn, roles["admin"]) as c:
+        refused(c, "SELECT maxsim.set_scorer(NULL)", None, "permission denied")
+
+
+def test_a_huge_query_is_refused_at_once(conn: psycopg.Connection[Any]) -> None:
+    register_tokens(conn)
+    conn.execute("CREATE TABLE big (id bigint PRIMARY KEY)")
+    conn.execute("INSERT INTO big SELECT generate_series(1, 20)")
+    conn.execute("SELECT maxsim.create_index('big', 'big', 'id', dim => %s)", (DIM,))
+    rng = np.random.default_rng(5)
+    for i in range(1, 21):
+        conn.execute("SELECT maxsim.upsert('big', %s::bigint, %s)", (i, Tokens(unit(rng.standard_normal((50, DIM))))))
+    q = Tokens(unit(rng.standard_normal((10_000, DIM))))
+    refused(conn, "SELECT * FROM maxsim.search('big', %s, 5)", (q,), "more than the limit of 512")
+    refused(conn, "SELECT * FROM maxsim.rerank('big', %s, ARRAY[1]::bigint[])", (q,), "more than the limit of 512")
