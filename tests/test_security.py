@@ -260,3 +260,59 @@ def test_a_huge_query_is_refused_at_once(conn: psycopg.Connection[Any]) -> None:
     q = Tokens(unit(rng.standard_normal((10_000, DIM))))
     refused(conn, "SELECT * FROM maxsim.search('big', %s, 5)", (q,), "more than the limit of 512")
     refused(conn, "SELECT * FROM maxsim.rerank('big', %s, ARRAY[1]::bigint[])", (q,), "more than the limit of 512")
+
+
+def test_pg_dump_and_restore_keep_indexes_grants_and_search(
+        pg_server: Any, dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str], docs: dict[str, Any],
+        tmp_path: Any) -> None:
+    import subprocess
+
+    from pgserver import PG_BIN
+
+    dump = tmp_path / "db.dump"
+    subprocess.run([str(PG_BIN / "pg_dump"), "-Fc", "-f", str(dump), dsn], check=True, capture_output=True)
+    target = f"restored_{uuid.uuid4().hex[:8]}"
+    conn.execute(f'CREATE DATABASE "{target}"')
+    restored = pg_server.dsn(target)
+    try:
+        out = subprocess.run([str(PG_BIN / "pg_restore"), "-d", restored, str(dump)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        migrate.upgrade(restored)  # a migrate after a restore is a no-op that keeps everything
+        q = Tokens(docs["query"])
+        even = {i for i in docs["tokens"] if i % 2 == 0}
+        with as_role(restored, roles["app"]) as app:
+            got = [int(r[0]) for r in app.execute("SELECT id FROM maxsim.search('docs', %s, 5, %s)",
+                                                   (q, ROWS)).fetchall()]
+            assert got == ranked(docs["tokens"], docs["query"], even)[:5]
+            refused(app, "UPDATE maxsim.indexes SET token_table = 'x'")
+        with psycopg.connect(restored, autocommit=True) as c:
+            register_tokens(c)
+            c.execute("INSERT INTO docs VALUES (1000, 'new')")  # the source triggers came back too
+            c.execute("SELECT maxsim.upsert('docs', 1000::bigint, %s)", (q,))
+            assert c.execute("SELECT rows FROM maxsim.index_info('docs')").fetchone()[0] == ROWS + 1
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+
+
+def test_the_change_log_stays_bounded_while_a_scorer_syncs(conn: psycopg.Connection[Any], dsn: str) -> None:
+    from pgmaxsim.scorer.server import Scorer
+    from pgmaxsim.scorer.store import CpuBackend
+
+    register_tokens(conn)
+    conn.execute("CREATE TABLE churn (id bigint PRIMARY KEY)")
+    conn.execute("INSERT INTO churn SELECT generate_series(1, 50)")
+    conn.execute("SELECT maxsim.create_index('churn', 'churn', 'id', dim => %s, options => '{\"pooling\": \"mean\"}')",
+                  (DIM,))
+    scorer = Scorer(dsn, CpuBackend(), poll_interval=0.05)
+    scorer.start_sync()
+    try:
+        assert scorer.wait_synced(30)
+        t = Tokens(unit(np.random.default_rng(11).standard_normal((3, DIM))))
+        most = 0
+        for _ in range(40):   # 20,000 upserts (each a new version and a change-log entry), 500 a statement
+            conn.execute("SELECT maxsim.upsert('churn', (1 + g %% 50)::bigint, %s) FROM generate_series(1, 500) g", (t,))
+            most = max(most, conn.execute("SELECT count(*) FROM maxsim.changes").fetchone()[0])
+        assert conn.execute("SELECT count(*) FROM maxsim.scorers").fetchone()[0] == 1
+    finally:
+        scorer.stop()
+    assert most < 2000, most

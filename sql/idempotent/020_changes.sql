@@ -89,13 +89,13 @@ $$;
 
 -- A scorer reports the snapshot it has synced every index to; entries older than every live
 -- scorer's watermark are then pruned. Scorers connect as the schema owner or an admin.
-CREATE OR REPLACE FUNCTION maxsim.scorer_synced(scorer_id text, watermark pg_snapshot) RETURNS bigint
+CREATE OR REPLACE FUNCTION maxsim.scorer_synced(scorer text, synced_to pg_snapshot) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 BEGIN
-    INSERT INTO maxsim.scorers AS s (scorer_id, watermark) VALUES (scorer_synced.scorer_id, scorer_synced.watermark)
-    ON CONFLICT (scorer_id) DO UPDATE SET watermark = EXCLUDED.watermark, seen_at = pg_catalog.now();
+    INSERT INTO maxsim.scorers AS s (scorer_id, watermark) VALUES (scorer, synced_to)
+    ON CONFLICT ON CONSTRAINT scorers_pkey DO UPDATE SET watermark = EXCLUDED.watermark, seen_at = pg_catalog.now();
     DELETE FROM maxsim.scorers s WHERE s.seen_at < pg_catalog.now() - 2 * maxsim._changes_window();
     RETURN maxsim.prune_changes();
 END

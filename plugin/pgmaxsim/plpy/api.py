@@ -24,6 +24,20 @@ from pgmaxsim.plpy.tokens import decode_query, row_words, to_packed
 # Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
 # 1,000-token d=128 pages) while keeping the matrix product large enough to be efficient.
 FETCH_ROWS = 128
+# PostgreSQL can cancel a PL/Python function only between its SPI calls (each fetch), never
+# inside a NumPy product: batches shrink as queries grow so that one batch stays around a
+# tenth of a second (~4,096 query-token × row products per batch), and statement_timeout or
+# pg_cancel_backend take effect promptly even for a 512-token exhaustive search.
+QUERY_TOKEN_ROWS = 4096
+
+
+def fetch_rows(n_query_tokens: int) -> int:
+    """Rows per fetch for a query of ``n_query_tokens``.
+
+    >>> fetch_rows(24), fetch_rows(512), fetch_rows(10_000)
+    (128, 8, 1)
+    """
+    return max(1, min(FETCH_ROWS, QUERY_TOKEN_ROWS // max(1, n_query_tokens)))
 
 _plans: dict[str, Any] = {}
 
@@ -133,6 +147,7 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
     q = _query(plpy, query, index["dim"])
     if k is not None and k <= 0:
         _fail(plpy, f"k must be positive, got {k}")
+    batch = fetch_rows(q.shape[0])
     scores: dict[str, float] = {}
     if ids is None:
         found = remote.search_all(plpy, index, q, k)
@@ -141,7 +156,7 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
         cursor = plpy.cursor(_plan(plpy, _fetch_sql(plpy, index, "")))
         timer.lap()
         while True:
-            rows = cursor.fetch(FETCH_ROWS)
+            rows = cursor.fetch(batch)
             if not rows:
                 break
             _score_rows_timed(plpy, index, q, list(rows), scores, timer)
@@ -156,8 +171,8 @@ def score(plpy: Any, index_id: int, query: bytes, ids: list[str | None] | None, 
         keys = [i for i in keys if i not in got]
     plan = _plan(plpy, _fetch_sql(plpy, index, f"WHERE t.id = ANY ($1::{index['id_type']}[])"), ["text[]"])
     timer.lap()
-    for start in range(0, len(keys), FETCH_ROWS):
-        rows = plpy.execute(plan, [keys[start:start + FETCH_ROWS]])
+    for start in range(0, len(keys), batch):
+        rows = plpy.execute(plan, [keys[start:start + batch]])
         _score_rows_timed(plpy, index, q, list(rows), scores, timer)
     timer.report(plpy, len(got or ()))
     return _ranked(scores, k)

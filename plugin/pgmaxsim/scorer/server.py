@@ -69,6 +69,8 @@ class Scorer:
         self.backend = backend
         self.limits = limits or Limits()
         self.index_names = list(index_names) if index_names else None
+        self.scorer_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._prune_warned = False
         self.poll_interval = poll_interval
         self.journal_seconds = journal_seconds
         self.stores: dict[int, IndexStore] = {}
@@ -160,6 +162,24 @@ class Scorer:
                 old.release()
             log.info("scorer: index %s loaded (%d rows, %d tokens)", meta.name, fresh.rows, fresh.tokens)
         self.sync_count += 1
+        self._report_synced(conn)
+
+    def _report_synced(self, conn: Any) -> None:
+        """Tell the database how far every held index has synced (maxsim.scorer_synced), which
+        prunes change-log entries that no scorer needs any more; the lowest watermark counts."""
+        import psycopg
+
+        marks = [s.watermark for s in self.stores.values() if s.watermark is not None]
+        if not marks:
+            return
+        low = min(marks, key=lambda w: w.xmin)
+        try:
+            conn.execute("SELECT maxsim.scorer_synced(%s, %s::pg_snapshot)", (self.scorer_id, low.text()))
+        except psycopg.Error as exc:
+            if not self._prune_warned:
+                log.warning("scorer sync: cannot report its position, so the change log is pruned only by"
+                            " age (%s); run the scorer as the schema owner", one_line(exc))
+                self._prune_warned = True
 
     def _fail(self, iid: int, store: IndexStore, exc: Exception) -> None:
         store.state = "failed"
