@@ -25,6 +25,7 @@ from pgserver import LocalPostgres, make_readable_pylib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("PGMAXSIM_QUERY_ENCODER", "off")  # CLI searches encode in-process: no service left behind
 _counter = itertools.count()
 TEMPLATE = "pgmaxsim_template"
 

@@ -279,3 +279,57 @@ def test_status_rate_and_eta_follow_the_running_workers(dsn: str) -> None:
         c.execute("UPDATE maxsim.workers SET state = 'running', heartbeat_at = now() - interval '10 min'")
         (i,) = status(c).indexes
         assert i.eta_s is None and i.workers_running == 0  # a stale heartbeat is not a running worker
+
+
+# ------------------------------------------------------------------ the warm query encoder
+
+def _service_env(tmp_path: Path, idle: float) -> dict[str, str]:
+    return {"PGMAXSIM_QUERY_ENCODER": "auto", "PGMAXSIM_QUERY_ENCODER_IDLE": str(idle),
+            "XDG_RUNTIME_DIR": str(tmp_path)}
+
+
+def test_search_through_the_warm_query_encoder(dsn: str, tmp_path: Path) -> None:
+    from pgmaxsim.worker.loop import run_worker
+
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        c.cursor().executemany("INSERT INTO notes VALUES (%s, %s)", list(enumerate([
+            "High tide comes twice a day because of the moon.", "Bees dance to show where flowers are.",
+            "Basalt lava cools into columns.", "Revenue grew fastest in the east hills region."], 1)))
+        c.execute("SELECT maxsim.create_index('notes', 'notes', 'id', text_column => 'body',"
+                  " model => 'sentence-transformers/all-MiniLM-L6-v2')")
+    run_worker(dsn, once=True, install_signals=False)
+    argv = ("search", "why does the sea rise", "--index", "notes", "--json", "--dsn", dsn)
+    here = run(*argv, env={"PGMAXSIM_QUERY_ENCODER": "off"})
+    assert here.returncode == 0, here.stderr
+    env = _service_env(tmp_path, idle=4)
+    first, second = run(*argv, env=env), run(*argv, env=env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    ranks = [[json.loads(line)["id"] for line in r.stdout.splitlines()] for r in (here, first, second)]
+    assert ranks[0][0] == 1 and ranks[0] == ranks[1] == ranks[2]
+    sock = tmp_path / f"pgmaxsim-{os.getuid()}" / "query-encoder.sock"
+    assert sock.exists()
+    service = [p for p in psutil.process_iter(["cmdline"]) if "pgmaxsim.query_service" in
+               " ".join(p.info["cmdline"] or []) and str(sock) in " ".join(p.info["cmdline"] or [])]
+    assert len(service) == 1  # one service, reused by the second search
+    assert _gone(service[0].pid, timeout=60), "the query encoder did not exit when idle"
+    assert not sock.exists()
+
+
+def test_the_query_encoder_holds_the_embedded_server_until_it_exits(embedded_dir: Path, tmp_path: Path) -> None:
+    env = {**_embedded_env(embedded_dir), **_service_env(tmp_path, idle=3)}
+    sock = tmp_path / "q.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "pgmaxsim.query_service", "--socket", str(sock),
+                             "--hold-embedded", str(embedded_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    postmaster = _postmaster(embedded_dir)
+    assert postmaster is not None and proc.pid in _handles(embedded_dir)
+    # a command coming and going leaves it up: the service is still a user
+    assert run("psql", "--", "-c", "SELECT 1", env=_embedded_env(embedded_dir)).returncode == 0
+    assert _postmaster(embedded_dir) == postmaster
+    assert proc.wait(timeout=60) == 0  # idle: exits, and as the last user stops the server
+    assert _gone(postmaster) and _handles(embedded_dir) == [] and not sock.exists()

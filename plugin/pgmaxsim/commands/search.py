@@ -15,8 +15,10 @@ examples:
   pgmaxsim search "safety incidents" --index docs --filter "kind = 'pdf'"
   pgmaxsim search "tides" --index docs --json | jq .
 
-The query is encoded with the index's own model, in this process (the model is
-loaded on first use; the bundled MiniLM takes a few seconds on a CPU).
+The query is encoded with the index's own model: by the scorer service when one
+answers, else by a query encoder that the first search starts and that stays
+warm for 10 minutes without searches (PGMAXSIM_QUERY_ENCODER=off: encode in
+this process, loading the model every time).
 """
 
 
@@ -46,9 +48,9 @@ def _available(conn: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pgmaxsim import query as queries
     from pgmaxsim.commands._output import snippet, table
     from pgmaxsim.commands.index import require_schema
-    from pgmaxsim import query as queries
     from pgmaxsim.db.connect import connect
 
     if not args.query.strip():
@@ -61,15 +63,17 @@ def run(args: argparse.Namespace) -> int:
         require_schema(conn)
         if not args.index:
             raise PgmaxsimError(f"which index? pass --index NAME (indexes: {_available(conn)})")
-        exists = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.indexes WHERE name = %s)", (args.index,))
-        if not exists.fetchone()[0]:  # type: ignore[index]
+        reg = conn.execute("SELECT id, model, model_revision FROM maxsim.indexes WHERE name = %s",
+                           (args.index,)).fetchone()
+        if reg is None:
             raise PgmaxsimError(f"index {args.index!r} does not exist (indexes: {_available(conn)})")
         candidates = args.candidates
         if args.exact:  # >= the row count: exact
             n = conn.execute("SELECT rows FROM maxsim.index_info(%s)", (args.index,)).fetchone()
             candidates = max(1, int(n[0]) if n else 1)
+        encoder = _warm_encoder(conn, args, *reg) if reg[1] else None
         hits = queries.search(conn, args.index, args.query, k=args.k, candidates=candidates, filter=args.filter,
-                              rows=True)
+                              rows=True, encoder=encoder)
     if args.json:
         for rank, h in enumerate(hits, start=1):
             row = {k: v for k, v in (h.row or {}).items() if not isinstance(v, (bytes, memoryview))}
@@ -83,6 +87,21 @@ def run(args: argparse.Namespace) -> int:
             for rank, h in enumerate(hits, start=1)]
     table(["rank", "id", "score", "title / page", "text"], rows, right=[0, 2])
     return 0
+
+
+def _warm_encoder(conn: Any, args: argparse.Namespace, index_id: int, model: str,
+                  revision: str | None) -> Any:
+    """The scorer or the warm query encoder (see pgmaxsim.query_service); None: encode here."""
+    import os
+
+    from pgmaxsim import query_service
+
+    embedded = None
+    if not args.dsn and not os.environ.get("DATABASE_URL"):
+        from pgmaxsim.db.embedded import data_dir
+
+        embedded = data_dir()
+    return query_service.remote_encoder(conn, index_id, model, revision, embedded=embedded)
 
 
 def label(row: dict[str, Any] | None) -> str:

