@@ -333,3 +333,32 @@ def test_the_query_encoder_holds_the_embedded_server_until_it_exits(embedded_dir
     assert _postmaster(embedded_dir) == postmaster
     assert proc.wait(timeout=60) == 0  # idle: exits, and as the last user stops the server
     assert _gone(postmaster) and _handles(embedded_dir) == [] and not sock.exists()
+
+
+# ------------------------------------------------------------------ container liveness checks
+
+def test_worker_alive_check_reads_this_hosts_heartbeat(dsn: str) -> None:
+    import socket
+
+    line = one_error_line(run("status", "--quiet", "--worker-alive", "60", "--dsn", dsn))
+    assert f"no running worker on {socket.gethostname()}" in line
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("INSERT INTO maxsim.workers (worker_id, hostname, pid, state, heartbeat_at)"
+                  " VALUES ('w', %s, 1, 'running', now() - interval '5 min')", (socket.gethostname(),))
+        line = one_error_line(run("status", "--quiet", "--worker-alive", "60", "--dsn", dsn))
+        assert "last beat 30" in line and "(limit 60 s)" in line
+        c.execute("UPDATE maxsim.workers SET heartbeat_at = now()")
+    ok = run("status", "--quiet", "--worker-alive", "60", "--dsn", dsn)
+    assert ok.returncode == 0 and ok.stdout == "" and ok.stderr == ""
+
+
+def test_scorer_ping_fails_on_a_stale_socket(tmp_path: Path) -> None:
+    import socket
+
+    stale = tmp_path / "scorer.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()  # the file stays, nobody listens: what a killed scorer leaves in the volume
+    for path in (stale, tmp_path / "missing.sock"):
+        line = one_error_line(run("scorer", "--ping", "--socket", str(path)))
+        assert line.startswith(f"pgmaxsim: no scorer answers on {path}")

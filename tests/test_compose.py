@@ -99,3 +99,25 @@ def test_db_image_installs_what_plpython_needs() -> None:
     assert "plpython3" in text and "pgvector" in text
     assert re.search(r"pip3? install .*(/src|pgmaxsim)", text)
     assert re.search(r"^FROM postgres:17", text, re.M)
+
+
+def test_db_is_local_only_with_a_required_password(compose: dict[str, Any]) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert ":-pgmaxsim" not in text and "${POSTGRES_PASSWORD:?" in text  # no default password
+    for port in compose["services"]["db"].get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_liveness_checks_test_the_processes(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]["healthcheck"]["test"]
+    scorer = compose["services"]["scorer"]["healthcheck"]["test"]
+    assert "--worker-alive" in worker  # the heartbeat's age, not only the database
+    assert "--ping" in scorer  # an answer, not only a socket file
+
+
+def test_one_pinned_cuda_runtime() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"torch==\$\{TORCH\}", text) and re.search(r"ARG TORCH=\d+\.\d+\.\d+", text)
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "cupy-cuda13x" in code and "cupy-cuda12x" not in code
+    assert "[models,gpu]" not in text  # the gpu extra would bring a CUDA 12 CuPy

@@ -29,12 +29,31 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build_parser(p)
+    p.add_argument("--ping", action="store_true",
+                   help="only check that a scorer answers on --socket/--tcp: exit 0, or 1 with one line"
+                        " (the scorer container's liveness check; a stale socket file fails it)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ping:
+        return ping(args)
     from pgmaxsim.db.connect import resolve_dsn
     from pgmaxsim.scorer.server import run_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return run_args(args, resolve_dsn(args.dsn))
+
+
+def ping(args: argparse.Namespace) -> int:
+    from pgmaxsim.errors import PgmaxsimError, one_line
+    from pgmaxsim.scorer.client import ScorerClient
+    from pgmaxsim.scorer.protocol import DEFAULT_SOCKET
+
+    address = f"tcp:{args.tcp}" if args.tcp else (args.socket or DEFAULT_SOCKET)
+    try:
+        with ScorerClient(address, timeout=5.0, connect_timeout=2.0) as c:
+            c.ping()
+    except Exception as e:  # any failure: the scorer is not live
+        raise PgmaxsimError(f"no scorer answers on {address}: {one_line(e)}") from e
+    return 0
