@@ -273,14 +273,16 @@ LANGUAGE plpgsql
 SET search_path TO pg_catalog, pg_temp
 AS $$
 DECLARE
-    shadow text;
+    shadow integer;
+    done boolean;
 BEGIN
-    SELECT i.name INTO shadow
-      FROM maxsim.reembeds r JOIN maxsim.indexes i ON i.id = r.shadow_id
-     WHERE r.index_id = OLD.id;
+    SELECT r.shadow_id INTO shadow FROM maxsim.reembeds r WHERE r.index_id = OLD.id;
     IF shadow IS NOT NULL THEN
         DELETE FROM maxsim.reembeds WHERE index_id = OLD.id;
-        PERFORM maxsim.drop_index(shadow);
+        -- the privileged function directly: going through maxsim.drop_index would re-enter it
+        -- while its own call is in progress, which PL/pgSQL evaluates as a full statement (an
+        -- extra PG_CONTEXT frame that maxsim._called_by_maxsim rightly refuses)
+        done := maxsim._drop_index(shadow);
     END IF;
     RETURN OLD;
 END
