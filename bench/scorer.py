@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
                     c.search(iid, q, args.k, snap)
                     direct.append(time.perf_counter() - t)
             if has_plpython:
-                conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (sock,))
+                conn.execute("SELECT maxsim.set_scorer(%s)", (sock,))
                 for q in queries:
                     t = time.perf_counter()
                     idx.search(q, k=args.k, candidates=args.pages)
                     via_sql.append(time.perf_counter() - t)
-                conn.execute("SELECT set_config('pgmaxsim.scorer', '', false)")
+                conn.execute("SELECT maxsim.set_scorer(NULL)")
                 for q in queries[: max(3, args.queries // 5)]:
                     t = time.perf_counter()
                     idx.search(q, k=args.k, candidates=args.pages)

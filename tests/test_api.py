@@ -184,7 +184,7 @@ def test_index_over_a_connection_used_from_threads(notes: pgmaxsim.Index, dsn: s
 
 def test_encode_query_without_a_scorer_says_what_to_start(notes: pgmaxsim.Index,
                                                           conn: psycopg.Connection[Any], tmp_path: Path) -> None:
-    conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (str(tmp_path / "no-scorer.sock"),))
+    conn.execute("SELECT maxsim.set_scorer(%s)", (str(tmp_path / "no-scorer.sock"),))
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
         conn.execute("SELECT maxsim.encode_query('notes', 'where do glaciers come from')")
     msg = info.value.diag

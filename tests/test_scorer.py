@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-
 from pgmaxsim.index import Index
 from pgmaxsim.scorer.client import ScorerClient
-from pgmaxsim.scorer.protocol import ScorerError, Snapshot
+from pgmaxsim.scorer.protocol import ScorerError, Snapshot, send_frame
 from pgmaxsim.scorer.server import Limits, Scorer, ScorerService
 from pgmaxsim.scorer.store import CpuBackend
 from pgmaxsim.scoring.reference import maxsim_reference
@@ -56,6 +55,13 @@ def _sock() -> str:
     d = tempfile.mkdtemp(prefix="pgms-")
     os.chmod(d, 0o755)
     return os.path.join(d, "scorer.sock")
+
+
+def use_scorer(conn: psycopg.Connection[Any], address: str | None, **more: str) -> None:
+    """What an admin does: maxsim.set_scorer (None: no scorer) and the other scorer settings."""
+    conn.execute("SELECT maxsim.set_scorer(%s)", (address,))
+    for key in ("scorer_timeout_ms", "scorer_secret_file", "scorer_user"):
+        conn.execute("SELECT maxsim.set_setting(%s, %s)", (key, more.get(key)))
 
 
 def _wait_sync(scorer: Scorer, rounds: int = 2, timeout: float = 10.0) -> None:
@@ -112,7 +118,7 @@ def test_sql_functions_go_through_the_scorer(conn: psycopg.Connection[Any], serv
     cpu_search = _search_sql(conn, "docs", q, 7)
     keys = [f"doc '{i}'" for i in (3, 9, 11, 47)]
     cpu_rerank = Index(conn, "docs").rerank(q, keys + ["absent"], k=3)
-    conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (service.address,))
+    use_scorer(conn, service.address)
     before = dict(service.scorer.served)
     _close(_search_sql(conn, "docs", q, 7), cpu_search)
     _close(_exact(q, docs, 7), cpu_search)
@@ -126,7 +132,7 @@ def test_writes_seen_after_sync_and_snapshots_stay_exact(conn: psycopg.Connectio
                                                          service: ScorerService) -> None:
     idx, docs = _make_index(conn, "docs", 40)
     _wait_sync(service.scorer)
-    conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (service.address,))
+    use_scorer(conn, service.address)
     q = _vec(6)
     top = _exact(q, docs, 5)
     best = int(top[0][0])
@@ -135,7 +141,6 @@ def test_writes_seen_after_sync_and_snapshots_stay_exact(conn: psycopg.Connectio
     # An old snapshot (REPEATABLE READ) opened before the writes.
     old = psycopg.connect(dsn)
     old.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-    old.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (service.address,))
     assert _search_sql(old, "docs", q, 5)[0][0] == str(best)
 
     # delete the best row, update another to become the best, insert a new one
@@ -178,10 +183,10 @@ def test_fallback_when_scorer_down_or_dies_mid_query(conn: psycopg.Connection[An
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary))
     # nothing listens on this path
-    conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (_sock(),))
+    use_scorer(conn, _sock())
     _close(_search_sql(conn, "docs", q, 5), want)
     assert any("scorer service not used" in n and "unreachable" in n for n in notices)
-    # a "scorer" that accepts and dies mid-request
+    # a "scorer" that greets, then dies mid-request
     path = _sock()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(path)
@@ -194,11 +199,12 @@ def test_fallback_when_scorer_down_or_dies_mid_query(conn: psycopg.Connection[An
                 c, _ = srv.accept()
             except OSError:
                 return
+            send_frame(c, {"ok": True, "hello": "pgmaxsim-scorer", "auth": "peercred"})
             c.recv(16)
             c.close()
 
     threading.Thread(target=die, daemon=True).start()
-    conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (path,))
+    use_scorer(conn, path)
     notices.clear()
     _close(_search_sql(conn, "docs", q, 5), want)
     assert any("unreachable" in n for n in notices)
@@ -287,7 +293,7 @@ def test_out_of_memory_while_loading_keeps_serving_the_rest(conn: psycopg.Connec
         # the SQL functions fall back for the index that did not fit
         notices: list[str] = []
         conn.add_notice_handler(lambda d: notices.append(d.message_primary))
-        conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (svc.address,))
+        use_scorer(conn, svc.address)
         assert len(_search_sql(conn, "big", _vec(2), 3)) == 3
         assert any("out of memory" in n for n in notices)
     finally:
@@ -342,7 +348,7 @@ def test_encode_query_op_serves_sql_encode_query(conn: psycopg.Connection[Any], 
     svc = ScorerService(Scorer(dsn, CpuBackend(), poll_interval=0.2), _sock()).start()
     try:
         _wait_sync(svc.scorer)
-        conn.execute("SELECT set_config('pgmaxsim.scorer', %s, false)", (svc.address,))
+        use_scorer(conn, svc.address)
         got = conn.execute("SELECT array_length(maxsim.encode_query('notes', 'opening rules of chess'), 1)").fetchone()[0]
         want = load_encoder("default", device="cpu").encode_query("opening rules of chess")
         assert got == want.shape[0]

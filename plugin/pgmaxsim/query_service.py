@@ -115,16 +115,21 @@ def _with_fallback(ask: Any, model: str, revision: str | None) -> RemoteEncoder:
     return RemoteEncoder(encode, model)
 
 
-def _scorer_address(conn: Any) -> str | None:
-    try:
-        row = conn.execute("SELECT current_setting('pgmaxsim.scorer', true)").fetchone()
-    except Exception:  # noqa: BLE001 - no setting, no scorer
-        row = None
-    if row and row[0]:
-        return str(row[0])
-    from pgmaxsim.scorer.protocol import DEFAULT_SOCKET
+#: The admin's scorer, when this role may read the settings (else the local default socket).
+_SCORER_SQL = ("SELECT CASE WHEN c.oid IS NOT NULL AND pg_catalog.has_table_privilege(c.oid, 'SELECT')"
+               " THEN true ELSE false END FROM (SELECT pg_catalog.to_regclass('maxsim.settings') AS oid) c")
 
-    return DEFAULT_SOCKET if os.path.exists(DEFAULT_SOCKET) else None
+
+def _scorer_address(conn: Any) -> str | None:
+    from pgmaxsim.scorer.auth import default_socket
+
+    row = conn.execute(_SCORER_SQL).fetchone()
+    if row and row[0]:
+        found = conn.execute("SELECT value FROM maxsim.settings WHERE key = 'scorer'").fetchone()
+        if found and found[0]:
+            return str(found[0])
+    path = default_socket()
+    return path if os.path.exists(path) else None
 
 
 def _answers(path: Path) -> bool:
@@ -162,6 +167,7 @@ def _start(path: Path, embedded: Path | None) -> bool:
 # ------------------------------------------------------------------ the service
 
 def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
+    from pgmaxsim.scorer.auth import server_hello
     from pgmaxsim.scorer.protocol import recv_frame, send_frame
 
     stop = threading.Event()
@@ -195,6 +201,7 @@ def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
             with conn:
                 conn.settimeout(ENCODE_TIMEOUT_S)
                 with contextlib.suppress(Exception):
+                    server_hello(conn, None)   # the scorer's greeting: clients read it first
                     while True:
                         head, _ = recv_frame(conn)
                         send_frame(conn, *_answer(head, encoders))

@@ -7,7 +7,7 @@
 CREATE OR REPLACE FUNCTION maxsim._known_setting(key text) RETURNS boolean
 LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
-AS $$ SELECT key IN ('scorer', 'scorer_timeout_ms', 'max_query_tokens') $$;
+AS $$ SELECT key IN ('scorer', 'scorer_timeout_ms', 'scorer_secret_file', 'scorer_user', 'max_query_tokens') $$;
 
 CREATE OR REPLACE FUNCTION maxsim._set_setting(setting text, new_value text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -29,7 +29,9 @@ END
 $$;
 
 -- Set (or, with NULL / '', clear) a setting: scorer (a Unix socket path or HOST:PORT),
--- scorer_timeout_ms, max_query_tokens. Admins only.
+-- scorer_timeout_ms, scorer_secret_file (TCP: a file the server's OS user reads holding the
+-- scorer's shared secret), scorer_user (the OS user the scorer runs as, when neither root nor the
+-- server's: backends trust a socket only from those), max_query_tokens. Admins only.
 CREATE OR REPLACE FUNCTION maxsim.set_setting(key text, value text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
@@ -40,7 +42,7 @@ BEGIN
     PERFORM maxsim._check_admin('changing pgmaxsim settings');
     IF NOT maxsim._known_setting(key) THEN
         RAISE EXCEPTION 'pgmaxsim: unknown setting "%"', key USING ERRCODE = '22023',
-            HINT = 'known settings: scorer, scorer_timeout_ms, max_query_tokens';
+            HINT = 'known settings: scorer, scorer_timeout_ms, scorer_secret_file, scorer_user, max_query_tokens';
     END IF;
     IF key IN ('scorer_timeout_ms', 'max_query_tokens') AND value IS NOT NULL AND pg_catalog.btrim(value) <> ''
        AND (value !~ '^\s*[0-9]{1,9}\s*$' OR value::integer < 1) THEN

@@ -8,13 +8,16 @@ from typing import Any
 
 EPILOG = """\
 examples:
-  pgmaxsim scorer                                  # Unix socket /tmp/pgmaxsim-scorer.sock, GPU if present
-  pgmaxsim scorer --socket /run/pgmaxsim/scorer.sock --int8
+  pgmaxsim scorer                     # /run/pgmaxsim/scorer.sock as root, else /tmp/pgmaxsim-scorer-<uid>/
+  pgmaxsim scorer --socket /run/pgmaxsim/scorer.sock --allow-user postgres --int8
+  pgmaxsim scorer --tcp 127.0.0.1:7433 --secret-file /etc/pgmaxsim/scorer.secret
   pgmaxsim scorer --backend cpu --index docs
 
-PostgreSQL backends find it through the setting pgmaxsim.scorer, e.g.
-  ALTER DATABASE mydb SET pgmaxsim.scorer = '/tmp/pgmaxsim-scorer.sock';
-Without it (or when the service is down) the SQL functions score on the CPU in the backend.
+Only root, the scorer's own OS user and the --allow-user users (default: postgres) may
+connect to its socket (mode 0660, in a directory no other user can write); TCP peers must
+prove the shared secret. An admin tells PostgreSQL backends where it is:
+  SELECT maxsim.set_scorer('/run/pgmaxsim/scorer.sock');
+Without it (or when the service is down) search and rerank score on the CPU in the backend.
 """
 
 
@@ -47,12 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
 def ping(args: argparse.Namespace) -> int:
     from pgmaxsim.errors import PgmaxsimError, one_line
+    from pgmaxsim.scorer.auth import default_socket
     from pgmaxsim.scorer.client import ScorerClient
-    from pgmaxsim.scorer.protocol import DEFAULT_SOCKET
 
-    address = f"tcp:{args.tcp}" if args.tcp else (args.socket or DEFAULT_SOCKET)
+    address = f"tcp:{args.tcp}" if args.tcp else (args.socket or default_socket())
     try:
-        with ScorerClient(address, timeout=5.0, connect_timeout=2.0) as c:
+        with ScorerClient(address, timeout=5.0, connect_timeout=2.0, secret_file=args.secret_file) as c:
             c.ping()
     except Exception as e:  # any failure: the scorer is not live
         raise PgmaxsimError(f"no scorer answers on {address}: {one_line(e)}") from e

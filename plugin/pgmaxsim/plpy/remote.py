@@ -4,12 +4,22 @@ Runs inside PostgreSQL backends: imports only the standard library, NumPy and
 stdlib/NumPy-only pgmaxsim modules (never CuPy or psycopg). CUDA runs in the
 separate ``pgmaxsim scorer`` process, reached over a local socket.
 
-Configuration (custom settings: ``SET``, ``ALTER DATABASE … SET`` or postgresql.conf):
+Configuration: rows of ``maxsim.settings (key, value)``, which only an admin
+writes (``SELECT maxsim.set_scorer('/run/pgmaxsim/scorer.sock')``), because the
+address decides where backends send query embeddings and whose scores they
+believe. This code runs in SECURITY DEFINER functions, as the schema owner.
 
-- ``pgmaxsim.scorer``: the scorer's address: a Unix socket path
-  (``/tmp/pgmaxsim-scorer.sock``), ``unix:PATH`` or ``HOST:PORT``. Unset or
-  empty: no scorer, the CPU path runs silently.
-- ``pgmaxsim.scorer_timeout_ms``: per-request timeout (default 5000).
+- ``scorer``: the scorer's address: a Unix socket path, ``unix:PATH`` or
+  ``HOST:PORT``. Absent or empty: no scorer; search and rerank score on the CPU
+  silently, ``encode_query`` says that no scorer is configured.
+- ``scorer_timeout_ms``: per-request timeout (default 5000).
+- ``scorer_secret_file``: for a TCP address, a file the PostgreSQL server's OS
+  user can read holding the scorer's shared secret (``--secret-file``).
+- ``scorer_user``: the OS user the scorer runs as, when neither root nor the
+  PostgreSQL server's user: the client trusts a socket only from those.
+
+The custom setting ``pgmaxsim.scorer`` that earlier versions read is ignored
+(any role could ``SET`` it): a NOTICE says so, once per backend.
 
 The two entry points (signatures fixed by :mod:`pgmaxsim.plpy.api`):
 
@@ -38,6 +48,7 @@ Ties are ordered by id text, as in the CPU path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,10 +56,16 @@ import numpy as np
 from pgmaxsim.scorer.client import ScorerClient
 from pgmaxsim.scorer.protocol import ProtocolError, ScorerError
 
-SETTING = "pgmaxsim.scorer"
-TIMEOUT_SETTING = "pgmaxsim.scorer_timeout_ms"
+IGNORED_SETTING = "pgmaxsim.scorer"
 DEFAULT_TIMEOUT_MS = 5000
 FETCH_ROWS = 128
+SET_SCORER_HINT = "an admin sets the scorer's address with SELECT maxsim.set_scorer('/run/pgmaxsim/scorer.sock')"
+
+#: Whether maxsim.settings exists yet (revisions before it: no scorer) and the ignored setting.
+PROBE_SQL = (f"SELECT pg_catalog.to_regclass('maxsim.settings') IS NOT NULL AS present, "
+             f"pg_catalog.current_setting('{IGNORED_SETTING}', true) AS ignored")
+SETTINGS_SQL = ("SELECT s.key, s.value FROM maxsim.settings s "
+                "WHERE s.key IN ('scorer', 'scorer_timeout_ms', 'scorer_secret_file', 'scorer_user')")
 
 #: Rows changed in the caller's snapshot after the scorer's watermark $2.
 DIRTY_BEHIND_SQL = (
@@ -57,8 +74,10 @@ DIRTY_BEHIND_SQL = (
     "AND NOT pg_catalog.pg_visible_in_snapshot(xid, $2::pg_snapshot)"
 )
 
-_clients: dict[str, ScorerClient] = {}
+_clients: dict[tuple[str, str | None, str | None], ScorerClient] = {}
 _plans: dict[Any, Any] = {}
+_noticed_ignored = False
+_encoded: dict[tuple[Any, ...], list[str]] = {}
 
 
 class _Unavailable(Exception):
@@ -74,27 +93,58 @@ def _plan(plpy: Any, sql: str, types: list[str]) -> Any:
     return plan
 
 
-def _client(plpy: Any) -> ScorerClient | None:
-    row = plpy.execute(
-        f"SELECT pg_catalog.current_setting('{SETTING}', true) AS a,"
-        f" pg_catalog.current_setting('{TIMEOUT_SETTING}', true) AS t")[0]
-    address = (row["a"] or "").strip()
-    if not address:
+@dataclass(frozen=True)
+class Config:
+    """The scorer settings of ``maxsim.settings`` (see the module docstring)."""
+
+    address: str
+    timeout_ms: float | None
+    secret_file: str | None
+    user: str | None
+
+
+def config(plpy: Any) -> Config | None:
+    """The admin's scorer settings, or None when no scorer is configured."""
+    global _noticed_ignored
+    probe = plpy.execute(_plan(plpy, PROBE_SQL, []))[0]
+    if (probe["ignored"] or "").strip() and not _noticed_ignored:
+        _noticed_ignored = True
+        plpy.notice(f"pgmaxsim: the setting {IGNORED_SETTING} is ignored: backends reach only the scorer an "
+                    f"admin configured ({SET_SCORER_HINT})")
+    if not probe["present"]:
+        return None
+    values = {r["key"]: (r["value"] or "").strip() for r in plpy.execute(_plan(plpy, SETTINGS_SQL, []))}
+    if not values.get("scorer"):
         return None
     try:
-        timeout = float(row["t"]) / 1000.0 if row["t"] else DEFAULT_TIMEOUT_MS / 1000.0
+        timeout_ms = float(values["scorer_timeout_ms"]) if values.get("scorer_timeout_ms") else None
     except ValueError:
-        timeout = DEFAULT_TIMEOUT_MS / 1000.0
-    client = _clients.get(address)
+        timeout_ms = None
+    return Config(values["scorer"], timeout_ms, values.get("scorer_secret_file") or None,
+                  values.get("scorer_user") or None)
+
+
+def _connect(cfg: Config, timeout: float) -> ScorerClient:
+    """This backend's client for ``cfg`` (one connection, reused). Raises ValueError for a bad address."""
+    key = (cfg.address, cfg.secret_file, cfg.user)
+    client = _clients.get(key)
     if client is None:
-        try:
-            client = ScorerClient(address, timeout=timeout)
-        except ValueError as exc:
-            _notice(plpy, str(exc))
-            return None
-        _clients[address] = client
+        client = ScorerClient(cfg.address, timeout=timeout, secret_file=cfg.secret_file,
+                              trusted_users=[cfg.user] if cfg.user else [])
+        _clients[key] = client
     client.timeout = timeout
     return client
+
+
+def _client(plpy: Any) -> ScorerClient | None:
+    cfg = config(plpy)
+    if cfg is None:
+        return None
+    try:
+        return _connect(cfg, (cfg.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000.0)
+    except ValueError as exc:
+        _notice(plpy, str(exc))
+        return None
 
 
 def _notice(plpy: Any, why: str) -> None:
@@ -188,43 +238,45 @@ def search_all(plpy: Any, index: dict[str, Any], query: np.ndarray, k: int | Non
     return sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
 
-#: Query encodings remembered per backend (index, model, revision, text) -> halfvec texts.
-_encoded: dict[tuple[Any, ...], list[str]] = {}
-ENCODE_MEMO = 256
 #: Encoding may load a model on first use: at least this long, whatever the scoring timeout.
 ENCODE_TIMEOUT_S = 30.0
+ENCODE_MEMO = 256
 
 
 def encode_query(plpy: Any, index_id: int, dim: int, query: str) -> tuple[list[str] | None, str | None, str | None]:
-    """``maxsim._encode_remote``: (tokens as halfvec texts, error, hint) from the scorer's encoder.
+    """Body of ``maxsim._encode_remote``: the scorer encodes ``query`` with the index's model.
 
-    Connects nowhere when no scorer is configured (maxsim.set_scorer): the error says so.
+    Returns ``(tokens as halfvec texts, None, None)`` or ``(None, error, hint)``, which
+    ``maxsim.encode_query`` raises. Connects nowhere when no scorer is configured.
+    Encodings are remembered per backend (256 at most).
     """
     row = plpy.execute(_plan(plpy, "SELECT i.model, i.model_revision FROM maxsim.indexes i WHERE i.id = $1",
                              ["integer"]), [index_id])
-    key = (index_id, row[0]["model"] if row else None, row[0]["model_revision"] if row else None, query)
+    model = (row[0]["model"], row[0]["model_revision"]) if row else (None, None)
+    key = (index_id, *model, query)
     if key in _encoded:
         return _encoded[key], None, None
-    client = _client(plpy)
-    if client is None:
+    cfg = config(plpy)
+    if cfg is None:
         return None, ("maxsim.encode_query needs the scorer service, and no scorer is configured for this"
-                      " database"), ("start one (pgmaxsim scorer --dsn <this database>), then an admin runs"
-                                     " SELECT maxsim.set_scorer('<its socket path or host:port>')")
-    timeout, client.timeout = client.timeout, max(client.timeout, ENCODE_TIMEOUT_S)
+                      " database"), f"start one (pgmaxsim scorer --dsn <this database>), then {SET_SCORER_HINT}"
+    timeout = max((cfg.timeout_ms or 0) / 1000.0, ENCODE_TIMEOUT_S)
     try:
-        head, arrays = client.request({"op": "encode_query", "index": int(index_id), "text": query})
+        client = _connect(cfg, timeout)
+    except ValueError as exc:
+        return None, f"bad scorer address in maxsim.settings: {exc}", SET_SCORER_HINT
+    try:
+        _head, arrays = client.request({"op": "encode_query", "index": int(index_id), "text": query})
     except ScorerError as exc:
         if exc.code == "unknown_index":
-            return None, f"the scorer at {client.address} does not serve this index: {exc.message}", \
+            return None, f"the scorer at {cfg.address} does not serve this index: {exc.message}", \
                 "the scorer loads the indexes it serves when it starts or reloads (pgmaxsim scorer --index NAME)"
-        return None, f"scorer at {client.address}: {exc.message}", None
+        return None, f"scorer at {cfg.address}: {exc.message}", None
     except (ProtocolError, OSError) as exc:
         client.close()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-        return None, (f"maxsim.encode_query needs the scorer service, which is not reachable at"
-                      f" {client.address} ({reason})"), "start it: pgmaxsim scorer --dsn <this database>"
-    finally:
-        client.timeout = timeout
+        return None, (f"maxsim.encode_query needs the scorer service, which is not reachable at {cfg.address} "
+                      f"({reason})"), "start it: pgmaxsim scorer --dsn <this database>"
     tokens = np.asarray(arrays.get("tokens"), dtype=np.float32)
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] != dim:
         return None, f"the scorer encoded the query as shape {tokens.shape}, expected (n, {dim})", None

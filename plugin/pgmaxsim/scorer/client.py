@@ -1,12 +1,19 @@
 """Client of the scorer service (stdlib + NumPy only: PL/Python uses it too).
 
->>> c = ScorerClient("/tmp/pgmaxsim-scorer.sock")      # doctest: +SKIP
+>>> c = ScorerClient("/run/pgmaxsim/scorer.sock")      # doctest: +SKIP
 >>> c.score(7, query, ["1", "2"], [41, 42])            # doctest: +SKIP
 Scored(ids=['1', '2'], scores=array([...]), found=array([ True, False]))
 
 Addresses: ``unix:/path``, a plain path (``/...`` or ``./...``), ``tcp:HOST:PORT``
 or ``HOST:PORT``. One client holds one connection and is not thread-safe
 (one per thread, or per backend in PL/Python).
+
+Trust (:mod:`.auth`): a Unix socket is used only when its directory is not
+world-writable and the directory, the socket and the listening process belong
+to root, this user or one of ``trusted_users``; a TCP scorer only with the
+shared secret of ``secret_file``, and only when it proves it knows it too.
+Refusals raise ScorerError with code ``untrusted`` (this side) or
+``unauthorized`` (the scorer's side).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from pgmaxsim.errors import ConfigurationError
+from pgmaxsim.scorer import auth
 from pgmaxsim.scorer.protocol import (
     ProtocolError,
     ScorerError,
@@ -76,17 +85,34 @@ class ScorerClient:
     """One connection to a scorer. Raises ScorerError (an error reply),
     ProtocolError / OSError (connection problems)."""
 
-    def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 0.5) -> None:
+    def __init__(self, address: str, timeout: float = 5.0, connect_timeout: float = 0.5, *,
+                 secret_file: str | None = None, trusted_users: Sequence[int | str] = ()) -> None:
         self.address = address
         self.family, self.sockaddr = parse_address(address)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.secret_file = secret_file
+        self.trusted = auth.trusted_uids(trusted_users)
         self._sock: socket.socket | None = None
+
+    def _secret(self) -> bytes | None:
+        if self.family != socket.AF_INET:
+            return None
+        if not self.secret_file:
+            raise ScorerError("unauthorized", f"the scorer at {self.address} is reached over TCP, which needs its "
+                              "shared secret file and none is configured")
+        try:
+            return auth.read_secret(self.secret_file)
+        except ConfigurationError as exc:
+            raise ScorerError("unauthorized", str(exc)) from None
 
     # -- connection
     def connect(self) -> None:
         if self._sock is not None:
             return
+        secret = self._secret()     # no secret, no connection
+        if self.family == socket.AF_UNIX:
+            auth.check_server_path(self.sockaddr, self.trusted)
         s = socket.socket(self.family, socket.SOCK_STREAM)
         try:
             s.settimeout(self.connect_timeout)
@@ -100,7 +126,10 @@ class ScorerClient:
                     time.sleep(0.005 * (attempt + 1))
             if self.family == socket.AF_INET:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            else:
+                auth.check_server_process(s, self.sockaddr, self.trusted)
             s.settimeout(self.timeout)
+            auth.client_hello(s, self.address, secret)
         except BaseException:
             s.close()
             raise

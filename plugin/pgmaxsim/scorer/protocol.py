@@ -29,6 +29,12 @@ Requests (``header["op"]``):
 
 Errors: ``{"ok": false, "code": CODE, "error": "one line"}`` with CODE one of
 :data:`ERROR_CODES`.
+
+On every new connection the server speaks first: a hello frame (and, over TCP,
+a challenge), or the error frame that refuses the peer (see :mod:`.auth`).
+
+Frames are read as they arrive: the buffer grows with the bytes received
+(never to a length the peer merely declared), up to the reader's limit.
 """
 
 from __future__ import annotations
@@ -52,9 +58,12 @@ ERROR_CODES = (
     "not_ready",        # the index is still loading, or failed to load (e.g. GPU out of memory)
     "overloaded",       # too many requests in flight: fall back to the CPU path
     "snapshot_too_old", # the caller's snapshot is older than the scorer's change journal
+    "unauthorized",     # the scorer refused this peer (OS user not allowed, wrong or missing secret)
+    "untrusted",        # (client side) the socket or server is not one this client trusts
     "internal",
 )
-DEFAULT_SOCKET = "/tmp/pgmaxsim-scorer.sock"
+#: First read of a payload; each further read at most doubles what was received.
+_FIRST_CHUNK = 1 << 16
 
 
 class ProtocolError(Exception):
@@ -97,11 +106,16 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: dict[str, np
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytearray:
-    buf = bytearray(n)
-    view = memoryview(buf)
+    """Read exactly ``n`` bytes. ``n`` is what the peer *declared*: the buffer grows
+    geometrically with what actually arrives (at most 2x received + 64 KiB), so a
+    peer declaring 1 GiB and sending nothing costs nothing."""
+    buf = bytearray()
     got = 0
     while got < n:
-        r = sock.recv_into(view[got:], n - got)
+        if got == len(buf):
+            buf.extend(bytes(min(n, max(2 * got, _FIRST_CHUNK)) - got))
+        with memoryview(buf) as view, view[got:] as free:
+            r = sock.recv_into(free)
         if r == 0:
             raise ProtocolError("connection closed by peer")
         got += r
@@ -109,15 +123,21 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
 
 
 def recv_frame(sock: socket.socket, max_payload: int = 1 << 34) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read one frame; returns ``(header, arrays)``. Raises ProtocolError."""
+    """Read one frame; returns ``(header, arrays)``. Raises ProtocolError, or
+    ScorerError("limit") when the frame declares more than ``max_payload`` bytes."""
     magic, hlen, plen = _PREFIX.unpack(bytes(_recv_exact(sock, _PREFIX.size)))
     if magic != MAGIC:
         raise ProtocolError("not a pgmaxsim scorer frame")
     if hlen > MAX_HEADER:
         raise ProtocolError(f"frame header too large ({hlen} bytes)")
-    if plen > max_payload:
-        raise ScorerError("limit", f"request payload of {plen} bytes exceeds the limit of {max_payload} bytes")
-    header = json.loads(bytes(_recv_exact(sock, hlen)))
+    if hlen + plen > max_payload:
+        raise ScorerError("limit", f"frame of {hlen + plen} bytes exceeds the limit of {max_payload} bytes")
+    try:
+        header = json.loads(bytes(_recv_exact(sock, hlen)))
+    except ValueError as exc:
+        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not a JSON object")
     payload = _recv_exact(sock, plen) if plen else bytearray()
     arrays: dict[str, np.ndarray] = {}
     off = 0

@@ -1,6 +1,6 @@
 """``pgmaxsim scorer``: the long-lived scoring process (one per GPU; CPU backend without one).
 
-    python -m pgmaxsim.scorer.server --dsn postgresql://... --socket /tmp/pgmaxsim-scorer.sock
+    python -m pgmaxsim.scorer.server --dsn postgresql://... [--socket PATH | --tcp HOST:PORT --secret-file F]
 
 A sync thread LISTENs on ``maxsim_changes``, loads every index of
 ``maxsim.indexes`` (or only ``--index`` names) into the backend, and keeps each
@@ -10,6 +10,13 @@ with a clear error and the others keep being served. Request threads (one per
 connection) answer the protocol of :mod:`.protocol` under request limits; more
 than ``--max-inflight`` concurrent requests waiting longer than
 ``--queue-timeout`` get ``overloaded`` (callers then score on the CPU).
+
+Who may connect (:mod:`.auth`): on the Unix socket (default
+:func:`.auth.default_socket`, in a directory only this user can write, mode
+0660) root, this process's user and the ``--allow-user`` users (default
+``postgres``), checked with SO_PEERCRED on every connection; over TCP only
+peers that prove the ``--secret-file`` secret. A request is read as it arrives
+and may not exceed ``--max-request-mib``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -28,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from pgmaxsim.errors import one_line
+from pgmaxsim.errors import ConfigurationError, one_line
+from pgmaxsim.scorer import auth
 from pgmaxsim.scorer.client import parse_address
 from pgmaxsim.scorer.protocol import (
-    DEFAULT_SOCKET,
     ProtocolError,
     ScorerError,
     Snapshot,
@@ -51,7 +59,8 @@ class Limits:
     max_ids: int = 1_000_000
     max_query_tokens: int = 512
     max_k: int = 10_000
-    max_payload: int = 1 << 30
+    #: bytes one request may hold (read as it arrives, so only what a peer sends costs memory)
+    max_payload: int = 256 << 20
     max_inflight: int = 32
     queue_timeout: float = 0.2
 
@@ -323,6 +332,8 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         scorer: Scorer = self.server.scorer  # type: ignore[attr-defined]
         sock: socket.socket = self.request
+        if not self.server.admit(sock):  # type: ignore[attr-defined]
+            return
         while True:
             try:
                 head, arrays = recv_frame(sock, scorer.limits.max_payload)
@@ -352,74 +363,119 @@ def _reply_error(sock: socket.socket, code: str, message: str) -> None:
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Admits peers whose SO_PEERCRED uid is allowed; each refused uid is logged once."""
+
     daemon_threads = True
     request_queue_size = 256
+
+    def __init__(self, path: str, allowed: frozenset[int]) -> None:
+        super().__init__(path, _Handler)
+        self.allowed = allowed
+        self.refused: set[int] = set()
+
+    def admit(self, sock: socket.socket) -> bool:
+        uid = auth.peer_uid(sock)
+        if uid in self.allowed:
+            try:
+                auth.server_hello(sock, None)
+            except OSError:
+                return False
+            return True
+        if uid not in self.refused:
+            self.refused.add(uid)
+            log.warning("scorer: refused connections from %s: not an allowed user (--allow-user)",
+                        auth.user_name(uid))
+        _reply_error(sock, "unauthorized", f"the scorer does not serve {auth.user_name(uid)}: only root, its own "
+                     "user and the users of --allow-user may connect")
+        return False
 
 
 class _TcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """Admits peers that prove the shared secret (HMAC challenge-response, :mod:`.auth`)."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
+    secret = b""
+
+    def admit(self, sock: socket.socket) -> bool:
+        try:
+            auth.server_hello(sock, self.secret)
+        except ScorerError as exc:
+            _reply_error(sock, exc.code, exc.message)
+            return False
+        except (ProtocolError, OSError, ValueError):
+            return False
+        return True
 
 
 class ScorerService:
-    """A Scorer plus its listening socket, runnable in a thread (tests) or as the process."""
+    """A Scorer plus its listening socket, runnable in a thread (tests) or as the process.
 
-    def __init__(self, scorer: Scorer, address: str = DEFAULT_SOCKET, socket_mode: int = 0o777) -> None:
+    ``address``: a socket path (default :func:`.auth.default_socket`) or ``tcp:HOST:PORT``;
+    ``allow_users``: OS users that may connect besides root and this process's user
+    (default ``postgres`` when it exists); ``socket_group``: the socket's group (default:
+    the first allowed user's primary group); ``secret_file``: required for TCP.
+    Raises ConfigurationError (one line) for a path or secret it will not use.
+    """
+
+    def __init__(self, scorer: Scorer, address: str | None = None, *, allow_users: Sequence[str] | None = None,
+                 socket_group: str | None = None, secret_file: str | None = None) -> None:
         self.scorer = scorer
-        self.address = address
-        family, sockaddr = parse_address(address)
+        self.address = address or auth.default_socket()
+        family, sockaddr = parse_address(self.address)
         if family == socket.AF_UNIX:
-            _remove_stale_socket(sockaddr)
-            self.server: socketserver.BaseServer = _UnixServer(sockaddr, _Handler)
-            os.chmod(sockaddr, socket_mode)
+            users = auth.default_allowed_users() if allow_users is None else allow_users
+            allowed = auth.uids_of(users) | {0, os.geteuid()}
+            gid = auth.socket_group(socket_group, allowed)
+            created = auth.prepare_socket_path(sockaddr)
+            server = _UnixServer(sockaddr, allowed)
+            os.chmod(sockaddr, auth.SOCKET_MODE)
+            for path in ([os.path.dirname(os.path.abspath(sockaddr))] if created else []) + [sockaddr]:
+                warning = auth.give_group(path, gid)
+                if warning:
+                    log.warning("scorer: %s", warning)
+            self.server: socketserver.BaseServer = server
         else:
-            self.server = _TcpServer(sockaddr, _Handler)
+            if not secret_file:
+                raise ConfigurationError("a TCP scorer needs --secret-file: a file (not world-readable) holding "
+                                         "the secret its clients share")
+            tcp = _TcpServer(sockaddr, _Handler)
+            tcp.secret = auth.read_secret(secret_file)
+            self.server = tcp
             if sockaddr[1] == 0:
                 self.address = "%s:%d" % self.server.server_address[:2]
         self.server.scorer = scorer  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "ScorerService":
-        self.scorer.start_sync()
+    def start(self, sync: bool = True) -> "ScorerService":
+        """Accept connections in a thread; ``sync=False`` leaves the registry unread (tests of the socket)."""
+        if sync:
+            self.scorer.start_sync()
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="pgmaxsim-scorer-accept", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread is not None:    # shutdown() waits for a serve_forever that must be running
+            self.server.shutdown()
         self.server.server_close()
         self.scorer.stop()
         family, sockaddr = parse_address(self.address)
-        if family == socket.AF_UNIX and os.path.exists(sockaddr):
+        if family == socket.AF_UNIX and os.path.exists(sockaddr) and os.lstat(sockaddr).st_uid == os.geteuid():
             os.unlink(sockaddr)
 
 
-def _remove_stale_socket(path: str) -> None:
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)      # nobody listens: a leftover of a killed scorer
-        return
-    finally:
-        probe.close()
-    from pgmaxsim.errors import PgmaxsimError
-
-    raise PgmaxsimError(f"another scorer is already listening on {path}")
-
-
-def serve(dsn: str, address: str = DEFAULT_SOCKET, *, backend: str = "auto", int8: bool = False,
+def serve(dsn: str, address: str | None = None, *, backend: str = "auto", int8: bool = False,
           max_memory: int | None = None, index_names: Sequence[str] | None = None, limits: Limits | None = None,
-          poll_interval: float = 1.0, journal_seconds: float = 600.0, socket_mode: int = 0o777,
+          poll_interval: float = 1.0, journal_seconds: float = 600.0, allow_users: Sequence[str] | None = None,
+          socket_group: str | None = None, secret_file: str | None = None,
           stop: threading.Event | None = None) -> None:
     """Run the scorer until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
     scorer = Scorer(dsn, make_backend(backend, max_memory, int8), limits, index_names, poll_interval, journal_seconds)
-    service = ScorerService(scorer, address, socket_mode).start()
+    service = ScorerService(scorer, address, allow_users=allow_users, socket_group=socket_group,
+                            secret_file=secret_file).start()
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -434,8 +490,16 @@ def serve(dsn: str, address: str = DEFAULT_SOCKET, *, backend: str = "auto", int
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="pgmaxsim scorer", description=__doc__.splitlines()[0])
-    p.add_argument("--socket", default=None, help=f"Unix socket path (default {DEFAULT_SOCKET})")
-    p.add_argument("--tcp", default=None, help="listen on HOST:PORT instead (localhost only is advised)")
+    p.add_argument("--socket", default=None,
+                   help=f"Unix socket path, in a directory only this user can write (default {auth.default_socket()})")
+    p.add_argument("--allow-user", action="append", dest="allow_users", metavar="NAME",
+                   help="OS user allowed to connect besides root and this user (repeatable; default: postgres)")
+    p.add_argument("--socket-group", default=None, metavar="GROUP",
+                   help="group of the socket (mode 0660; default: the first allowed user's group)")
+    p.add_argument("--tcp", default=None, metavar="HOST:PORT",
+                   help="listen on TCP instead (HOST defaults to 127.0.0.1); needs --secret-file")
+    p.add_argument("--secret-file", default=None, metavar="PATH",
+                   help="file holding the secret TCP clients must prove (not world-readable)")
     p.add_argument("--backend", choices=["auto", "cpu", "gpu"], default="auto")
     p.add_argument("--int8", action="store_true", help="hold GPU tokens as int8 with per-token scales")
     p.add_argument("--index", action="append", dest="indexes", help="serve only this index (repeatable)")
@@ -447,17 +511,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--max-k", type=int, default=Limits.max_k)
     p.add_argument("--max-inflight", type=int, default=Limits.max_inflight)
     p.add_argument("--queue-timeout", type=float, default=Limits.queue_timeout)
+    p.add_argument("--max-request-mib", type=float, default=Limits.max_payload / 2**20,
+                   help="largest request one connection may send (MiB)")
     return p
 
 
 def run_args(args: argparse.Namespace, dsn: str) -> int:
     limits = Limits(max_ids=args.max_ids, max_query_tokens=args.max_query_tokens, max_k=args.max_k,
-                    max_inflight=args.max_inflight, queue_timeout=args.queue_timeout)
-    address = f"tcp:{args.tcp}" if args.tcp else (args.socket or DEFAULT_SOCKET)
+                    max_inflight=args.max_inflight, queue_timeout=args.queue_timeout,
+                    max_payload=int(args.max_request_mib * 2**20))
+    address = f"tcp:{args.tcp}" if args.tcp else args.socket
     serve(dsn, address, backend=args.backend, int8=args.int8,
           max_memory=int(args.max_memory * 2**20) if args.max_memory else None,
           index_names=args.indexes, limits=limits, poll_interval=args.poll_interval,
-          journal_seconds=args.journal_seconds)
+          journal_seconds=args.journal_seconds, allow_users=args.allow_users,
+          socket_group=args.socket_group, secret_file=args.secret_file)
     return 0
 
 
@@ -468,7 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not args.dsn:
         p.error("--dsn or DATABASE_URL is required")
-    return run_args(args, args.dsn)
+    try:
+        return run_args(args, args.dsn)
+    except ConfigurationError as exc:
+        print(f"pgmaxsim scorer: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
