@@ -123,9 +123,9 @@ def _time_steps(sample: list[np.ndarray], options: dict[str, Any], out: dict[str
 
 
 def bench_write_rows(conn: psycopg.Connection[Any], embs: list[np.ndarray], name: str, batch: int) -> float:
-    from pgmaxsim import storage
+    from pgmaxsim import registry, storage
 
-    index = storage.get_index(conn, name)
+    index = registry.get_index(conn, name)
     t0 = time.perf_counter()
     for b in range(0, len(embs), batch):
         with conn.transaction():

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from pgmaxsim import Index, PgmaxsimError, storage
+from pgmaxsim import Index, PgmaxsimError, registry, storage
 from pgmaxsim.scoring.reference import maxsim_reference
 
 DIM = 24
@@ -126,7 +126,7 @@ def test_key_types_through_the_python_api(conn: psycopg.Connection[Any], key: st
 def test_storage_writer_directly(conn: psycopg.Connection[Any]) -> None:
     """The worker's entry point: get_index + write_rows inside the caller's transaction."""
     idx = new_index(conn, keys=list(range(10)))
-    info = storage.get_index(conn, "pages")
+    info = registry.get_index(conn, "pages")
     assert (info.dim, info.pooling, info.id_type, info.centroid_table) == (DIM, "centroids", "bigint", f"cen_{info.id}")
     docs = corpus(10, seed=6)
     with conn.transaction():
@@ -140,7 +140,7 @@ def test_storage_writer_directly(conn: psycopg.Connection[Any]) -> None:
         pass
     assert len(idx) == 5
     with pytest.raises(PgmaxsimError, match='index "nope" does not exist'):
-        storage.get_index(conn, "nope")
+        registry.get_index(conn, "nope")
 
 
 def test_concurrent_searches_from_8_connections(dsn: str) -> None:

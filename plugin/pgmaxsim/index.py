@@ -29,6 +29,7 @@ from pgmaxsim import query as queries
 from pgmaxsim import storage
 from pgmaxsim.errors import PgmaxsimError, one_line
 from pgmaxsim.query import FILTER_RERANK_LIMIT, Filter, Hit, borrow
+from pgmaxsim.registry import IndexSpec, get_index
 
 
 def _server_error(e: psycopg.Error) -> PgmaxsimError:
@@ -48,7 +49,7 @@ class Index:
         self.name = name
         self.encoder = encoder
         self.filter_rerank_limit = FILTER_RERANK_LIMIT
-        self._info: storage.IndexInfo | None = None
+        self._info: IndexSpec | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -74,15 +75,15 @@ class Index:
         self._info = None
 
     @property
-    def info(self) -> storage.IndexInfo:
+    def info(self) -> IndexSpec:
         if self._info is None:
             with borrow(self.conn) as c:
-                self._info = storage.get_index(c, self.name)
+                self._info = get_index(c, self.name)
         return self._info
 
-    def _info_on(self, c: psycopg.Connection[Any]) -> storage.IndexInfo:
+    def _info_on(self, c: psycopg.Connection[Any]) -> IndexSpec:
         if self._info is None:
-            self._info = storage.get_index(c, self.name)
+            self._info = get_index(c, self.name)
         return self._info
 
     def __len__(self) -> int:

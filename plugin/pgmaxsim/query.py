@@ -29,10 +29,10 @@ from psycopg import sql
 
 from pgmaxsim.db.adapters import Tokens, tokens_cursor
 from pgmaxsim.errors import PgmaxsimError, one_line
+from pgmaxsim.registry import IndexSpec, get_index
 
 if TYPE_CHECKING:  # pragma: no cover
     from pgmaxsim.encoders.base import Encoder
-    from pgmaxsim.storage import IndexInfo
 
 Filter = str | sql.Composable | Mapping[str, Any] | None
 
@@ -120,7 +120,7 @@ def _is_image(query: Any) -> bool:
     return isinstance(query, Image.Image)
 
 
-def encode_query(info: IndexInfo, query: Any, encoder: Encoder | None = None) -> np.ndarray:
+def encode_query(info: IndexSpec, query: Any, encoder: Encoder | None = None) -> np.ndarray:
     """``query`` as an ``(n, d)`` float array for index ``info`` (see module doc).
 
     Text and images need the index to have a model (or ``encoder`` given);
@@ -160,7 +160,7 @@ def encode_query(info: IndexInfo, query: Any, encoder: Encoder | None = None) ->
 
 # ---------------------------------------------------------------- filters and rows
 
-def _source(info: IndexInfo) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
+def _source(info: IndexSpec) -> tuple[sql.Composable, sql.Composable, sql.Composable]:
     if not info.source or not info.id_column:
         raise PgmaxsimError(f"index {info.name!r} has no source table")
     # source is regclass output and id_type format_type output: both already quoted by the server.
@@ -207,7 +207,7 @@ def _run(conn: psycopg.Connection[Any], query: sql.Composable, params: Any) -> l
         raise PgmaxsimError(f"filter: {one_line(e)}") from None
 
 
-def filter_keys(conn: psycopg.Connection[Any], info: IndexInfo, filter: Filter, params: Any = None,
+def filter_keys(conn: psycopg.Connection[Any], info: IndexSpec, filter: Filter, params: Any = None,
                 limit: int | None = None) -> list[str] | None:
     """Keys (as text) of the source rows matching ``filter``; None when more than ``limit`` match."""
     src, key, _ = _source(info)
@@ -221,7 +221,7 @@ def filter_keys(conn: psycopg.Connection[Any], info: IndexInfo, filter: Filter, 
     return [r[0] for r in rows]
 
 
-def keep_matching(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[str], filter: Filter,
+def keep_matching(conn: psycopg.Connection[Any], info: IndexSpec, keys: Sequence[str], filter: Filter,
                   params: Any = None) -> set[str]:
     """The subset of ``keys`` whose source rows match ``filter``."""
     if not keys:
@@ -233,7 +233,7 @@ def keep_matching(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence
     return {r[0] for r in _run(conn, q, own if own is not None else params)}
 
 
-def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[str],
+def fetch_rows(conn: psycopg.Connection[Any], info: IndexSpec, keys: Sequence[str],
                columns: bool | Sequence[str] = True) -> dict[str, dict[str, Any]]:
     """Source rows by key text: all columns (``columns=True``) or the named ones."""
     if not keys:
@@ -262,13 +262,13 @@ def fetch_rows(conn: psycopg.Connection[Any], info: IndexInfo, keys: Sequence[st
 
 # ---------------------------------------------------------------- search
 
-def _cursor(conn: psycopg.Connection[Any], info: IndexInfo) -> psycopg.Cursor[Any]:
+def _cursor(conn: psycopg.Connection[Any], info: IndexSpec) -> psycopg.Cursor[Any]:
     """A cursor that sends :class:`Tokens` as binary ``halfvec[]`` (the one codec); the
     connection's own adapters are left alone."""
     return tokens_cursor(conn, info.halfvec_oid, what="query")
 
 
-def _fetch(conn: psycopg.Connection[Any], info: IndexInfo, query: str, params: Sequence[Any]) -> list[Any]:
+def _fetch(conn: psycopg.Connection[Any], info: IndexSpec, query: str, params: Sequence[Any]) -> list[Any]:
     try:
         with _cursor(conn, info) as cur:
             cur.execute(query, params)
@@ -277,15 +277,11 @@ def _fetch(conn: psycopg.Connection[Any], info: IndexInfo, query: str, params: S
         raise PgmaxsimError(one_line(e)) from None
 
 
-def _index(conn: psycopg.Connection[Any], name: str, info: IndexInfo | None) -> IndexInfo:
-    if info is not None:
-        return info
-    from pgmaxsim.storage import get_index
-
-    return get_index(conn, name)
+def _index(conn: psycopg.Connection[Any], name: str, info: IndexSpec | None) -> IndexSpec:
+    return info if info is not None else get_index(conn, name)
 
 
-def _hits(conn: psycopg.Connection[Any], info: IndexInfo, pairs: list[tuple[str, float]],
+def _hits(conn: psycopg.Connection[Any], info: IndexSpec, pairs: list[tuple[str, float]],
           rows: bool | Sequence[str]) -> list[Hit]:
     row_of = fetch_rows(conn, info, [key for key, _ in pairs], rows) if rows else {}
     return [Hit(info.key_from_text(key), score, row_of.get(key) if rows else None) for key, score in pairs]
@@ -294,7 +290,7 @@ def _hits(conn: psycopg.Connection[Any], info: IndexInfo, pairs: list[tuple[str,
 def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, candidates: int | None = None, *,
            filter: Filter = None, params: Any = None, rows: bool | Sequence[str] = False,
            encoder: Encoder | None = None, filter_rerank_limit: int = FILTER_RERANK_LIMIT,
-           info: IndexInfo | None = None) -> list[Hit]:
+           info: IndexSpec | None = None) -> list[Hit]:
     """Top-``k`` rows of index ``name`` by MaxSim, best first.
 
     ``query``: text or a PIL image (encoded by the index's model, or ``encoder``)
@@ -320,7 +316,7 @@ def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, ca
 
 def rerank(conn: psycopg.Connection[Any], name: str, query: Any, ids: Sequence[Any], k: int | None = None, *,
            rows: bool | Sequence[str] = False, encoder: Encoder | None = None,
-           info: IndexInfo | None = None) -> list[Hit]:
+           info: IndexSpec | None = None) -> list[Hit]:
     """Exact MaxSim of the rows ``ids`` (ids not in the index are ignored), best first."""
     info = _index(conn, name, info)
     q = encode_query(info, query, encoder)
@@ -328,7 +324,7 @@ def rerank(conn: psycopg.Connection[Any], name: str, query: Any, ids: Sequence[A
 
 
 def cache_query(conn: psycopg.Connection[Any], name: str, text: str, *, encoder: Encoder | None = None,
-                info: IndexInfo | None = None) -> np.ndarray:
+                info: IndexSpec | None = None) -> np.ndarray:
     """Encode ``text`` here and store it in ``maxsim.query_cache`` so that ``maxsim.encode_query(name,
     text)`` answers it in SQL without the scorer service. Returns the tokens."""
     info = _index(conn, name, info)
@@ -337,21 +333,21 @@ def cache_query(conn: psycopg.Connection[Any], name: str, text: str, *, encoder:
     return tokens
 
 
-def _search_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, k: int,
+def _search_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarray, k: int,
                   candidates: int | None) -> list[tuple[str, float]]:
     rows = _fetch(conn, info, "SELECT id, score FROM maxsim.search(%s, %s, %s, %s)",
                   (info.name, Tokens(q), k, candidates))
     return [(i, float(s)) for i, s in rows]
 
 
-def _rerank_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, keys: list[str],
+def _rerank_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarray, keys: list[str],
                   k: int | None) -> list[tuple[str, float]]:
     rows = _fetch(conn, info, "SELECT id, score FROM maxsim.rerank(%s, %s, %s::text[], %s)",
                   (info.name, Tokens(q), keys, k))
     return [(i, float(s)) for i, s in rows]
 
 
-def _filtered_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarray, k: int,
+def _filtered_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarray, k: int,
                     candidates: int | None, filter: Filter, params: Any, limit: int) -> list[tuple[str, float]]:
     keys = filter_keys(conn, info, filter, params, limit=limit)
     if keys is not None:  # few enough: exact over every matching row
@@ -360,7 +356,7 @@ def _filtered_pairs(conn: psycopg.Connection[Any], info: IndexInfo, q: np.ndarra
     total = int(_fetch(conn, info, "SELECT rows FROM maxsim.index_info(%s)", (info.name,))[0][0])
     want = k * 4
     while True:
-        cand = max(candidates or int(info.options.get("candidates", 100)), want)
+        cand = max(candidates or info.candidates, want)
         found = _search_pairs(conn, info, q, want, cand)
         ok = keep_matching(conn, info, [key for key, _ in found], filter, params)
         kept = [(key, s) for key, s in found if key in ok]

@@ -24,11 +24,8 @@ that commit, and its trigger removes the rows just written.
 from __future__ import annotations
 
 import contextlib
-import json
 import struct
-import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,97 +35,11 @@ from psycopg import sql
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec, encode_halfvec_array
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.registry import IndexSpec
 
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 _COPY_TRAILER = struct.pack("!h", -1)
-_INT_TYPES = {"smallint": "!h", "integer": "!i", "bigint": "!q"}
 _NULL = struct.pack("!i", -1)
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """One row of ``maxsim.indexes`` plus what writers need (the halfvec type oid)."""
-
-    id: int
-    name: str
-    source: str | None
-    id_column: str | None
-    id_type: str
-    text_column: str | None
-    image_column: str | None
-    model: str | None
-    model_revision: str | None
-    dim: int
-    pooling: str
-    options: dict[str, Any] = field(default_factory=dict)
-    token_table: str = ""
-    halfvec_oid: int = 0
-
-    @property
-    def packed(self) -> bool:
-        """Whether writers fill ``tokens_packed`` (raw little-endian fp16 copy of tokens)."""
-        return bool(self.options.get("packed", True))
-
-    @property
-    def centroid_table(self) -> str | None:
-        return f"cen_{self.id}" if self.pooling == "centroids" else None
-
-    def key_text(self, key: Any) -> str:
-        """A row key as its text form in the database (what ``id::text`` gives)."""
-        if key is None:
-            raise PgmaxsimError(f"index {self.name!r}: a row id is None")
-        if self.id_type in _INT_TYPES:
-            if isinstance(key, (bool, float)) or not isinstance(key, (int, np.integer, str)):
-                raise PgmaxsimError(f"index {self.name!r} has {self.id_type} keys, got {key!r}")
-            try:
-                return str(int(key))
-            except ValueError:
-                raise PgmaxsimError(f"index {self.name!r} has {self.id_type} keys, got {key!r}") from None
-        if self.id_type == "uuid":
-            try:
-                return str(key if isinstance(key, uuid.UUID) else uuid.UUID(str(key)))
-            except ValueError:
-                raise PgmaxsimError(f"index {self.name!r} has uuid keys, got {key!r}") from None
-        return str(key)
-
-    def key_from_text(self, text: str) -> Any:
-        """The Python value of a key rendered as text (``maxsim.search`` ids)."""
-        if self.id_type in _INT_TYPES:
-            return int(text)
-        if self.id_type == "uuid":
-            return uuid.UUID(text)
-        return text
-
-    def _key_binary(self, text: str) -> bytes:
-        fmt = _INT_TYPES.get(self.id_type)
-        if fmt is not None:
-            try:
-                return struct.pack(fmt, int(text))
-            except struct.error:
-                raise PgmaxsimError(f"row id {text} is out of range for {self.id_type}") from None
-        if self.id_type == "uuid":
-            return uuid.UUID(text).bytes
-        return text.encode("utf-8")
-
-
-def get_index(conn: psycopg.Connection[Any], name: str) -> IndexInfo:
-    """Load an index's registry row, or raise PgmaxsimError naming it."""
-    row = conn.execute(
-        "SELECT i.id, i.name, i.source::text, i.id_column, i.id_type::text, i.text_column, i.image_column,"
-        " i.model, i.model_revision, i.dim, i.pooling, i.options, i.token_table,"
-        " (SELECT t.typelem FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid"
-        "   WHERE a.attrelid = pg_catalog.to_regclass('maxsim.' || pg_catalog.quote_ident(i.token_table))"
-        "     AND a.attname = 'tokens')"
-        " FROM maxsim.indexes i WHERE i.name = %s",
-        (name,),
-    ).fetchone()
-    if row is None:
-        raise PgmaxsimError(f'index "{name}" does not exist')
-    options = row[11] if isinstance(row[11], dict) else json.loads(row[11])
-    return IndexInfo(id=row[0], name=row[1], source=row[2], id_column=row[3], id_type=row[4],
-                     text_column=row[5], image_column=row[6], model=row[7], model_revision=row[8],
-                     dim=row[9], pooling=row[10], options=options, token_table=row[12],
-                     halfvec_oid=int(row[13] or 0))
 
 
 @contextlib.contextmanager
@@ -147,7 +58,15 @@ def _field(data: bytes | None) -> bytes:
     return _NULL if data is None else struct.pack("!i", len(data)) + data
 
 
-def _check_tokens(index: IndexInfo, key: str, emb: Any) -> np.ndarray:
+def _key_binary(index: IndexSpec, text: str) -> bytes:
+    value = index.key_value(text)
+    fmt = {"smallint": "!h", "integer": "!i", "bigint": "!q"}.get(index.id_type)
+    if fmt is not None:
+        return struct.pack(fmt, value)
+    return value.bytes if index.id_type == "uuid" else str(value).encode("utf-8")
+
+
+def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
     arr = np.asarray(emb)
     if arr.ndim != 2:
         raise PgmaxsimError(f"row {key}: embeddings must be a 2-D (n_tokens, dim) array, got shape {arr.shape}")
@@ -162,7 +81,7 @@ def _check_tokens(index: IndexInfo, key: str, emb: Any) -> np.ndarray:
 
 def write_rows(
     conn: psycopg.Connection[Any],
-    index: IndexInfo,
+    index: IndexSpec,
     ids: Sequence[Any],
     embeddings: Sequence[Any],
     *,
@@ -195,7 +114,7 @@ def write_rows(
     return len(keys)
 
 
-def _encode_rows(index: IndexInfo, latest: dict[str, int], embeddings: Sequence[Any],
+def _encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[Any],
                  content_hashes: Sequence[bytes | None] | None, m: bytes | None, rev: bytes | None,
                  tok_rows: list[bytes], cen_rows: list[bytes]) -> None:
     for key, i in latest.items():
@@ -206,7 +125,7 @@ def _encode_rows(index: IndexInfo, latest: dict[str, int], embeddings: Sequence[
             pooled_bin = encode_halfvec(pooled)
         except CodecError as e:
             raise PgmaxsimError(f"row {key}: {e}") from None
-        kb = index._key_binary(key)
+        kb = _key_binary(index, key)
         h = None if content_hashes is None else content_hashes[i]
         packed = np.ascontiguousarray(arr, dtype="<f2").tobytes() if index.packed else None
         tok_rows.append(struct.pack("!h", 8) + _field(kb) + _field(tokens) + _field(struct.pack("!i", len(arr)))
@@ -218,7 +137,7 @@ def _encode_rows(index: IndexInfo, latest: dict[str, int], embeddings: Sequence[
                                 + _field(encode_halfvec(vec)))
 
 
-def _write(conn: psycopg.Connection[Any], index: IndexInfo, keys: list[str], tok_rows: list[bytes],
+def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], tok_rows: list[bytes],
            cen_rows: list[bytes]) -> None:
     tok = sql.Identifier("maxsim", index.token_table)
     with conn.transaction(), conn.cursor() as cur:
@@ -247,7 +166,7 @@ def _copy(cur: psycopg.Cursor[Any], statement: sql.Composed | str, rows: list[by
         copy.write(_COPY_TRAILER)
 
 
-def delete_rows(conn: psycopg.Connection[Any], index: IndexInfo, ids: Sequence[Any]) -> int:
+def delete_rows(conn: psycopg.Connection[Any], index: IndexSpec, ids: Sequence[Any]) -> int:
     """Remove rows' embeddings (ids not in the index are ignored); returns rows removed."""
     keys = [index.key_text(k) for k in ids]
     if not keys:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pgmaxsim.registry import IndexSpec
 from pgmaxsim.scorer.protocol import ScorerError, Snapshot
 from pgmaxsim.scoring import cpu
 
@@ -197,17 +198,6 @@ def make_backend(kind: str = "auto", max_memory: int | None = None, int8: bool =
 # ------------------------------------------------------------------ one index
 
 @dataclass
-class IndexMeta:
-    id: int
-    name: str
-    token_table: str
-    id_type: str
-    dim: int
-    model: str | None = None
-    model_revision: str | None = None
-
-
-@dataclass
 class Row:
     id: str
     version: int
@@ -216,7 +206,7 @@ class Row:
 
 @dataclass
 class IndexStore:
-    meta: IndexMeta
+    meta: IndexSpec
     backend: CpuBackend
     journal_seconds: float = 600.0
     state: str = "loading"

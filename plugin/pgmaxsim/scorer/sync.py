@@ -27,8 +27,9 @@ from typing import Any
 from psycopg import sql
 
 from pgmaxsim.db.codec import decode_halfvec_array
+from pgmaxsim.registry import IndexSpec, all_indexes
 from pgmaxsim.scorer.protocol import Snapshot
-from pgmaxsim.scorer.store import IndexMeta, IndexStore, Row
+from pgmaxsim.scorer.store import IndexStore, Row
 
 FETCH_ROWS = 256
 CHANGES_SQL = (
@@ -38,13 +39,9 @@ CHANGES_SQL = (
 )
 
 
-def registry(conn: Any, names: list[str] | None = None) -> dict[int, IndexMeta]:
+def registry(conn: Any, names: list[str] | None = None) -> dict[int, IndexSpec]:
     """The indexes in ``maxsim.indexes`` (optionally only ``names``)."""
-    rows = conn.execute(
-        "SELECT id, name, token_table, id_type::text, dim, model, model_revision"
-        " FROM maxsim.indexes ORDER BY id").fetchall()
-    return {r[0]: IndexMeta(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], r[6]) for r in rows
-            if names is None or r[1] in names}
+    return {s.id: s for s in all_indexes(conn, names)}
 
 
 def _begin(conn: Any) -> Snapshot:
@@ -52,7 +49,7 @@ def _begin(conn: Any) -> Snapshot:
     return Snapshot.parse(conn.execute("SELECT pg_catalog.pg_current_snapshot()::text").fetchone()[0])
 
 
-def _select(meta: IndexMeta, where: sql.Composable | None = None) -> sql.Composed:
+def _select(meta: IndexSpec, where: sql.Composable | None = None) -> sql.Composed:
     q = sql.SQL("SELECT t.id::text, t.version, pg_catalog.array_send(t.tokens) FROM {} t").format(
         sql.Identifier("maxsim", meta.token_table))
     return q if where is None else q + sql.SQL(" ") + where

@@ -21,12 +21,13 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from pgmaxsim import storage
 from pgmaxsim.errors import PgmaxsimError, one_line
+from pgmaxsim.registry import IndexSpec
 from pgmaxsim.worker import queue
 from pgmaxsim.worker.encoding import EncoderCache, encode_rows
 from pgmaxsim.worker.load import Loaded, load_rows
 from pgmaxsim.worker.queue import Claimed, Failure
-from pgmaxsim.worker.spec import IndexSpec
 
 
 @dataclass
@@ -204,11 +205,8 @@ def write_embeddings(
 
 def _write(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[tuple[Loaded, np.ndarray]],
            encoder: Any) -> None:
-    from pgmaxsim import storage
-
-    index = storage.get_index(conn, spec.name)
     model = getattr(encoder, "name", None) or spec.model
     revision = getattr(encoder, "revision", None) or spec.model_revision
     storage.write_rows(
-        conn, index, [r.key for r, _ in rows], [t for _, t in rows], model=model, model_revision=revision,
+        conn, spec, [r.key for r, _ in rows], [t for _, t in rows], model=model, model_revision=revision,
         content_hashes=[r.content_hash for r, _ in rows])

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.registry import IndexSpec
 from pgmaxsim.worker.load import Loaded
-from pgmaxsim.worker.spec import IndexSpec
 
 # A model that failed to load is not tried again for this long (each batch would pay for it).
 LOAD_FAILURE_TTL_S = 60.0

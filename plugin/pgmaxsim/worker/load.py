@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.errors import PgmaxsimError
-from pgmaxsim.worker.spec import IndexSpec
+from pgmaxsim.registry import IndexSpec
 
 PDF_MAGIC = b"%PDF-"
 # A row whose PDF has more pages than this is refused (one row = one document).

@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgmaxsim.worker.spec import IndexSpec
+from pgmaxsim.registry import IndexSpec
 
 DEFAULT_BATCH_SIZE = 256  # rows; the token budget is what bounds batches of images or long texts
 DEFAULT_TOKEN_BUDGET = 32_768

@@ -1,0 +1,183 @@
+"""The registry model: one index as the Python side sees it, read in one place.
+
+:class:`IndexSpec` is one row of ``maxsim.indexes`` plus what the catalog
+knows about it (the source table's schema and name, the halfvec type oid of
+the token table). The worker, the scorer, the query path, ``Index`` and the
+CLI all read it with :func:`read_indexes` (one SELECT; :func:`get_index`,
+:func:`get_index_by_id` and :func:`all_indexes` are that SELECT with a WHERE).
+
+Columns are selected by name, so columns added to ``maxsim.indexes`` later do
+not change what is read here. Identifiers are kept as catalog names and reach
+SQL only through :class:`psycopg.sql.Identifier`; ``id_type`` is the server's
+``format_type`` output and ``source`` its ``regclass`` output (both already
+quoted by the server), so they may be spliced with :class:`psycopg.sql.SQL`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pgmaxsim.errors import PgmaxsimError
+
+#: Rows passed from the ANN prefilter to exact scoring when neither the call nor
+#: the index's options say (the SQL side's ``maxsim.default_options()`` holds the same).
+DEFAULT_CANDIDATES = 64
+#: Token cost of one image/page when sizing a worker's claim (ColQwen-style pages give ~1,000 tokens).
+DEFAULT_IMAGE_COST = 1024
+
+_INT_TYPES = {"smallint": "!h", "integer": "!i", "bigint": "!q"}
+
+_SELECT = sql.SQL("""
+SELECT i.id, i.name, i.source::text AS source, n.nspname AS source_schema, c.relname AS source_table,
+       i.id_column, pg_catalog.format_type(i.id_type, NULL) AS id_type, i.text_column, i.image_column,
+       i.model, i.model_revision, i.dim, i.pooling, i.options, i.token_table,
+       (SELECT t.typelem FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = pg_catalog.to_regclass('maxsim.' || pg_catalog.quote_ident(i.token_table))
+           AND a.attname = 'tokens') AS halfvec_oid
+  FROM maxsim.indexes i
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = i.source
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+""")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """One index (a snapshot of its registry row)."""
+
+    id: int
+    name: str
+    source: str | None            # regclass text, quoted by the server; None: no source table
+    source_schema: str | None
+    source_table: str | None
+    id_column: str | None
+    id_type: str                  # format_type output, e.g. "integer", "uuid", "text"
+    text_column: str | None
+    image_column: str | None
+    model: str | None             # None: the application writes the embeddings
+    model_revision: str | None
+    dim: int
+    pooling: str = "centroids"
+    options: dict[str, Any] = field(default_factory=dict)
+    token_table: str = ""
+    halfvec_oid: int = 0
+
+    # ------------------------------------------------------------ identifiers
+    def source_ident(self) -> sql.Composable:
+        if self.source_schema is None or self.source_table is None:
+            raise PgmaxsimError(f"index {self.name!r} has no source table")
+        return sql.Identifier(self.source_schema, self.source_table)
+
+    def id_type_sql(self) -> sql.Composable:
+        return sql.SQL(self.id_type)  # format_type output: quoted by the server
+
+    def token_ident(self) -> sql.Composable:
+        return sql.Identifier("maxsim", self.token_table)
+
+    @property
+    def centroid_table(self) -> str | None:
+        return f"cen_{self.id}" if self.pooling == "centroids" else None
+
+    # ------------------------------------------------------------ options
+    @property
+    def packed(self) -> bool:
+        """Whether writers fill ``tokens_packed`` (raw little-endian fp16 copy of tokens)."""
+        return bool(self.options.get("packed", True))
+
+    @property
+    def candidates(self) -> int:
+        """The index's default number of ANN candidates."""
+        return int(self.options.get("candidates", DEFAULT_CANDIDATES))
+
+    @property
+    def image_cost(self) -> int:
+        return int(self.options.get("image_tokens", DEFAULT_IMAGE_COST))
+
+    @property
+    def model_key(self) -> tuple[str | None, str | None]:
+        return (self.model, self.model_revision)
+
+    # ------------------------------------------------------------ keys
+    def key_text(self, key: Any) -> str:
+        """A row key as its text form in the database (what ``id::text`` gives)."""
+        if key is None:
+            raise PgmaxsimError(f"index {self.name!r}: a row id is None")
+        if self.id_type in _INT_TYPES:
+            if isinstance(key, (bool, float)) or not isinstance(key, (int, np.integer, str)):
+                raise PgmaxsimError(f"index {self.name!r} has {self.id_type} keys, got {key!r}")
+            try:
+                return str(int(key))
+            except ValueError:
+                raise PgmaxsimError(f"index {self.name!r} has {self.id_type} keys, got {key!r}") from None
+        if self.id_type == "uuid":
+            try:
+                return str(key if isinstance(key, uuid.UUID) else uuid.UUID(str(key)))
+            except ValueError:
+                raise PgmaxsimError(f"index {self.name!r} has uuid keys, got {key!r}") from None
+        return str(key)
+
+    def key_from_text(self, text: str) -> Any:
+        """The Python value of a key rendered as text (``maxsim.search`` ids)."""
+        if self.id_type in _INT_TYPES:
+            return int(text)
+        if self.id_type == "uuid":
+            return uuid.UUID(text)
+        return text
+
+    def key_value(self, text: str) -> Any:
+        """A key (as text) as the Python value binary COPY sends for ``id_type``."""
+        if self.id_type in _INT_TYPES:
+            value = int(text)
+            bits = 8 * struct.calcsize(_INT_TYPES[self.id_type])
+            if not -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
+                raise PgmaxsimError(f"row id {text} is out of range for {self.id_type}")
+            return value
+        if self.id_type == "uuid":
+            return uuid.UUID(text)
+        return text
+
+
+def read_indexes(conn: psycopg.Connection[Any], where: sql.Composable | None = None,
+                 params: Any = None) -> list[IndexSpec]:
+    """THE read of ``maxsim.indexes``: the indexes matching ``where`` (a condition on ``i``), by id."""
+    query = _SELECT + (sql.SQL("WHERE ") + where if where is not None else sql.SQL("")) + sql.SQL(" ORDER BY i.id")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [_spec(r) for r in cur.execute(query, params).fetchall()]
+
+
+def _spec(r: dict[str, Any]) -> IndexSpec:
+    options = r["options"] if isinstance(r["options"], dict) else json.loads(r["options"] or "{}")
+    return IndexSpec(
+        id=int(r["id"]), name=r["name"], source=r["source"], source_schema=r["source_schema"],
+        source_table=r["source_table"], id_column=r["id_column"], id_type=r["id_type"],
+        text_column=r["text_column"], image_column=r["image_column"], model=r["model"],
+        model_revision=r["model_revision"], dim=int(r["dim"]), pooling=r["pooling"], options=dict(options),
+        token_table=r["token_table"], halfvec_oid=int(r["halfvec_oid"] or 0))
+
+
+def get_index(conn: psycopg.Connection[Any], name: str) -> IndexSpec:
+    """Index ``name``, or a PgmaxsimError naming it."""
+    found = read_indexes(conn, sql.SQL("i.name = %s"), (name,))
+    if not found:
+        raise PgmaxsimError(f'index "{name}" does not exist')
+    return found[0]
+
+
+def get_index_by_id(conn: psycopg.Connection[Any], index_id: int) -> IndexSpec | None:
+    found = read_indexes(conn, sql.SQL("i.id = %s"), (index_id,))
+    return found[0] if found else None
+
+
+def all_indexes(conn: psycopg.Connection[Any], names: list[str] | None = None) -> list[IndexSpec]:
+    """Every index (optionally only ``names``), by id."""
+    if names is None:
+        return read_indexes(conn)
+    return read_indexes(conn, sql.SQL("i.name = ANY(%s)"), (list(names),))
