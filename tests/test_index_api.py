@@ -203,3 +203,13 @@ def test_concurrent_writers_of_the_same_rows(dsn: str) -> None:
         assert len(idx) == 40
         n_cen = c.execute(f"SELECT count(DISTINCT row_id) FROM maxsim.cen_{idx.info.id}").fetchone()[0]
         assert n_cen == 40
+
+
+def test_row_lock_key_is_the_sql_expression(conn: psycopg.Connection[Any]) -> None:
+    """storage.row_lock_key equals the SQL expression in its docstring (what maxsim._upsert locks)."""
+    rows = [(1, "42"), (7, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), (123456, "ünïcode key"), (2, "")]
+    got = conn.execute(
+        "SELECT ('x' || pg_catalog.left(pg_catalog.md5('pgmaxsim/' || i::text || '/' || r), 16))::bit(64)::bigint"
+        " FROM unnest(%s::int[], %s::text[]) WITH ORDINALITY AS u(i, r, o) ORDER BY o",
+        ([i for i, _ in rows], [r for _, r in rows])).fetchall()
+    assert [g[0] for g in got] == [storage.row_lock_key(i, r) for i, r in rows]

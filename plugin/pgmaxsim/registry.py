@@ -40,12 +40,15 @@ _SELECT = sql.SQL("""
 SELECT i.id, i.name, i.source::text AS source, n.nspname AS source_schema, c.relname AS source_table,
        i.id_column, pg_catalog.format_type(i.id_type, NULL) AS id_type, i.text_column, i.image_column,
        i.model, i.model_revision, i.dim, i.pooling, i.options, i.token_table,
-       (SELECT t.typelem FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-         WHERE a.attrelid = pg_catalog.to_regclass('maxsim.' || pg_catalog.quote_ident(i.token_table))
-           AND a.attname = 'tokens') AS halfvec_oid
+       tt.halfvec_oid, tt.halfvec_array_oid
   FROM maxsim.indexes i
   LEFT JOIN pg_catalog.pg_class c ON c.oid = i.source
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN LATERAL (
+    SELECT t.typelem AS halfvec_oid, t.oid AS halfvec_array_oid
+      FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = pg_catalog.to_regclass('maxsim.' || pg_catalog.quote_ident(i.token_table))
+       AND a.attname = 'tokens') tt ON true
 """)
 
 
@@ -68,7 +71,8 @@ class IndexSpec:
     pooling: str = "centroids"
     options: dict[str, Any] = field(default_factory=dict)
     token_table: str = ""
-    halfvec_oid: int = 0
+    halfvec_oid: int = 0          # pgvector's halfvec type, and its array type (the tokens column's)
+    halfvec_array_oid: int = 0
 
     # ------------------------------------------------------------ identifiers
     def source_ident(self) -> sql.Composable:
@@ -160,7 +164,8 @@ def _spec(r: dict[str, Any]) -> IndexSpec:
         source_table=r["source_table"], id_column=r["id_column"], id_type=r["id_type"],
         text_column=r["text_column"], image_column=r["image_column"], model=r["model"],
         model_revision=r["model_revision"], dim=int(r["dim"]), pooling=r["pooling"], options=dict(options),
-        token_table=r["token_table"], halfvec_oid=int(r["halfvec_oid"] or 0))
+        token_table=r["token_table"], halfvec_oid=int(r["halfvec_oid"] or 0),
+        halfvec_array_oid=int(r["halfvec_array_oid"] or 0))
 
 
 def get_index(conn: psycopg.Connection[Any], name: str) -> IndexSpec:

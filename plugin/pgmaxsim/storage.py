@@ -3,10 +3,12 @@
 ``write_rows`` is THE write path (the ingestion worker and ``Index.upsert`` call it):
 
 1. validate and pool each row in Python (``pgmaxsim.pooling``),
-2. take a transaction-scoped advisory lock per row key (sorted, so concurrent writers
-   of overlapping rows queue up instead of deadlocking or colliding),
-3. delete the rows' previous embeddings (centroids go with them, ON DELETE CASCADE),
-4. binary COPY the new token rows, then their centroids.
+2. take a transaction-scoped advisory lock per row (:func:`row_lock_key`, sorted, so
+   concurrent writers of overlapping rows queue up instead of deadlocking or colliding),
+3. delete the rows' previous embeddings (:func:`delete_keys`, THE delete path; centroids
+   go with them, ON DELETE CASCADE),
+4. binary COPY the new token rows, then their centroids (psycopg's ``Copy.set_types`` /
+   ``write_row`` frame the fields; halfvec values are encoded by :mod:`pgmaxsim.db.codec`).
 
 The whole write is one transaction (a savepoint when the caller already has one open,
 e.g. the worker dequeuing in the same transaction), so it is idempotent per id: writing
@@ -24,22 +26,46 @@ that commit, and its trigger removes the rows just written.
 from __future__ import annotations
 
 import contextlib
-import struct
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec, encode_halfvec_array
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.registry import IndexSpec
 
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_COPY_TRAILER = struct.pack("!h", -1)
-_NULL = struct.pack("!i", -1)
+#: Binary COPY column types of the key: PostgreSQL's binary format of these; any other key
+#: type (text, varchar, citext, ...) takes the text's bytes, as its binary input does.
+_KEY_COPY_TYPES = {"smallint": "int2", "integer": "int4", "bigint": "int8", "uuid": "uuid"}
+TOKEN_COLUMNS = ("id", "tokens", "n_tokens", "tokens_packed", "pooled", "model", "model_revision", "content_hash")
+CENTROID_COLUMNS = ("row_id", "c", "vec")
+
+
+def row_lock_key(index_id: int, row_id: str) -> int:
+    """The advisory-lock key of row ``row_id`` (its key as ``id::text``) of index ``index_id``.
+
+    Writers (``write_rows``, ``maxsim._upsert``) and workers (claiming a row to encode)
+    take ``pg_advisory_xact_lock(key)`` / ``pg_try_advisory_xact_lock(key)`` on it, so a
+    row is written by one transaction at a time. It must equal the SQL expression::
+
+        ('x' || pg_catalog.left(pg_catalog.md5('pgmaxsim/' || index_id::text || '/' || row_id), 16))
+            ::bit(64)::bigint
+
+    (the first 8 bytes of the MD5, as a signed big-endian bigint; the prefix keeps the
+    keys apart from other applications' advisory locks).
+
+    >>> row_lock_key(1, "42")
+    -1293749179907398762
+    """
+    digest = hashlib.md5(f"pgmaxsim/{index_id}/{row_id}".encode(), usedforsecurity=False).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 @contextlib.contextmanager
@@ -52,18 +78,6 @@ def _one_blas_thread() -> Iterator[None]:
         return
     with threadpool_limits(1):
         yield
-
-
-def _field(data: bytes | None) -> bytes:
-    return _NULL if data is None else struct.pack("!i", len(data)) + data
-
-
-def _key_binary(index: IndexSpec, text: str) -> bytes:
-    value = index.key_value(text)
-    fmt = {"smallint": "!h", "integer": "!i", "bigint": "!q"}.get(index.id_type)
-    if fmt is not None:
-        return struct.pack(fmt, value)
-    return value.bytes if index.id_type == "uuid" else str(value).encode("utf-8")
 
 
 def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
@@ -103,20 +117,20 @@ def write_rows(
         latest[index.key_text(key)] = i
     if not latest:
         return 0
-    m = None if model is None else model.encode("utf-8")
-    rev = None if model_revision is None else model_revision.encode("utf-8")
-    tok_rows: list[bytes] = []
-    cen_rows: list[bytes] = []
     with _one_blas_thread():
-        _encode_rows(index, latest, embeddings, content_hashes, m, rev, tok_rows, cen_rows)
+        tok_rows, cen_rows = encode_rows(index, latest, embeddings, content_hashes, model, model_revision)
     keys = list(latest)
     _write(conn, index, keys, tok_rows, cen_rows)
     return len(keys)
 
 
-def _encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[Any],
-                 content_hashes: Sequence[bytes | None] | None, m: bytes | None, rev: bytes | None,
-                 tok_rows: list[bytes], cen_rows: list[bytes]) -> None:
+def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[Any],
+                content_hashes: Sequence[bytes | None] | None, model: str | None,
+                model_revision: str | None) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The COPY rows (:data:`TOKEN_COLUMNS`, :data:`CENTROID_COLUMNS`) of ``embeddings``
+    by key text (``latest``: key -> position); halfvec values already in their binary form."""
+    tok_rows: list[tuple[Any, ...]] = []
+    cen_rows: list[tuple[Any, ...]] = []
     for key, i in latest.items():
         arr = _check_tokens(index, key, embeddings[i])
         try:
@@ -125,55 +139,76 @@ def _encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[
             pooled_bin = encode_halfvec(pooled)
         except CodecError as e:
             raise PgmaxsimError(f"row {key}: {e}") from None
-        kb = _key_binary(index, key)
+        kv = index.key_value(key)
         h = None if content_hashes is None else content_hashes[i]
         packed = np.ascontiguousarray(arr, dtype="<f2").tobytes() if index.packed else None
-        tok_rows.append(struct.pack("!h", 8) + _field(kb) + _field(tokens) + _field(struct.pack("!i", len(arr)))
-                        + _field(packed) + _field(pooled_bin) + _field(m) + _field(rev)
-                        + _field(None if h is None else bytes(h)))
+        tok_rows.append((kv, tokens, len(arr), packed, pooled_bin, model, model_revision,
+                         None if h is None else bytes(h)))
         if cents is not None:
-            for c, vec in enumerate(cents):
-                cen_rows.append(struct.pack("!h", 3) + _field(kb) + _field(struct.pack("!h", c))
-                                + _field(encode_halfvec(vec)))
+            cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
+    return tok_rows, cen_rows
 
 
-def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], tok_rows: list[bytes],
-           cen_rows: list[bytes]) -> None:
-    tok = sql.Identifier("maxsim", index.token_table)
+def _encoded(type_oid: int) -> type[Dumper]:
+    """A binary dumper for a value already in ``type_oid``'s binary format (halfvec, halfvec[])."""
+
+    class Encoded(Dumper):
+        format = Format.BINARY
+        oid = type_oid
+
+        def dump(self, obj: bytes) -> bytes:
+            return obj
+
+    return Encoded
+
+
+def copy_types(cur: psycopg.Cursor[Any], index: IndexSpec) -> tuple[list[int | str], list[int | str]]:
+    """The ``Copy.set_types`` of :data:`TOKEN_COLUMNS` and :data:`CENTROID_COLUMNS` for
+    ``index``, registering the pass-through dumpers of the halfvec types on ``cur``."""
+    for oid in (index.halfvec_oid, index.halfvec_array_oid):
+        cur.adapters.register_dumper(None, _encoded(oid))
+    key = _KEY_COPY_TYPES.get(index.id_type, "text")
+    return ([key, index.halfvec_array_oid, "int4", "bytea", index.halfvec_oid, "text", "text", "bytea"],
+            [key, "int2", index.halfvec_oid])
+
+
+def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], tok_rows: list[tuple[Any, ...]],
+           cen_rows: list[tuple[Any, ...]]) -> None:
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_catalog.pg_advisory_xact_lock(%s, s.h) FROM (SELECT DISTINCT pg_catalog.hashtext(x) AS h"
-            " FROM pg_catalog.unnest(%s::text[]) AS u(x) ORDER BY 1) s",
-            (index.id, keys),
-        )
-        cur.execute(
-            sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(tok, sql.SQL(index.id_type)),
-            (keys,),
-        )
-        _copy(cur, sql.SQL("COPY {} (id, tokens, n_tokens, tokens_packed, pooled, model, model_revision,"
-                           " content_hash)"
-                           " FROM STDIN (FORMAT binary)").format(tok), tok_rows)
+        lock_rows(cur, index, keys)
+        delete_keys(cur, index, keys)
+        tok_types, cen_types = copy_types(cur, index)
+        _copy(cur, index.token_ident(), TOKEN_COLUMNS, tok_types, tok_rows)
         if cen_rows and index.centroid_table:
-            _copy(cur, sql.SQL("COPY {} (row_id, c, vec) FROM STDIN (FORMAT binary)").format(
-                sql.Identifier("maxsim", index.centroid_table)), cen_rows)
+            _copy(cur, sql.Identifier("maxsim", index.centroid_table), CENTROID_COLUMNS, cen_types, cen_rows)
 
 
-def _copy(cur: psycopg.Cursor[Any], statement: sql.Composed | str, rows: list[bytes]) -> None:
+def lock_rows(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], index: IndexSpec, keys: Sequence[str]) -> None:
+    """Wait for the row locks (:func:`row_lock_key`) of ``keys``, in key order (no deadlocks)."""
+    locks = sorted({row_lock_key(index.id, k) for k in keys})
+    cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(k) FROM pg_catalog.unnest(%s::bigint[]) AS u(k)", (locks,))
+
+
+def _copy(cur: psycopg.Cursor[Any], table: sql.Composable, columns: Sequence[str], types: list[int | str],
+          rows: list[tuple[Any, ...]]) -> None:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, columns)))
     with cur.copy(statement) as copy:
-        copy.write(_COPY_HEADER)
+        copy.set_types(types)
         for row in rows:
-            copy.write(row)
-        copy.write(_COPY_TRAILER)
+            copy.write_row(row)
+
+
+def delete_keys(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], index: IndexSpec, keys: Sequence[str]) -> int:
+    """THE delete of embeddings: the token rows of ``keys`` (``id::text`` forms; centroids go
+    with them, ON DELETE CASCADE). Keys not in the index are ignored; returns rows removed."""
+    if not keys:
+        return 0
+    return cur.execute(
+        sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(index.token_ident(), index.id_type_sql()),
+        (list(keys),)).rowcount
 
 
 def delete_rows(conn: psycopg.Connection[Any], index: IndexSpec, ids: Sequence[Any]) -> int:
-    """Remove rows' embeddings (ids not in the index are ignored); returns rows removed."""
-    keys = [index.key_text(k) for k in ids]
-    if not keys:
-        return 0
-    cur = conn.execute(
-        sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(
-            sql.Identifier("maxsim", index.token_table), sql.SQL(index.id_type)),
-        (keys,),
-    )
-    return cur.rowcount
+    """Remove rows' embeddings by their Python keys (ids not in the index are ignored); returns rows removed."""
+    return delete_keys(conn, index, [index.key_text(k) for k in ids])

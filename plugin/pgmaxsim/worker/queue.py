@@ -9,7 +9,8 @@ dequeue visible together.
 Claims use ``FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint
 queue entries. The queue may hold several entries for one source row (a row
 changed while a worker encoded it is queued again, on purpose); a
-transaction-scoped advisory lock per (index, row) makes sure two workers
+transaction-scoped advisory lock per (index, row) (``storage.row_lock_key``, the lock every
+writer takes) makes sure two workers
 never encode the same row at the same time even when they claimed two
 different entries of it. An entry whose row is busy elsewhere is left in the
 queue and handled later (the content hash then skips it when nothing changed).
@@ -30,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.registry import IndexSpec
+from pgmaxsim.storage import delete_keys, row_lock_key
 
 DEFAULT_BATCH_SIZE = 256  # rows; the token budget is what bounds batches of images or long texts
 DEFAULT_TOKEN_BUDGET = 32_768
@@ -132,10 +134,9 @@ def _group_and_lock(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[t
         return []
     ids = list(by_row)
     got = conn.execute(
-        "SELECT r, pg_try_advisory_xact_lock(maxsim_lock_key) FROM"
-        " (SELECT r, ('x' || left(md5('pgmaxsim/' || %s::text || '/' || r), 16))::bit(64)::bigint"
-        "  AS maxsim_lock_key FROM unnest(%s::text[]) WITH ORDINALITY AS u(r, o) ORDER BY o) k",
-        (spec.id, ids)).fetchall()
+        "SELECT r, pg_catalog.pg_try_advisory_xact_lock(k)"
+        " FROM pg_catalog.unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(r, k, o) ORDER BY o",
+        (ids, [row_lock_key(spec.id, r) for r in ids])).fetchall()
     free = {r for r, ok in got if ok}
     return [by_row[r] for r in ids if r in free]
 
@@ -206,9 +207,7 @@ def record_failures(
 
 def delete_embeddings(conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: list[str]) -> None:
     """Remove the token rows of ``row_ids`` (rows gone from the source, or permanently failed)."""
-    conn.execute(
-        sql.SQL("DELETE FROM {tok} WHERE id = ANY(CAST(%s AS {typ}[]))").format(
-            tok=spec.token_ident(), typ=spec.id_type_sql()), (row_ids,))
+    delete_keys(conn, spec, row_ids)
 
 
 def prune_failed(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
