@@ -7,15 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pgmaxsim
 import psycopg
 import pytest
-
-import pgmaxsim
-from pgmaxsim.commands.ingest import chunk_text
 from pgmaxsim.demo import corpus_dir
 from pgmaxsim.encoders import load_encoder
 from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.ingest import chunk_text
 from pgmaxsim.query import Hit, encoder_for
 
 PASSAGES = chunk_text((corpus_dir() / "field-notes.txt").read_text())

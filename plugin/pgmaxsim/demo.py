@@ -26,6 +26,8 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.ingest import ingest, parse_table_name
+from pgmaxsim.registry import create_index
 
 DEMO_TABLE = "demo_documents"
 DEMO_INDEX = "demo"
@@ -87,13 +89,11 @@ def run_demo(
     out: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the quickstart end to end (see module doc); returns what it did."""
-    from pgmaxsim.commands import ingest as ingest_cmd
-    from pgmaxsim.commands.index import create_index
+    from pgmaxsim import query as pgq
     from pgmaxsim.commands.search import body, label
     from pgmaxsim.db import migrate
     from pgmaxsim.db.connect import connect, redact, resolve_dsn
     from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
-    from pgmaxsim import query as pgq
 
     t0 = time.perf_counter()
     target = resolve_dsn(dsn)
@@ -110,11 +110,11 @@ def run_demo(
     with connect(target) as conn:
         t = time.perf_counter()
         _reset(conn, table, index)
-        rep = ingest_cmd.ingest(conn, table, [str(corpus_dir())], show_progress=False)
+        rep = ingest(conn, table, [str(corpus_dir())])
         if rep.errors:
             raise PgmaxsimError(f"demo corpus could not be read: {rep.errors[0]}")
         kinds = dict(conn.execute(sql.SQL("SELECT kind, count(*) FROM {} GROUP BY kind").format(
-            ingest_cmd.parse_table_name(table))).fetchall())
+            parse_table_name(table))).fetchall())
         result.rows = rep.pages
         result.seconds["ingest"] = time.perf_counter() - t
         out(f"[2/6] ingest: {kinds.get('text', 0)} text passages and {kinds.get('pdf', 0)} PDF pages"
@@ -126,9 +126,8 @@ def run_demo(
         out(f"      {result.rows} rows queued for the worker (MiniLM-L6, 384-d token embeddings, bundled: offline)")
 
     t = time.perf_counter()
-    from pgmaxsim.worker.loop import run_worker
-
     from pgmaxsim.query import _quiet_transformers
+    from pgmaxsim.worker.loop import run_worker
 
     _quiet_transformers()
     stats = run_worker(target, indexes=[index], once=True, install_signals=False)
@@ -143,8 +142,10 @@ def run_demo(
     with connect(target) as conn:
         t = time.perf_counter()
         out(f"[5/6] search: top {k} of {result.rows} rows per query (pgmaxsim search \"...\" --index {index})")
-        from pgmaxsim.commands._output import snippet, table as print_table
         import io
+
+        from pgmaxsim.commands._output import snippet
+        from pgmaxsim.commands._output import table as print_table
 
         for q in queries:
             hits = pgq.search(conn, index, q, k=k, rows=True)
@@ -199,8 +200,6 @@ def _has_plpython(dsn: str) -> bool:
 
 def _reset(conn: psycopg.Connection[Any], table: str, index: str) -> None:
     """Drop the demo's index and table from an earlier run (the demo owns both names)."""
-    from pgmaxsim.commands.ingest import parse_table_name
-
     row = conn.execute("SELECT source::text FROM maxsim.indexes WHERE name = %s", (index,)).fetchone()
     if row is not None:
         conn.execute("SELECT maxsim.drop_index(%s)", (index,))

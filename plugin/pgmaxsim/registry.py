@@ -26,8 +26,13 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from pgmaxsim.encoders.registry import DEFAULT_ALIASES, model_dim, resolve_family
+from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.ingest import parse_table_name
 
+#: Model names meaning "no model: the application writes the embeddings".
+NO_MODEL = {"none", "null", "app", "application"}
 #: Rows passed from the ANN prefilter to exact scoring when neither the call nor
 #: the index's options say (the SQL side's ``maxsim.default_options()`` holds the same).
 DEFAULT_CANDIDATES = 64
@@ -186,3 +191,80 @@ def all_indexes(conn: psycopg.Connection[Any], names: list[str] | None = None) -
     if names is None:
         return read_indexes(conn)
     return read_indexes(conn, sql.SQL("i.name = ANY(%s)"), (list(names),))
+
+
+# ---------------------------------------------------------------- index management (the CLI's and the demo's)
+
+def canonical_model(model: str | None) -> str | None:
+    """The model name stored in the registry: ``None``/``default`` → the bundled MiniLM's name,
+    ``none`` → NULL (the application writes the embeddings)."""
+    if model is None or model.strip().lower() in DEFAULT_ALIASES:
+        return DEFAULT_MODEL_NAME
+    if model.strip().lower() in NO_MODEL:
+        return None
+    return model.strip()
+
+
+def check_model_name(model: str | None) -> None:
+    """Raise a one-line PgmaxsimError for a model name no encoder family knows."""
+    name = canonical_model(model)
+    if name is not None:
+        resolve_family(name)
+
+
+def columns_for_model(model: str | None) -> dict[str, str | None]:
+    """Which ingest-table columns an index of ``model`` reads: text models the text,
+    image models the page image (and the text of rows without one)."""
+    name = canonical_model(model)
+    family = resolve_family(name)[0] if name else "text"
+    if family == "text":
+        return {"text_column": "body", "image_column": None}
+    if family == "nemoretriever":
+        return {"text_column": None, "image_column": "image"}
+    return {"text_column": "body", "image_column": "image"}
+
+
+def index_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.indexes WHERE name = %s)", (name,)).fetchone()
+    return bool(row and row[0])
+
+
+def require_schema(conn: psycopg.Connection[Any]) -> None:
+    """Raise a PgmaxsimError saying to migrate when the database has no ``maxsim`` schema."""
+    row = conn.execute("SELECT to_regclass('maxsim.indexes') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        raise PgmaxsimError(f"database {conn.info.dbname!r} has no maxsim schema: run `pgmaxsim migrate` first")
+
+
+def create_index(conn: psycopg.Connection[Any], name: str, table: str, id_column: str = "id", *,
+                 text_column: str | None = None, image_column: str | None = None, model: str | None = None,
+                 dim: int | None = None, pooling: str | None = None,
+                 options: dict[str, Any] | None = None) -> int:
+    """``maxsim.create_index`` with the CLI's model defaults; returns the index id."""
+    require_schema(conn)
+    check_model_name(model)
+    stored = canonical_model(model)
+    opts = dict(options or {})
+    if pooling:
+        opts["pooling"] = pooling
+    if stored is not None and dim is None:
+        dim = model_dim(stored)
+    source = parse_table_name(table).as_string(conn)
+    if conn.execute("SELECT to_regclass(%s)", (source,)).fetchone()[0] is None:  # type: ignore[index]
+        raise PgmaxsimError(f"table {table!r} does not exist")
+    return int(conn.execute(
+        "SELECT maxsim.create_index(%s, %s::regclass, %s, %s, %s, %s, %s, %s::jsonb)",
+        (name, source, id_column, text_column, image_column, stored, dim, json.dumps(opts)),
+    ).fetchone()[0])  # type: ignore[index]
+
+
+def requeue_all(conn: psycopg.Connection[Any], index: IndexSpec) -> int:
+    """Forget the content hashes (so unchanged rows are encoded again) and queue every source row."""
+    with conn.transaction():
+        conn.execute(sql.SQL("UPDATE {} SET content_hash = NULL WHERE content_hash IS NOT NULL").format(
+            index.token_ident()))
+        cur = conn.execute(
+            sql.SQL("INSERT INTO maxsim.queue (index_id, row_id) SELECT %s, {}::text FROM {}").format(
+                sql.Identifier(index.id_column or "id"), index.source_ident()),
+            (index.id,))
+    return cur.rowcount

@@ -164,7 +164,7 @@ def micro_bench(dsn: str | None, *, pages: int = 1000, tokens: tuple[int, int] =
                 show_progress: bool = True) -> BenchResult:
     """Run the built-in benchmark (see module doc) and drop what it created."""
     from pgmaxsim.commands._output import progress
-    from pgmaxsim.commands.index import require_schema
+    from pgmaxsim.registry import require_schema
     from pgmaxsim.db.connect import connect
     from pgmaxsim.index import Index
 

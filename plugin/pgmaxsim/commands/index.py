@@ -15,6 +15,14 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.errors import PgmaxsimError, one_line
+from pgmaxsim.registry import (
+    canonical_model,
+    check_model_name,
+    create_index,
+    get_index,
+    requeue_all,
+    require_schema,
+)
 
 EPILOG = """\
 examples:
@@ -28,95 +36,6 @@ examples:
   pgmaxsim index reindex docs --model text:BAAI/bge-small-en-v1.5   # re-embed under a new model
   pgmaxsim index drop docs --yes
 """
-
-NO_MODEL = {"none", "null", "app", "application"}
-
-
-# ---------------------------------------------------------------- helpers used by other commands
-
-def canonical_model(model: str | None) -> str | None:
-    """The model name stored in the registry: ``None``/``default`` → the bundled MiniLM's name,
-    ``none`` → NULL (the application writes the embeddings)."""
-    from pgmaxsim.encoders.registry import DEFAULT_ALIASES
-    from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
-
-    if model is None or model.strip().lower() in DEFAULT_ALIASES:
-        return DEFAULT_MODEL_NAME
-    if model.strip().lower() in NO_MODEL:
-        return None
-    return model.strip()
-
-
-def check_model_name(model: str | None) -> None:
-    """Raise a one-line PgmaxsimError for a model name no encoder family knows."""
-    from pgmaxsim.encoders.registry import resolve_family
-
-    name = canonical_model(model)
-    if name is not None:
-        resolve_family(name)
-
-
-def columns_for_model(model: str | None) -> dict[str, str | None]:
-    """Which ingest-table columns an index of ``model`` reads: text models the text,
-    image models the page image (and the text of rows without one)."""
-    from pgmaxsim.encoders.registry import resolve_family
-
-    name = canonical_model(model)
-    family = resolve_family(name)[0] if name else "text"
-    if family == "text":
-        return {"text_column": "body", "image_column": None}
-    if family == "nemoretriever":
-        return {"text_column": None, "image_column": "image"}
-    return {"text_column": "body", "image_column": "image"}
-
-
-def model_dim(conn: psycopg.Connection[Any], model: str) -> int:
-    """The embedding size of ``model``: the registry's table of known models, else load the model."""
-    row = conn.execute("SELECT maxsim._known_model_dim(%s)", (model,)).fetchone()
-    if row and row[0]:
-        return int(row[0])
-    from pgmaxsim.encoders import load_encoder
-
-    try:
-        return int(load_encoder(model).dim)
-    except PgmaxsimError as e:
-        raise PgmaxsimError(f"cannot tell the dim of model {model!r} ({e}); pass --dim") from None
-
-
-def index_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.indexes WHERE name = %s)", (name,)).fetchone()
-    return bool(row and row[0])
-
-
-def require_schema(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute("SELECT to_regclass('maxsim.indexes') IS NOT NULL").fetchone()
-    if not row or not row[0]:
-        raise PgmaxsimError(f"database {conn.info.dbname!r} has no maxsim schema: run `pgmaxsim migrate` first")
-
-
-def create_index(conn: psycopg.Connection[Any], name: str, table: str, id_column: str = "id", *,
-                 text_column: str | None = None, image_column: str | None = None, model: str | None = None,
-                 dim: int | None = None, pooling: str | None = None,
-                 options: dict[str, Any] | None = None) -> int:
-    """``maxsim.create_index`` with the CLI's model defaults; returns the index id."""
-    from pgmaxsim.commands.ingest import parse_table_name
-
-    require_schema(conn)
-    check_model_name(model)
-    stored = canonical_model(model)
-    opts = dict(options or {})
-    if pooling:
-        opts["pooling"] = pooling
-    if stored is not None and dim is None:
-        dim = model_dim(conn, stored)
-    source = parse_table_name(table).as_string(conn)
-    if conn.execute("SELECT to_regclass(%s)", (source,)).fetchone()[0] is None:  # type: ignore[index]
-        raise PgmaxsimError(f"table {table!r} does not exist")
-    return int(conn.execute(
-        "SELECT maxsim.create_index(%s, %s::regclass, %s, %s, %s, %s, %s, %s::jsonb)",
-        (name, source, id_column, text_column, image_column, stored, dim, json.dumps(opts)),
-    ).fetchone()[0])  # type: ignore[index]
-
 
 def embed_now(dsn: str, names: list[str] | None = None) -> None:
     """Run the worker until the queues of ``names`` (default: all) are empty."""
@@ -320,23 +239,9 @@ def run_reindex(args: argparse.Namespace) -> int:
             return _reembed(conn, args, i)
         if not i["model"]:
             raise PgmaxsimError(f"index {args.name!r} has no model: its embeddings are written by the application")
-        n = requeue_all(conn, i)
+        n = requeue_all(conn, get_index(conn, args.name))
     print(f"index {args.name}: {n} row(s) queued to be encoded again; run pgmaxsim worker --once")
     return 0
-
-
-def requeue_all(conn: psycopg.Connection[Any], info: dict[str, Any]) -> int:
-    """Forget the content hashes (so unchanged rows are encoded again) and queue every source row."""
-    reg = conn.execute("SELECT source::text, id_column FROM maxsim.indexes WHERE id = %s", (info["id"],)).fetchone()
-    assert reg is not None
-    with conn.transaction():
-        conn.execute(sql.SQL("UPDATE maxsim.{} SET content_hash = NULL WHERE content_hash IS NOT NULL").format(
-            sql.Identifier(info["token_table"])))
-        cur = conn.execute(
-            sql.SQL("INSERT INTO maxsim.queue (index_id, row_id) SELECT %s, {}::text FROM {}").format(
-                sql.Identifier(reg[1]), sql.SQL(reg[0])),  # source::text is regclass output: quoted by the server
-            (info["id"],))
-    return cur.rowcount
 
 
 def _reembed(conn: psycopg.Connection[Any], args: argparse.Namespace, info: dict[str, Any]) -> int:

@@ -50,7 +50,7 @@ def _available(conn: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from pgmaxsim import query as queries
     from pgmaxsim.commands._output import snippet, table
-    from pgmaxsim.commands.index import require_schema
+    from pgmaxsim.registry import require_schema
     from pgmaxsim.db.connect import connect
 
     if not args.query.strip():

@@ -66,6 +66,32 @@ _MODEL_TYPES = {
 }
 
 
+# Embedding size of the models whose size is known without loading them (lower-cased names).
+# The SQL side's maxsim._known_model_dim holds the same table (create_index without dim).
+KNOWN_DIMS: dict[str, int] = {
+    "sentence-transformers/all-minilm-l6-v2": 384, "all-minilm-l6-v2": 384, "minilm": 384,
+    "vidore/colqwen2.5-v0.2": 128, "vidore/colqwen2-v1.0": 128, "vidore/colpali-v1.3": 128,
+    "vidore/colpali-v1.2": 128, "nomic-ai/colnomic-embed-multimodal-3b": 128,
+    "nomic-ai/colnomic-embed-multimodal-7b": 128,
+    "nvidia/llama-nemoretriever-colembed-3b-v1": 3072, "nvidia/llama-nemoretriever-colembed-1b-v1": 2048,
+}
+
+
+def model_dim(model: str, revision: str | None = None) -> int:
+    """The embedding size of ``model``: :data:`KNOWN_DIMS`, else load the model and ask it.
+
+    >>> model_dim("vidore/colqwen2.5-v0.2")
+    128
+    """
+    known = KNOWN_DIMS.get(model.strip().lower())
+    if known is not None:
+        return known
+    try:
+        return int(load_encoder(model, revision=revision).dim)
+    except PgmaxsimError as e:
+        raise PgmaxsimError(f"cannot tell the dim of model {model!r} ({e}); pass --dim") from None
+
+
 def known_families() -> str:
     return ", ".join(FAMILIES)
 

@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from pgmaxsim.encoders.registry import model_dim
 from pgmaxsim.errors import PgmaxsimError
 
 SHADOW_SUFFIX = "#reembed"
@@ -97,8 +98,7 @@ def start_reembed(
         raise PgmaxsimError(f"index {name!r} already uses model {model!r}"
                             + (f" revision {revision!r}" if revision else ""))
     if dim is None:
-        known = conn.execute("SELECT maxsim._known_model_dim(%s)", (model,)).fetchone()
-        dim = known[0] if known and known[0] else _model_dim(model, revision)
+        dim = model_dim(model, revision)
     opts = dict(options or {})
     opts["pooling"] = pooling
     shadow = shadow_name(name)
@@ -113,12 +113,6 @@ def start_reembed(
     state = reembed_status(conn, name)
     assert state is not None
     return state
-
-
-def _model_dim(model: str, revision: str | None) -> int:
-    from pgmaxsim.encoders import load_encoder
-
-    return int(load_encoder(model, revision=revision).dim)
 
 
 def reembed_status(conn: psycopg.Connection[Any], name: str) -> Reembed | None:
