@@ -107,3 +107,15 @@ def embedded_dsn(embedded_server: Any) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# The fast lane (`bash scripts/test.sh -m "not slow"`): tests that need a PostgreSQL server
+# (ours or the embedded one) are marked slow here, by the fixtures they use, so a new
+# database test is in the slow lane without anyone remembering to mark it.
+_SERVER_FIXTURES = {"pg_server", "embedded_server", "any_dsn"}  # any_dsn: getfixturevalue
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts the embedded PostgreSQL
 
 def test_demo_runs_to_completion_on_the_embedded_default(tmp_path: Path) -> None:
     env = {**os.environ, "PGMAXSIM_DATA_DIR": str(tmp_path / "pgdata"), "HF_HUB_OFFLINE": "1",

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+pytestmark = pytest.mark.slow  # starts the embedded PostgreSQL
 
 @pytest.fixture
 def data_dir() -> Path:

@@ -24,6 +24,8 @@ from pgmaxsim.encoders.prompts import era_of, prompt_format
 from pgmaxsim.errors import PgmaxsimError
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # loads models
+
 DATA = Path(__file__).parent / "data"
 ATOL = 1e-4
 

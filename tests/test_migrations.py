@@ -220,6 +220,7 @@ def test_user_without_rights_to_create_extensions(pg_server: Any) -> None:
     assert any("plpython3u is not available" in n for n in report.notes)
 
 
+@pytest.mark.slow  # starts its own PostgreSQL
 def test_server_without_pgvector() -> None:
     import os
     import shutil

@@ -16,7 +16,7 @@ from pgmaxsim.worker import queue, render_status, status
 from pgmaxsim.worker.batch import BatchSettings, process_batch
 from pgmaxsim.worker.encoding import EncoderCache
 from pgmaxsim.worker.spec import load_specs
-from test_worker_util import (
+from worker_util import (
     ROOT,
     create_index,
     failed,

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_worker_util import (
+from worker_util import (
     create_index,
     failed,
     make_text_table,

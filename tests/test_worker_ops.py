@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from pgmaxsim.worker import run_worker
-from test_worker_util import (
+from worker_util import (
     create_index,
     failed,
     make_text_table,

@@ -13,7 +13,7 @@ import pytest
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.worker import cancel_reembed, reembed_status, start_reembed, status
-from test_worker_util import (
+from worker_util import (
     MINILM,
     create_index,
     failed,

@@ -144,10 +144,6 @@ class Index:
         with borrow(self.conn) as c:
             return queries.cache_query(c, self.name, text, encoder=self.encoder, info=self._info_on(c))
 
-    def _query_tokens(self, query: Any) -> np.ndarray:
-        """A query as an ``(n, d)`` float array (text, PIL images, arrays: :func:`pgmaxsim.query.encode_query`)."""
-        return queries.encode_query(self.info, query, self.encoder)
-
     # ------------------------------------------------------------------ plumbing
     def _sql(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run one statement on a (borrowed) connection and return its rows."""

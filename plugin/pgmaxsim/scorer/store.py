@@ -93,9 +93,6 @@ class CpuBackend:
     def score(self, query: np.ndarray, view: Any, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return cpu.maxsim_ranges(query, view, starts, lengths)
 
-    def score_batch(self, queries: Sequence[np.ndarray], view: Any, starts: np.ndarray,
-                    lengths: np.ndarray) -> np.ndarray:
-        return cpu.maxsim_batch_ranges(queries, view, starts, lengths)
 
 
 class GpuBuffer:
@@ -174,12 +171,6 @@ class GpuBackend(CpuBackend):
         from pgmaxsim.scoring import gpu
 
         return gpu.cupy().asnumpy(gpu.maxsim_items(query, view, starts, lengths))
-
-    def score_batch(self, queries: Sequence[np.ndarray], view: Any, starts: np.ndarray,
-                    lengths: np.ndarray) -> np.ndarray:
-        from pgmaxsim.scoring import gpu
-
-        return gpu.cupy().asnumpy(gpu.maxsim_batch_items(queries, view, starts, lengths))
 
 
 def make_backend(kind: str = "auto", max_memory: int | None = None, int8: bool = False) -> CpuBackend:
