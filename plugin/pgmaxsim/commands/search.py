@@ -50,8 +50,8 @@ def _available(conn: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from pgmaxsim import query as queries
     from pgmaxsim.commands._output import snippet, table
-    from pgmaxsim.registry import require_schema
     from pgmaxsim.db.connect import connect
+    from pgmaxsim.registry import require_schema
 
     if not args.query.strip():
         raise PgmaxsimError("the query is empty")
