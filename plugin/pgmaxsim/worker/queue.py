@@ -134,8 +134,9 @@ def _group_and_lock(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[t
         return []
     ids = list(by_row)
     got = conn.execute(
+        # unnest of two arrays is FROM-clause syntax: it cannot be schema-qualified
         "SELECT r, pg_catalog.pg_try_advisory_xact_lock(k)"
-        " FROM pg_catalog.unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(r, k, o) ORDER BY o",
+        " FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS u(r, k, o) ORDER BY o",
         (ids, [row_lock_key(spec.id, r) for r in ids])).fetchall()
     free = {r for r, ok in got if ok}
     return [by_row[r] for r in ids if r in free]
