@@ -316,3 +316,44 @@ def test_the_change_log_stays_bounded_while_a_scorer_syncs(conn: psycopg.Connect
     finally:
         scorer.stop()
     assert most < 2000, most
+
+
+def test_statement_timeout_and_cancel_stop_an_exhaustive_search(conn: psycopg.Connection[Any], dsn: str) -> None:
+    import threading
+
+    from pgmaxsim import Index
+
+    register_tokens(conn)
+    conn.execute("CREATE TABLE heavy (id bigint PRIMARY KEY)")
+    conn.execute("INSERT INTO heavy SELECT generate_series(1, 600)")
+    idx = Index.create(conn, "heavy", "heavy", "id", dim=128, pooling="mean")
+    rng = np.random.default_rng(9)
+    for start in range(0, 600, 100):
+        idx.upsert(list(range(start + 1, start + 101)), [unit(rng.standard_normal((300, 128))) for _ in range(100)])
+    q = Tokens(unit(rng.standard_normal((512, 128))))
+    exhaustive = "SELECT * FROM maxsim.search('heavy', %s, 10, 100000)"
+    conn.execute("SET statement_timeout = '100ms'")
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute(exhaustive, (q,))
+    conn.execute("RESET statement_timeout")
+    # pg_cancel_backend from another session, while the search runs
+    with psycopg.connect(dsn, autocommit=True) as other:
+        pid = conn.info.backend_pid
+        fired = threading.Event()
+
+        def cancel() -> None:
+            while not fired.wait(0.05):
+                if other.execute("SELECT state = 'active' FROM pg_stat_activity WHERE pid = %s",
+                                 (pid,)).fetchone()[0]:
+                    other.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                    fired.set()
+
+        t = threading.Thread(target=cancel)
+        t.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute(exhaustive, (q,))
+        finally:
+            fired.set()
+            t.join()
+    assert conn.execute("SELECT 1").fetchone()[0] == 1   # the session goes on
