@@ -357,3 +357,34 @@ def test_statement_timeout_and_cancel_stop_an_exhaustive_search(conn: psycopg.Co
             fired.set()
             t.join()
     assert conn.execute("SELECT 1").fetchone()[0] == 1   # the session goes on
+
+
+def test_python_index_writes_and_searches_as_a_granted_role(dsn: str, conn: psycopg.Connection[Any],
+                                                           roles: dict[str, str]) -> None:
+    from pgmaxsim import Index
+
+    conn.execute("SELECT maxsim.grant_usage(%s)", (roles["app"],))
+    rng = np.random.default_rng(4)
+    docs = {i: unit(rng.standard_normal((5, DIM))) for i in range(1, 9)}
+    with as_role(dsn, roles["app"]) as c:
+        c.execute("CREATE TABLE pages (id bigint PRIMARY KEY)")
+        c.execute("INSERT INTO pages SELECT generate_series(1, 8)")
+        for pooling in ("centroids", "mean"):
+            idx = Index.create(c, f"pages_{pooling}", "pages", "id", dim=DIM, pooling=pooling)
+            idx.upsert(list(docs), list(docs.values()))          # binary COPY through the stage tables
+            idx.upsert([3], [docs[3]])                            # a replace, not a second copy
+            q = unit(rng.standard_normal((3, DIM)))
+            got = [int(i) for i, _ in idx.search(q, k=8, candidates=100)]
+            assert got == ranked(docs, q, set(docs))
+            assert idx.delete([1, 2]) == 2
+            assert c.execute("SELECT rows FROM maxsim.index_info(%s)", (f"pages_{pooling}",)).fetchone()[0] == 6
+        # the stage tables are the schema owner's and gone after the write
+        assert c.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'maxsim_stage_%'").fetchone()[0] == 0
+        # another role's stage names are refused, and so is a table of the caller's own
+        c.execute("CREATE TEMP TABLE maxsim_stage_tok_x (LIKE pages)")
+        refused(c, "SELECT maxsim.write_commit('pages_mean', ARRAY['maxsim_stage_tok_x', NULL])", None,
+                "is not a stage table")
+    with as_role(dsn, roles["tenant_b"]) as other:
+        conn.execute("SELECT maxsim.grant_usage(%s)", (roles["tenant_b"],))
+        refused(other, "SELECT maxsim.write_stage('pages_mean')", None, "only the owner of")
+    assert not rolsuper(conn, roles["app"])

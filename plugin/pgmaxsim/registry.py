@@ -46,7 +46,7 @@ SELECT i.id, i.name, i.source::text AS source, n.nspname AS source_schema, c.rel
        i.id_column, pg_catalog.format_type(i.id_type, NULL) AS id_type, i.text_column, i.image_column,
        i.model, i.model_revision, i.dim, i.pooling, i.options, i.token_table,
        tt.halfvec_oid, tt.halfvec_array_oid
-  FROM maxsim.indexes i
+  FROM maxsim.list_indexes() i
   LEFT JOIN pg_catalog.pg_class c ON c.oid = i.source
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN LATERAL (
@@ -225,7 +225,7 @@ def columns_for_model(model: str | None) -> dict[str, str | None]:
 
 
 def index_exists(conn: psycopg.Connection[Any], name: str) -> bool:
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.indexes WHERE name = %s)", (name,)).fetchone()
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM maxsim.list_indexes() WHERE name = %s)", (name,)).fetchone()
     return bool(row and row[0])
 
 

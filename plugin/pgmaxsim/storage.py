@@ -58,6 +58,7 @@ def row_lock_key(index_id: int, row_id: str) -> int:
         ('x' || pg_catalog.left(pg_catalog.md5('pgmaxsim/' || index_id::text || '/' || row_id), 16))
             ::bit(64)::bigint
 
+    which is ``maxsim._row_lock_key(index_id, row_id)`` (sql/idempotent/050_write.sql)
     (the first 8 bytes of the MD5, as a signed big-endian bigint; the prefix keeps the
     keys apart from other applications' advisory locks).
 
@@ -176,11 +177,27 @@ def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], tok
            cen_rows: list[tuple[Any, ...]]) -> None:
     with conn.transaction(), conn.cursor() as cur:
         lock_rows(cur, index, keys)
-        delete_keys(cur, index, keys)
         tok_types, cen_types = copy_types(cur, index)
-        _copy(cur, index.token_ident(), TOKEN_COLUMNS, tok_types, tok_rows)
-        if cen_rows and index.centroid_table:
-            _copy(cur, sql.Identifier("maxsim", index.centroid_table), CENTROID_COLUMNS, cen_types, cen_rows)
+        if _may_insert(cur, index):
+            delete_keys(cur, index, keys)
+            _copy(cur, index.token_ident(), TOKEN_COLUMNS, tok_types, tok_rows)
+            if cen_rows and index.centroid_table:
+                _copy(cur, sql.Identifier("maxsim", index.centroid_table), CENTROID_COLUMNS, cen_types, cen_rows)
+            return
+        # A granted role that manages the index (not the schema owner): the same COPY into stage
+        # tables the schema owner made for this transaction, then moved in (sql/idempotent/050_write.sql).
+        tok_stage, cen_stage = cur.execute("SELECT maxsim.write_stage(%s)", (index.name,)).fetchone()[0]
+        _copy(cur, sql.Identifier("pg_temp", tok_stage), TOKEN_COLUMNS, tok_types, tok_rows)
+        if cen_rows and cen_stage:
+            _copy(cur, sql.Identifier("pg_temp", cen_stage), CENTROID_COLUMNS, cen_types, cen_rows)
+        cur.execute("SELECT maxsim.write_commit(%s, %s)", (index.name, [tok_stage, cen_stage]))
+
+
+def _may_insert(cur: psycopg.Cursor[Any], index: IndexSpec) -> bool:
+    """Whether this session may write the token table itself (the schema owner, a superuser)."""
+    row = cur.execute("SELECT pg_catalog.has_table_privilege(%s, 'INSERT')",
+                      (index.token_ident().as_string(cur),)).fetchone()
+    return bool(row and row[0])
 
 
 def lock_rows(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], index: IndexSpec, keys: Sequence[str]) -> None:
@@ -201,12 +218,13 @@ def _copy(cur: psycopg.Cursor[Any], table: sql.Composable, columns: Sequence[str
 
 def delete_keys(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], index: IndexSpec, keys: Sequence[str]) -> int:
     """THE delete of embeddings: the token rows of ``keys`` (``id::text`` forms; centroids go
-    with them, ON DELETE CASCADE). Keys not in the index are ignored; returns rows removed."""
+    with them, ON DELETE CASCADE), through ``maxsim.delete`` (the SQL entry point, so Python and
+    SQL callers share one path and one rights check). Keys not in the index are ignored;
+    returns rows removed."""
     if not keys:
         return 0
-    return cur.execute(
-        sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(index.token_ident(), index.id_type_sql()),
-        (list(keys),)).rowcount
+    row = cur.execute("SELECT maxsim.delete(%s, %s::text[])", (index.name, list(keys))).fetchone()
+    return int(row[0]) if row else 0
 
 
 def delete_rows(conn: psycopg.Connection[Any], index: IndexSpec, ids: Sequence[Any]) -> int:

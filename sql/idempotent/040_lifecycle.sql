@@ -335,9 +335,9 @@ BEGIN
 END
 $$;
 
--- Every index: name, source, model, dim (what `pgmaxsim index list` shows; no counts).
-CREATE OR REPLACE FUNCTION maxsim.list_indexes()
-RETURNS TABLE (id integer, name text, source regclass, id_column text, model text, dim integer, pooling text)
+-- Every registry row (names, sources, models and options are not secret; row counts are, see
+-- index_info). What pgmaxsim.registry reads, so that Python clients work as any granted role.
+CREATE OR REPLACE FUNCTION maxsim.list_indexes() RETURNS SETOF maxsim.indexes
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -345,7 +345,6 @@ DECLARE
     regs maxsim.indexes[];
 BEGIN
     regs := maxsim._registry();
-    RETURN QUERY SELECT g.id, g.name, g.source, g.id_column, g.model, g.dim, g.pooling
-                   FROM pg_catalog.unnest(regs) AS g ORDER BY g.id;
+    RETURN QUERY SELECT (g).* FROM pg_catalog.unnest(regs) AS g ORDER BY (g).id;
 END
 $$;
