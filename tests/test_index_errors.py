@@ -126,6 +126,21 @@ def test_bad_create_index(db: psycopg.Connection[Any]) -> None:
     assert c.execute("SELECT count(*) FROM maxsim.indexes").fetchone()[0] == 1
 
 
+def test_create_index_default_model(db: psycopg.Connection[Any]) -> None:
+    """A text index without model or dim gets the bundled MiniLM and says so; an image index
+    without a model is refused with the model families that can embed images."""
+    c = db
+    c.execute("CREATE TABLE pages (id bigint PRIMARY KEY, body text, image bytea)")
+    notices: list[str] = []
+    c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    c.execute("SELECT maxsim.create_index('t', 'pages', 'id', text_column => 'body')")
+    assert c.execute("SELECT model, dim FROM maxsim.index_info('t')").fetchone() == (
+        "sentence-transformers/all-MiniLM-L6-v2", 384)
+    assert any("default text model sentence-transformers/all-MiniLM-L6-v2" in n for n in notices), notices
+    msg = fails(c, "SELECT maxsim.create_index('i', 'pages', 'id', image_column => 'image')", None,
+                "needs a model", "ColQwen2.5", "ColPali", "vidore/colqwen2.5-v0.2")
+    assert "dim is required" not in msg
+
 def test_injection_through_identifiers(db: psycopg.Connection[Any]) -> None:
     c = db
     table = 'we"ird tab; DROP TABLE victim; --'

@@ -123,7 +123,9 @@ class Index:
         ``self.filter_rerank_limit`` rows scores all of them exactly
         (``maxsim.rerank``); a broader one searches deeper and post-filters.
         ``rows``: attach each hit's source row as ``hit.row`` (a dict): True for
-        every column, or a list of column names.
+        every column, or a list of column names. Rows still queued for the
+        worker are not searched: a :class:`~pgmaxsim.query.PendingRowsWarning`
+        says how many.
         """
         with borrow(self.conn) as c:
             return queries.search(c, self.name, query, k, candidates, filter=filter, params=params, rows=rows,

@@ -19,6 +19,7 @@ too, so there is one implementation.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -277,6 +278,30 @@ def _fetch(conn: psycopg.Connection[Any], info: IndexSpec, query: str, params: S
         raise PgmaxsimError(one_line(e)) from None
 
 
+class PendingRowsWarning(UserWarning):
+    """The searched index has rows queued for its worker: they are not searched until embedded."""
+
+
+@contextmanager
+def _pending_rows_warned(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Turn maxsim.search's NOTICE about queued rows into a PendingRowsWarning (a NOTICE alone is
+    invisible to Python callers, who would get fewer rows than they expect, silently)."""
+    seen: list[str] = []
+
+    def handler(d: psycopg.errors.Diagnostic) -> None:
+        msg = d.message_primary or ""
+        if "not embedded yet" in msg:
+            seen.append(msg.removeprefix("pgmaxsim: "))
+
+    conn.add_notice_handler(handler)
+    try:
+        yield
+    finally:
+        conn.remove_notice_handler(handler)
+    for msg in seen[:1]:
+        warnings.warn(msg, PendingRowsWarning, stacklevel=4)
+
+
 def _index(conn: psycopg.Connection[Any], name: str, info: IndexSpec | None) -> IndexSpec:
     return info if info is not None else get_index(conn, name)
 
@@ -307,10 +332,11 @@ def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, ca
         raise PgmaxsimError(f"k must be positive, got {k}")
     info = _index(conn, name, info)
     q = encode_query(info, query, encoder)
-    if filter is None:
-        pairs = _search_pairs(conn, info, q, k, candidates)
-    else:
-        pairs = _filtered_pairs(conn, info, q, k, candidates, filter, params, filter_rerank_limit)
+    with _pending_rows_warned(conn):
+        if filter is None:
+            pairs = _search_pairs(conn, info, q, k, candidates)
+        else:
+            pairs = _filtered_pairs(conn, info, q, k, candidates, filter, params, filter_rerank_limit)
     return _hits(conn, info, pairs, rows)
 
 

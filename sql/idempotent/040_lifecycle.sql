@@ -22,6 +22,16 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: permission denied: only the owner of % (or a pgmaxsim admin) may index it', source
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- No model and no dim: a text index gets the bundled default model (the worker loads it
+    -- offline); an image index has no default, so say which models can embed images.
+    IF model IS NULL AND dim IS NULL AND image_column IS NOT NULL THEN
+        RAISE EXCEPTION 'pgmaxsim: an index with image_column needs a model: ColQwen2.5 (vidore/colqwen2.5-v0.2, nomic-ai/colnomic-embed-multimodal-3b), ColQwen2 (vidore/colqwen2-v1.0), ColPali (vidore/colpali-v1.3), ColIdefics3 (vidore/colSmol-256M), BiQwen2.5 (nomic-ai/nomic-embed-multimodal-3b) or NemoRetriever (nvidia/llama-nemoretriever-colembed-1b-v1)'
+            USING ERRCODE = '22023', HINT = 'or give dim => N and write the embeddings yourself (maxsim.upsert)';
+    END IF;
+    IF model IS NULL AND dim IS NULL AND text_column IS NOT NULL THEN
+        model := 'sentence-transformers/all-MiniLM-L6-v2';
+        RAISE NOTICE 'pgmaxsim: index "%" uses the default text model %', name, model;
+    END IF;
     v_id := maxsim._create_index(name, source, id_column, text_column, image_column, model, dim, options);
     RETURN v_id;
 END

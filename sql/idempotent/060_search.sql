@@ -203,6 +203,32 @@ AS $$ SELECT pg_catalog.round((EXTRACT(epoch FROM pg_catalog.clock_timestamp() -
 --   SELECT d.*, s.score FROM maxsim.search('docs', q, 10) s JOIN docs d ON d.id = s.id::bigint
 -- candidates: rows passed from the ANN prefilter to exact scoring (NULL = the index's default;
 -- a value >= the row count means exact search over every row). Only rows the caller can see.
+-- Queued rows of an index that have no embedding yet, so search cannot find them (queued rows that
+-- have one, re-queued after an update, are searched at their previous version). Privileged: the
+-- queue and token table are the owner's. Looks at no more than the oldest 100000 queue entries (the
+-- queue's (index_id, qid) index, one key lookup each), so a search stays cheap under any backlog;
+-- returns {count, 1 when that cap was reached}.
+CREATE OR REPLACE FUNCTION maxsim._unembedded(index_id integer) RETURNS bigint[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+    missing bigint;
+    seen bigint;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_unembedded'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _unembedded.index_id;
+    EXECUTE pg_catalog.format(
+        'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM maxsim.%I t WHERE t.id = q.row_id::%s)), count(*)'
+        ' FROM (SELECT row_id FROM maxsim.queue WHERE index_id = $1 ORDER BY qid LIMIT 100000) q',
+        r.token_table, r.id_type) INTO missing, seen USING r.id;
+    RETURN ARRAY[missing, (seen >= 100000)::integer];
+END
+$$;
+
 CREATE OR REPLACE FUNCTION maxsim.search(name text, query @vector@.halfvec[], k integer DEFAULT 10,
                                          candidates integer DEFAULT NULL)
 RETURNS TABLE (id text, score real)
@@ -218,6 +244,7 @@ DECLARE
     filtered boolean;
     round integer := 0;
     t0 timestamptz;
+    pending bigint[];
     timing boolean := maxsim._timing();
 BEGIN
     r := maxsim._index(name);
@@ -232,6 +259,16 @@ BEGIN
     END IF;
     n := greatest(n, k);
     filtered := pg_catalog.row_security_active(r.source);
+    -- Queued rows are not searchable yet: say so instead of returning fewer rows silently. Not
+    -- under row-level security, where the count would tell the caller about rows it cannot see.
+    IF r.model IS NOT NULL AND NOT filtered THEN
+        pending := maxsim._unembedded(r.id);
+        IF pending[1] > 0 THEN
+            RAISE NOTICE 'pgmaxsim: index "%" has % queued row% not embedded yet (not searched); embed them with: pgmaxsim worker --once',
+                r.name, CASE WHEN pending[2] = 1 THEN 'at least ' ELSE '' END || pending[1],
+                CASE WHEN pending[1] = 1 THEN '' ELSE 's' END;
+        END IF;
+    END IF;
     t0 := pg_catalog.clock_timestamp();
     wide := n;
     LOOP

@@ -10,6 +10,9 @@ AS $$
            'maxsim.encode_query cannot reach the scorer service from this server (no plpython3u here, e.g. the'
            || ' embedded default), and query ' || pg_catalog.quote_literal(query) || ' is not in the query cache of'
            || ' index "' || (SELECT i.name FROM maxsim.indexes i WHERE i.id = index_id) || '"',
-           'encode the query in the client (pgmaxsim search, pgmaxsim.Index(conn, name).search(text) or'
-           || ' .cache_query(text)), or use PostgreSQL with plpython3u and run `pgmaxsim scorer`'
+           'cache it once, then encode_query answers it here: run `pgmaxsim search '
+           || pg_catalog.quote_literal(query) || ' --index '
+           || pg_catalog.quote_ident((SELECT i.name FROM maxsim.indexes i WHERE i.id = index_id))
+           || ' --cache` (or in Python: pgmaxsim.Index(conn, name).cache_query(text)); or search from the client'
+           || ' (pgmaxsim search, pgmaxsim.Index(conn, name).search(text)), which encodes there'
 $$;

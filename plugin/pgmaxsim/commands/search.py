@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from typing import Any
 
 from pgmaxsim.errors import PgmaxsimError
@@ -39,6 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument("--filter", metavar="SQL", help="SQL condition on the source table's columns;"
                    " matching rows are scored exactly")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--cache", action="store_true", help="also store the query's tokens in the index's query"
+                   " cache, so that SQL's maxsim.encode_query(index, query) answers it without the scorer")
     p.set_defaults(func=run)
 
 
@@ -72,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
             n = conn.execute("SELECT rows FROM maxsim.index_info(%s)", (args.index,)).fetchone()
             candidates = max(1, int(n[0]) if n else 1)
         encoder = _warm_encoder(conn, args, *reg) if reg[1] else None
-        hits = queries.search(conn, args.index, args.query, k=args.k, candidates=candidates, filter=args.filter,
-                              rows=True, encoder=encoder)
+        query: Any = args.query
+        if args.cache:  # encode once: the cached tokens are the ones searched
+            query = queries.cache_query(conn, args.index, args.query, encoder=encoder)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always", queries.PendingRowsWarning)
+            hits = queries.search(conn, args.index, query, k=args.k, candidates=candidates, filter=args.filter,
+                                  rows=True, encoder=encoder)
+    for w in warned:  # one line each on stderr, as the CLI's other messages
+        print(f"pgmaxsim: {w.message}", file=sys.stderr)
     if args.json:
         for rank, h in enumerate(hits, start=1):
             row = {k: v for k, v in (h.row or {}).items() if not isinstance(v, (bytes, memoryview))}
