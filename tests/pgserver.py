@@ -101,6 +101,10 @@ class LocalPostgres:
             "shared_buffers": "256MB",
             "work_mem": "64MB",
             "maintenance_work_mem": "256MB",
+            # replicas can be made from any test server (pg_basebackup, PostgreSQL's defaults stated)
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "wal_keep_size": "'256MB'",
         }
         conf.update(settings or {})
         with open(data / "postgresql.conf", "a") as f:
@@ -115,6 +119,42 @@ class LocalPostgres:
             check=True, capture_output=True, env=env,
         )
         return self
+
+    def standby(self) -> "LocalPostgres":
+        """A hot standby of this server on a free port: ``pg_basebackup -R`` (streaming replication,
+        standby.signal), started like this one. The primary needs wal_level replica (PostgreSQL's
+        default) and initdb's trust rule for replication from 127.0.0.1 (LocalPostgres has both)."""
+        assert self.base is not None
+        replica = LocalPostgres(bindir=self.bindir, user=self.user, host=self.host, pylib=self.pylib)
+        replica.base = Path(tempfile.mkdtemp(prefix="pgmaxsim-standby-"))
+        os.chmod(replica.base, 0o755)
+        (replica.base / "sock").mkdir()
+        _chown_tree(replica.base)
+        data = replica.base / "data"
+        subprocess.run(
+            _as_server_user([str(self.bindir / "pg_basebackup"), "-D", str(data), "-R", "-X", "stream",
+                             "-c", "fast", "--no-sync", "-h", self.host, "-p", str(self.port), "-U", self.user]),
+            check=True, capture_output=True, timeout=300,
+        )
+        replica.port = free_port()
+        with open(data / "postgresql.conf", "a") as f:  # later lines win over the primary's
+            f.write(f"port = {replica.port}\nunix_socket_directories = '{replica.base / 'sock'}'\n"
+                    "hot_standby = on\n")
+        replica._pg_ctl("start", "-w", "-t", "60")
+        return replica
+
+    def promote(self) -> None:
+        """End recovery on a standby (``pg_ctl promote``, waits until it accepts writes)."""
+        self._pg_ctl("promote", "-w", "-t", "60")
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.base is not None
+        subprocess.run(
+            _as_server_user([str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-l",
+                             str(self.base / "log"), *args]),
+            check=True, capture_output=True, timeout=120,
+            env=dict(os.environ, LC_ALL="C.UTF-8", LANG="C.UTF-8", PYTHONPATH=str(self.pylib or "")),
+        )
 
     def restart(self) -> None:
         assert self.base is not None

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from pgmaxsim.scorer.client import ScorerClient
-from pgmaxsim.scorer.protocol import ProtocolError, ScorerError
+from pgmaxsim.scorer.protocol import SNAPSHOT_SQL, ProtocolError, ScorerError
 
 IGNORED_SETTING = "pgmaxsim.scorer"
 DEFAULT_TIMEOUT_MS = 5000
@@ -214,7 +214,7 @@ def search_all(plpy: Any, index: dict[str, Any], query: np.ndarray, k: int | Non
         return None
     index_id = int(index["id"])
     try:
-        snapshot = plpy.execute("SELECT pg_catalog.pg_current_snapshot()::text AS s")[0]["s"]
+        snapshot = plpy.execute(_plan(plpy, SNAPSHOT_SQL, []))[0]["s"]
         behind_plan = _plan(plpy, DIRTY_BEHIND_SQL, ["integer", "text"])
         exclude: list[str] = []
         for _round in range(4):

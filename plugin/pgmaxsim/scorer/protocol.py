@@ -172,6 +172,28 @@ def unpack_ids(arr: np.ndarray | None) -> list[str]:
 
 # ---------------------------------------------------------------- snapshots
 
+#: The statement's snapshot as ``pg_snapshot`` text (column ``s``), exact on a hot standby too.
+#: On a server in recovery ``pg_current_snapshot()`` lists no in-progress transactions (PostgreSQL
+#: keeps them in the snapshot's subxip array there, which it does not return), so it would call
+#: a transaction still running on the primary visible. There the xids in [xmin, xmax) are listed
+#: as in progress except those whose change-log rows (written by the transaction itself) this
+#: snapshot sees: those committed before it. Only change-log xids are ever tested against these
+#: snapshots, so calling an unrelated or pruned xid in progress costs at most a re-read, never a
+#: wrong answer. Needs to read maxsim.changes (the scorer, and the privileged PL/Python layer).
+SNAPSHOT_SQL = """
+WITH b AS (SELECT s.snap, pg_catalog.pg_snapshot_xmin(s.snap) AS xmin, pg_catalog.pg_snapshot_xmax(s.snap) AS xmax
+             FROM (SELECT pg_catalog.pg_current_snapshot() AS snap) s)
+SELECT CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN b.snap::text
+       ELSE b.xmin::text || ':' || b.xmax::text || ':' || coalesce((
+           SELECT pg_catalog.string_agg(g.x::text, ',' ORDER BY g.x)
+             FROM pg_catalog.generate_series(b.xmin::text::bigint, b.xmax::text::bigint - 1) AS g(x)
+            WHERE g.x NOT IN (SELECT c.xid::text::bigint FROM maxsim.changes c WHERE c.xid >= b.xmin)
+               OR g.x IN (SELECT x::text::bigint FROM pg_catalog.pg_snapshot_xip(b.snap) AS x)), '')
+       END AS s
+  FROM b
+"""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A PostgreSQL ``pg_snapshot`` (text form ``xmin:xmax:xip1,xip2,...``)."""

@@ -2,7 +2,8 @@
 
     python -m pgmaxsim.scorer.server --dsn postgresql://... [--socket PATH | --tcp HOST:PORT --secret-file F]
 
-A sync thread LISTENs on ``maxsim_changes``, loads every index of
+A sync thread LISTENs on ``maxsim_changes`` (on a hot standby, which refuses LISTEN,
+it polls the replay position instead), loads every index of
 ``maxsim.indexes`` (or only ``--index`` names) into the backend, and keeps each
 one equal to its token table at a recent snapshot (:mod:`.sync`). An index that
 does not fit (GPU out of memory, or over ``--max-memory``) is marked failed
@@ -80,6 +81,8 @@ class Scorer:
         self.index_names = list(index_names) if index_names else None
         self.scorer_id = f"{socket.gethostname()}:{os.getpid()}"
         self._prune_warned = False
+        #: the server is a hot standby (set by the sync thread): poll, and report nothing
+        self.standby = False
         self.poll_interval = poll_interval
         self.journal_seconds = journal_seconds
         self.stores: dict[int, IndexStore] = {}
@@ -118,21 +121,56 @@ class Scorer:
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as listen, \
                         psycopg.connect(self.dsn, autocommit=True) as conn:
-                    listen.execute("LISTEN maxsim_changes")
-                    while not self._stop.is_set():
-                        if not self.sync_enabled.is_set():
-                            self._stop.wait(0.05)
-                            continue
-                        self.sync_once(conn)
-                        self._synced.set()
-                        for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
-                            pass
-                        # let a burst of commits settle into one sync
-                        for _ in listen.notifies(timeout=0.005):
-                            pass
+                    self.standby = bool(conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0])
+                    if self.standby:
+                        log.info("scorer sync: the server is a standby: polling its replay position every %s s",
+                                 self.poll_interval)
+                        self._poll(conn)
+                    else:
+                        self._listen(listen, conn)
             except psycopg.Error as exc:
                 log.warning("scorer sync: %s; retrying in 1 s", one_line(exc))
                 self._stop.wait(1.0)
+
+    def _paused(self) -> bool:
+        if self.sync_enabled.is_set():
+            return False
+        self._stop.wait(0.05)
+        return True
+
+    def _listen(self, listen: Any, conn: Any) -> None:
+        """On a primary: sync on every NOTIFY maxsim_changes, and at least every poll_interval."""
+        listen.execute("LISTEN maxsim_changes")
+        while not self._stop.is_set():
+            if self._paused():
+                continue
+            self.sync_once(conn)
+            self._synced.set()
+            for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
+                pass
+            # let a burst of commits settle into one sync
+            for _ in listen.notifies(timeout=0.005):
+                pass
+
+    def _poll(self, conn: Any) -> None:
+        """On a hot standby (no LISTEN in recovery): sync whenever replay moved, checked every
+        poll_interval. Returns when the standby was promoted, so that the caller LISTENs instead."""
+        replayed = None
+        while not self._stop.is_set():
+            if self._paused():
+                continue
+            row = conn.execute("SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_wal_replay_lsn()::text"
+                               ).fetchone()
+            if not row[0]:
+                log.info("scorer sync: the server was promoted: listening for changes")
+                return
+            if row[1] != replayed or not self._synced.is_set():
+                self.sync_once(conn)      # reads from a snapshot taken after replay reached row[1]
+                replayed = row[1]
+            else:
+                self.sync_count += 1      # nothing replayed: the stores still equal the tables
+            self._synced.set()
+            self._stop.wait(self.poll_interval)
 
     def sync_once(self, conn: Any) -> None:
         from pgmaxsim.scorer import sync
@@ -179,8 +217,8 @@ class Scorer:
         import psycopg
 
         marks = [s.watermark for s in self.stores.values() if s.watermark is not None]
-        if not marks:
-            return
+        if not marks or self.standby:
+            return  # a standby is read-only: only the primary's scorers bound its change log
         low = min(marks, key=lambda w: w.xmin)
         try:
             conn.execute("SELECT maxsim.scorer_synced(%s, %s::pg_snapshot)", (self.scorer_id, low.text()))

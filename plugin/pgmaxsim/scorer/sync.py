@@ -2,7 +2,7 @@
 
 Each sync is one REPEATABLE READ, READ ONLY transaction with snapshot ``P'``:
 
-1. ``P' = pg_current_snapshot()``;
+1. ``P' = pg_current_snapshot()`` (exact on a standby too: :data:`.protocol.SNAPSHOT_SQL`);
 2. the changes the previous watermark ``P`` did not see:
    ``maxsim.changes WHERE index_id = $1 AND xid >= xmin(P) AND NOT
    pg_visible_in_snapshot(xid, P)`` (visible in ``P'`` by MVCC);
@@ -28,7 +28,7 @@ from psycopg import sql
 
 from pgmaxsim.db.codec import decode_halfvec_array
 from pgmaxsim.registry import IndexSpec, all_indexes
-from pgmaxsim.scorer.protocol import Snapshot
+from pgmaxsim.scorer.protocol import SNAPSHOT_SQL, Snapshot
 from pgmaxsim.scorer.store import IndexStore, Row
 
 FETCH_ROWS = 256
@@ -46,7 +46,7 @@ def registry(conn: Any, names: list[str] | None = None) -> dict[int, IndexSpec]:
 
 def _begin(conn: Any) -> Snapshot:
     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    return Snapshot.parse(conn.execute("SELECT pg_catalog.pg_current_snapshot()::text").fetchone()[0])
+    return Snapshot.parse(conn.execute(SNAPSHOT_SQL).fetchone()[0])
 
 
 def _select(meta: IndexSpec, where: sql.Composable | None = None) -> sql.Composed:
