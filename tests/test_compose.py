@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from pgmaxsim.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +32,7 @@ def dockerfile_of(service: dict[str, Any]) -> Path | None:
 
 
 def entrypoint_is_pgmaxsim(dockerfile: Path) -> bool:
-    return bool(re.search(r'^ENTRYPOINT\s+\["pgmaxsim"\]', dockerfile.read_text(), re.M))
+    return bool(re.search(r'^ENTRYPOINT\s+\["pgmaxsim"\]', dockerfile.read_text(), re.MULTILINE))
 
 
 def assert_parses(argv: list[str]) -> None:
@@ -69,7 +68,6 @@ def test_every_command_is_a_real_pgmaxsim_subcommand(compose: dict[str, Any]) ->
         dockerfile = dockerfile_of(svc)
         if "command" in svc and name == "db":
             assert svc["command"][0] == "postgres"
-            assert "pgmaxsim.scorer=/run/pgmaxsim/scorer.sock" in svc["command"]
         elif "command" in svc:
             assert dockerfile is not None and entrypoint_is_pgmaxsim(dockerfile), name
             assert_parses(list(svc["command"]))
@@ -98,7 +96,7 @@ def test_db_image_installs_what_plpython_needs() -> None:
     text = (ROOT / "docker" / "Dockerfile.db").read_text()
     assert "plpython3" in text and "pgvector" in text
     assert re.search(r"pip3? install .*(/src|pgmaxsim)", text)
-    assert re.search(r"^FROM postgres:17", text, re.M)
+    assert re.search(r"^FROM postgres:17", text, re.MULTILINE)
 
 
 def test_db_is_local_only_with_a_required_password(compose: dict[str, Any]) -> None:
@@ -121,3 +119,32 @@ def test_one_pinned_cuda_runtime() -> None:
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert "cupy-cuda13x" in code and "cupy-cuda12x" not in code
     assert "[models,gpu]" not in text  # the gpu extra would bring a CUDA 12 CuPy
+
+
+SOCKET = "/run/pgmaxsim/scorer.sock"
+
+
+def test_scorer_address_is_set_by_migrate_and_reachable_by_the_db_user(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    # the session setting pgmaxsim.scorer is ignored now: the address is an admin setting in the database
+    assert not any("pgmaxsim.scorer" in str(a) for a in services["db"].get("command", []))
+    migrate = services["migrate"]["command"]
+    assert migrate[:1] == ["migrate"] and migrate[migrate.index("--scorer") + 1] == SOCKET
+    scorer = services["scorer"]["command"]
+    assert scorer[scorer.index("--socket") + 1] == SOCKET
+    # the db image's postgres uid/gid (999 in the official image) does not exist in the scorer's image
+    assert scorer[scorer.index("--allow-user") + 1] == "999"
+    assert scorer[scorer.index("--socket-group") + 1] == "999"
+    assert re.search(r"^FROM postgres:17-bookworm", (ROOT / "docker" / "Dockerfile.db").read_text(), re.MULTILINE)
+    for name in ("db", "scorer"):
+        assert any(str(v).startswith("scorer-socket:/run/pgmaxsim") for v in services[name]["volumes"]), name
+
+
+def test_migrate_scorer_option_sets_the_admin_setting(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+    from pgmaxsim.cli import main
+
+    assert main(["--dsn", dsn, "migrate", "--scorer", SOCKET]) == 0
+    assert f"scorer: {SOCKET}" in capsys.readouterr().out
+    with psycopg.connect(dsn) as c:
+        assert c.execute("SELECT value FROM maxsim.settings WHERE key = 'scorer'").fetchone() == (SOCKET,)

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
         help="install or upgrade the maxsim schema (alembic upgrade head)",
         description="Install or upgrade the maxsim schema; --downgrade base removes everything pgmaxsim created.",
         epilog="examples:\n  pgmaxsim migrate\n  pgmaxsim migrate --downgrade base --yes   # drops every index"
-               " and its embeddings\n  pgmaxsim migrate --revision 0001",
+               " and its embeddings\n  pgmaxsim migrate --revision 0001"
+               "\n  pgmaxsim migrate --scorer /run/pgmaxsim/scorer.sock   # docker-compose's migrate step",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g = p.add_mutually_exclusive_group()
@@ -22,6 +23,9 @@ def register(sub: Any) -> None:
     g.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION ('base' removes everything)")
     p.add_argument("--yes", "-y", action="store_true",
                    help="do not ask before a downgrade drops indexes and their embeddings")
+    p.add_argument("--scorer", metavar="ADDRESS",
+                   help="after upgrading, point backends at this scorer (a Unix socket path or HOST:PORT;"
+                        " SELECT maxsim.set_scorer(ADDRESS), which needs a pgmaxsim admin)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +65,14 @@ def confirm_drop(dsn: str | None, target: str, yes: bool) -> None:
     raise PgmaxsimError(f"{what}: pass --yes to confirm")
 
 
+def set_scorer(dsn: str | None, address: str) -> None:
+    """Where backends reach the scorer (an admin setting; see maxsim.set_scorer)."""
+    from pgmaxsim.db.connect import connect
+
+    with connect(dsn) as conn:
+        conn.execute("SELECT maxsim.set_scorer(%s)", (address,))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.downgrade:
         confirm_drop(args.dsn, args.downgrade, args.yes)
@@ -69,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         report = migrate.upgrade(args.dsn, args.revision)
     for note in report.notes:
         print(f"note: {note}")
+    if args.scorer is not None and not args.downgrade:
+        set_scorer(args.dsn, args.scorer)
+        print(f"scorer: {args.scorer}")
     before = report.revision_before or "none"
     after = report.revision_after or "none (maxsim schema removed)"
     print(f"maxsim schema: {before} -> {after}")
