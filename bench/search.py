@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from pgmaxsim.evaluation import fidelity as fidelity_vs_exact
+
 ROOT = Path(__file__).resolve().parent.parent
 D = 128
 
@@ -129,15 +131,13 @@ def exact_scores(pages: list[np.ndarray], queries: list[np.ndarray], chunk_token
 
 
 def fidelity(found: list[list[int]], exact: np.ndarray, k: int = 10) -> tuple[float, float, float]:
-    top1 = recall = mass = 0.0
-    for qi, ids in enumerate(found):
-        ref = np.argsort(-exact[qi], kind="stable")[:k]
-        got = [i - 1 for i in ids[:k]]  # ids are 1-based page numbers
-        top1 += bool(got) and got[0] == ref[0]
-        recall += len(set(got) & set(ref.tolist())) / k
-        mass += exact[qi, got].sum() / exact[qi, ref].sum()
-    n = len(found)
-    return top1 / n, recall / n, mass / n
+    """pgmaxsim.evaluation.fidelity (the measures `pgmaxsim eval` reports) of 1-based page ids
+    against exact float64 MaxSim computed here, (queries, pages)."""
+    got = [[(i, float(exact[qi, i - 1])) for i in ids] for qi, ids in enumerate(found)]
+    ref = [[(int(j) + 1, float(exact[qi, j])) for j in np.argsort(-exact[qi], kind="stable")[:k]]
+           for qi in range(len(found))]
+    f = fidelity_vs_exact(got, ref, k)
+    return f.top1, f.recall, f.mass
 
 
 def percentile(xs: list[float], p: float) -> float:
