@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,3 +261,79 @@ def test_scorer_on_the_standby_polls_and_stays_exact(pair: Pair) -> None:
         finally:
             svc.stop()
             conn.execute("SELECT maxsim.set_scorer(NULL)")
+
+
+class HashEncoder:
+    """A tiny deterministic text encoder (one unit vector per word, from its md5): no model load.
+    Each batch takes a little while, so that the primary can be stopped mid-queue."""
+
+    name, revision, dim, kind = "text:hash-words", None, 8, "multi"
+
+    def encode_documents(self, items: list[Any]) -> list[np.ndarray]:
+        time.sleep(0.08)
+        return [word_tokens(str(t)) for t in items]
+
+
+def word_tokens(text: str) -> np.ndarray:
+    import hashlib
+
+    rows = [np.frombuffer(hashlib.md5(w.encode()).digest(), dtype=np.uint8)[:8].astype(np.float32) - 127.5
+            for w in text.split()]
+    x = np.stack(rows)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_worker_on_a_multi_host_dsn_survives_failover_and_embeds_every_row_once(pg_server: LocalPostgres) -> None:
+    from pgmaxsim.worker import run_worker
+
+    n = 240
+    p = start_pair(pg_server.pylib)
+    try:
+        with psycopg.connect(p.primary.dsn(DB), autocommit=True) as conn:
+            conn.execute("CREATE TABLE f (id integer PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO f SELECT g, 'row ' || g || ' about word' || (g %% 7) FROM generate_series(1, %s) g",
+                         (n,))
+            iid = conn.execute("SELECT maxsim.create_index('f', 'f'::regclass, 'id', 'body', NULL, %s, 8)",
+                               (HashEncoder.name,)).fetchone()[0]
+        p.wait_replay()
+        dsn = (f"host={p.primary.host},{p.standby.host} port={p.primary.port},{p.standby.port} dbname={DB}"
+               f" user={p.primary.user} target_session_attrs=read-write")
+        done = []
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["stats"] = run_worker(dsn, once=True, install_signals=False, batch_size=8, poll_interval=0.1,
+                                             heartbeat_interval=0.5, retry_base=0.01,
+                                             encoder_factory=lambda spec: HashEncoder(),
+                                             on_batch=lambda r: done.append(r.done))
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                result["error"] = e
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        _wait(lambda: sum(done) >= n // 3, "the worker did not start embedding", 60)
+        p.primary._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")   # mid-queue
+        assert sum(done) < n
+        p.standby.promote()
+        t.join(180)
+        assert not t.is_alive(), "the worker did not finish the queue on the promoted standby"
+        assert "error" not in result, result.get("error")
+        assert result["stats"].reconnects >= 1
+        with psycopg.connect(p.standby.dsn(DB), autocommit=True) as new_primary:
+            assert not new_primary.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()[0]
+            rows = dict(new_primary.execute(f"SELECT id::text, n_tokens FROM maxsim.tok_{iid}").fetchall())
+            bodies = dict(new_primary.execute("SELECT id::text, body FROM f").fetchall())
+            writes = dict(new_primary.execute(
+                "SELECT row_id, count(*) FROM maxsim.changes WHERE index_id = %s AND NOT deleted GROUP BY row_id",
+                (iid,)).fetchall())
+            queued = new_primary.execute("SELECT count(*) FROM maxsim.queue WHERE index_id = %s", (iid,)).fetchone()[0]
+            sample = new_primary.execute(f"SELECT tokens::text[] FROM maxsim.tok_{iid} WHERE id = 7").fetchone()[0]
+        assert queued == 0 and set(rows) == set(bodies)                # nothing lost
+        assert set(writes) == set(bodies) and set(writes.values()) == {1}  # nothing embedded twice
+        assert all(rows[i] == len(bodies[i].split()) for i in rows)
+        got = np.array([[float(x) for x in v.strip("[]").split(",")] for v in sample])
+        np.testing.assert_allclose(got, word_tokens(bodies["7"]), atol=2e-3)
+    finally:
+        p.standby.stop()
+        p.primary.stop()
