@@ -212,7 +212,9 @@ def test_scorer_on_the_standby_polls_and_stays_exact(pair: Pair) -> None:
         sock = _sock()
         conn.execute("SELECT maxsim.set_scorer(%s)", (sock,))  # replicated: the standby's backends use it
         pair.wait_replay()
-        svc = ScorerService(Scorer(sdsn, CpuBackend(), poll_interval=0.1), sock).start()
+        # one scorer per replica; it reports its sync position to the primary (the standby is read-only)
+        svc = ScorerService(Scorer(sdsn, CpuBackend(), poll_interval=0.1, report_dsn=pair.primary.dsn(DB)),
+                            sock).start()
         try:
             scorer = svc.scorer
             assert scorer.wait_synced(30)
@@ -258,6 +260,9 @@ def test_scorer_on_the_standby_polls_and_stays_exact(pair: Pair) -> None:
             assert got[0][0] == "66" and scorer.served["search"] == served + 1
             close(got, reference(q, docs, 10))
             assert not scorer._prune_warned  # no write was tried on the standby
+            mark = conn.execute("SELECT pg_catalog.pg_snapshot_xmin(watermark)::text FROM maxsim.scorers"
+                                " WHERE scorer_id = %s", (scorer.scorer_id,)).fetchone()
+            assert mark is not None and int(mark[0]) <= scorer.stores[iid].watermark.xmin  # the primary keeps its log
         finally:
             svc.stop()
             conn.execute("SELECT maxsim.set_scorer(NULL)")

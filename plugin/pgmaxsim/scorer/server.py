@@ -74,8 +74,12 @@ class Scorer:
 
     def __init__(self, dsn: str, backend: CpuBackend, limits: Limits | None = None,
                  index_names: Sequence[str] | None = None, poll_interval: float = 1.0,
-                 journal_seconds: float = 600.0) -> None:
+                 journal_seconds: float = 600.0, report_dsn: str | None = None) -> None:
         self.dsn = dsn
+        #: on a standby: the primary (e.g. host=a,b target_session_attrs=read-write), where this
+        #: scorer reports its sync position so that the change log is not pruned under it
+        self.report_dsn = report_dsn
+        self._report_conn: Any = None
         self.backend = backend
         self.limits = limits or Limits()
         self.index_names = list(index_names) if index_names else None
@@ -109,6 +113,8 @@ class Scorer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._report_conn is not None:
+            self._report_conn.close()
 
     def wait_synced(self, timeout: float = 30.0) -> bool:
         """Block until the first full pass over the registry has finished."""
@@ -213,16 +219,31 @@ class Scorer:
 
     def _report_synced(self, conn: Any) -> None:
         """Tell the database how far every held index has synced (maxsim.scorer_synced), which
-        prunes change-log entries that no scorer needs any more; the lowest watermark counts."""
+        prunes change-log entries that no scorer needs any more; the lowest watermark counts.
+        A standby is read-only: there the position goes to ``report_dsn`` (the primary; its
+        xids are the standby's), or nowhere, and then the primary may prune entries this
+        scorer still needs while it is behind (its catch-up would miss those changes)."""
         import psycopg
 
         marks = [s.watermark for s in self.stores.values() if s.watermark is not None]
-        if not marks or self.standby:
-            return  # a standby is read-only: only the primary's scorers bound its change log
+        if not marks:
+            return
+        if self.standby and not self.report_dsn:
+            if not self._prune_warned:
+                log.warning("scorer sync: on a standby without --report-dsn the primary does not know this"
+                            " scorer's position and may prune changes it still needs; give it the primary's DSN")
+                self._prune_warned = True
+            return
         low = min(marks, key=lambda w: w.xmin)
         try:
+            if self.standby:
+                if self._report_conn is None or self._report_conn.closed:
+                    self._report_conn = psycopg.connect(self.report_dsn, autocommit=True, connect_timeout=5)
+                conn = self._report_conn
             conn.execute("SELECT maxsim.scorer_synced(%s, %s::pg_snapshot)", (self.scorer_id, low.text()))
         except psycopg.Error as exc:
+            if self._report_conn is not None and self._report_conn.broken:
+                self._report_conn = None
             if not self._prune_warned:
                 log.warning("scorer sync: cannot report its position, so the change log is pruned only by"
                             " age (%s); run the scorer as the schema owner", one_line(exc))
@@ -509,9 +530,10 @@ def serve(dsn: str, address: str | None = None, *, backend: str = "auto", int8: 
           max_memory: int | None = None, index_names: Sequence[str] | None = None, limits: Limits | None = None,
           poll_interval: float = 1.0, journal_seconds: float = 600.0, allow_users: Sequence[str] | None = None,
           socket_group: str | None = None, secret_file: str | None = None,
-          stop: threading.Event | None = None) -> None:
+          stop: threading.Event | None = None, report_dsn: str | None = None) -> None:
     """Run the scorer until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
-    scorer = Scorer(dsn, make_backend(backend, max_memory, int8), limits, index_names, poll_interval, journal_seconds)
+    scorer = Scorer(dsn, make_backend(backend, max_memory, int8), limits, index_names, poll_interval, journal_seconds,
+                    report_dsn)
     service = ScorerService(scorer, address, allow_users=allow_users, socket_group=socket_group,
                             secret_file=secret_file).start()
     stop = stop or threading.Event()
@@ -542,8 +564,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--int8", action="store_true", help="hold GPU tokens as int8 with per-token scales")
     p.add_argument("--index", action="append", dest="indexes", help="serve only this index (repeatable)")
     p.add_argument("--max-memory", type=float, default=None, help="MiB the backend may hold (GPU: 90%% of free)")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between syncs without NOTIFY")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between syncs without NOTIFY (on a standby: between checks of its replay position)")
     p.add_argument("--journal-seconds", type=float, default=600.0)
+    p.add_argument("--report-dsn", default=None, metavar="DSN",
+                   help="on a hot standby: the primary, where this scorer reports how far it has synced (so the"
+                        " change log is kept for it); e.g. 'host=a,b target_session_attrs=read-write'")
     p.add_argument("--max-ids", type=int, default=Limits.max_ids)
     p.add_argument("--max-query-tokens", type=int, default=Limits.max_query_tokens)
     p.add_argument("--max-k", type=int, default=Limits.max_k)
@@ -563,7 +588,7 @@ def run_args(args: argparse.Namespace, dsn: str) -> int:
           max_memory=int(args.max_memory * 2**20) if args.max_memory else None,
           index_names=args.indexes, limits=limits, poll_interval=args.poll_interval,
           journal_seconds=args.journal_seconds, allow_users=args.allow_users,
-          socket_group=args.socket_group, secret_file=args.secret_file)
+          socket_group=args.socket_group, secret_file=args.secret_file, report_dsn=args.report_dsn)
     return 0
 
 
