@@ -179,9 +179,12 @@ def test_bundled_set_is_consistent() -> None:
 
 
 def test_settings_drop_exact_duplicates() -> None:
-    labels = [s.label for s in ev.settings_for([16, 32, 64, 100, 500], rows=200, default=64)]
+    labels = [s.label for s in ev.settings_for([16, 32, 64, 100, 500], rows=200, default=64, k=10)]
     assert labels == ["default (64)", "16", "32", "100", "exact"]
     assert [s.label for s in ev.settings_for([16], rows=10, default=100)] == ["default (= exact)", "exact"]
+    # maxsim.search raises candidates to k: 4 and 8 search like 10, listed once as 10
+    assert [s.label for s in ev.settings_for([4, 8, 10, 20], rows=50, default=30, k=10)] == \
+        ["default (30)", "10", "20", "exact"]
 
 
 # ---------------------------------------------------------------- through a real server
@@ -221,11 +224,11 @@ def test_eval_demo_through_the_server(dsn: str, tmp_path: Path, capsys: pytest.C
     assert exact_line.split()[6:9] == ["1.000", "1.000", "1.0000"]  # fidelity of exact is 1.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
-    code, out, err = _cli(capsys, "--dsn", dsn, "eval", "--demo", "--json", "--candidates", "8,16")
+    code, out, err = _cli(capsys, "--dsn", dsn, "eval", "--demo", "--json", "--candidates", "4,8,16")
     assert code == 0, err
     report = json.loads(out)
     by = {s["setting"]: s for s in report["settings"]}
-    assert list(by) == ["default (= exact)", "8", "16", "exact"]
+    assert list(by) == ["default (= exact)", "10", "16", "exact"]  # 4 and 8 search as 10 (k)
     assert by["exact"]["top1_agreement"] == by["exact"]["recall@10_vs_exact"] == by["exact"]["score_mass@10"] == 1.0
     assert by["exact"]["recall@100"] is None
     for s in report["settings"]:
@@ -234,7 +237,7 @@ def test_eval_demo_through_the_server(dsn: str, tmp_path: Path, capsys: pytest.C
     # the reported figures are what maxsim.search really returns for that setting
     _, qrels = ev.bundled_set()
     exact, _ = _independent(dsn, 41)
-    for label, cand in (("8", 8), ("default (= exact)", None)):
+    for label, cand in (("10", 8), ("default (= exact)", None)):
         found, _ = _independent(dsn, cand)
         qids = list(exact)
         fid = ev.fidelity([found[q] for q in qids], [exact[q] for q in qids])
@@ -244,7 +247,7 @@ def test_eval_demo_through_the_server(dsn: str, tmp_path: Path, capsys: pytest.C
         lib = _library(qrels, {q: dict(found[q]) for q in qids})
         for m in ("ndcg@5", "ndcg@10", "recall@5", "recall@10", "mrr@10"):
             assert by[label][m] == pytest.approx(lib[m]), (label, m)
-    assert by["8"]["recall@10_vs_exact"] < 1.0  # 8 candidates cannot hold an exact top 10
+    assert by["10"]["recall@10_vs_exact"] < 1.0  # 10 candidates miss some of the exact top 10 here
 
     # --no-qrels: fidelity and latency only
     texts = tmp_path / "q.txt"
@@ -266,9 +269,9 @@ def test_eval_demo_through_the_server(dsn: str, tmp_path: Path, capsys: pytest.C
     np.savez(npz, **{q: encode_query(info, t) for q, t in queries.items()})
     qfile, rfile = ev.bundled_dir() / "queries.jsonl", ev.bundled_dir() / "qrels.tsv"
     code, out, err = _cli(capsys, "--dsn", dsn, "eval", "--index", "demo", "--queries", str(qfile),
-                          "--qrels", str(rfile), "--tokens", str(npz), "--json", "--candidates", "8")
+                          "--qrels", str(rfile), "--tokens", str(npz), "--json", "--candidates", "10")
     assert code == 0, err
-    assert {s["setting"]: s for s in json.loads(out)["settings"]}["8"]["ndcg@10"] == pytest.approx(by["8"]["ndcg@10"])
+    assert {s["setting"]: s for s in json.loads(out)["settings"]}["10"]["ndcg@10"] == pytest.approx(by["10"]["ndcg@10"])
 
     # bad input: one line, non-zero exit, no figures on stdout
     bad_ids = tmp_path / "bad.tsv"

@@ -300,14 +300,18 @@ class SettingResult:
         return float(np.percentile(self.latency_ms, 95)) if self.latency_ms else math.nan
 
 
-def settings_for(candidates: Sequence[int], rows: int, default: int) -> list[Setting]:
+def settings_for(candidates: Sequence[int], rows: int, default: int, k: int = 1) -> list[Setting]:
     """The index's default, each ``candidates`` value below the row count (at or above it a
-    search is exact), and exact search; duplicates of the default are dropped."""
-    out = [Setting(f"{DEFAULT} ({default})" if default < rows else f"{DEFAULT} (= exact)", None,
-                   min(default, rows))]
-    for c in sorted(set(candidates)):
-        if c < rows and c != default:
+    search is exact), and exact search. maxsim.search raises candidates to ``k``, so a value
+    below ``k`` is listed as ``k``; settings that search alike are listed once."""
+    eff_default = min(max(default, k), rows)
+    out = [Setting(f"{DEFAULT} ({eff_default})" if eff_default < rows else f"{DEFAULT} (= exact)", None,
+                   eff_default)]
+    seen = {eff_default}
+    for c in sorted({max(c, k) for c in candidates}):
+        if c < rows and c not in seen:
             out.append(Setting(str(c), c, c))
+            seen.add(c)
     out.append(Setting(EXACT, max(rows, 1), rows))
     return out
 
@@ -329,24 +333,28 @@ def check_ids(conn: Any, info: Any, ids: Iterable[str]) -> None:
 def run_settings(conn: Any, info: Any, tokens: Mapping[str, np.ndarray], settings: Sequence[Setting], k: int,
                  tick: Callable[[], None] = lambda: None) -> list[SettingResult]:
     """Each query's tokens through ``maxsim.search(name, tokens, k, candidates)`` for each setting,
-    timed from the client (send, score, fetch); ``tick`` after each call (a progress bar)."""
+    timed from the client (send, score, fetch); ``tick`` after each call (a progress bar).
+
+    One untimed search first (caches, plan), then the settings take turns query by query, so
+    that a server growing busier or warmer during the run does not favour one setting."""
     from pgmaxsim.db.adapters import Tokens
     from pgmaxsim.query import _cursor
 
-    results = []
+    stmt = "SELECT id::text, score FROM maxsim.search(%s, %s, %s, %s)"
+    results = [SettingResult(s, {}, {}) for s in settings]
     with _cursor(conn, info) as cur:
-        for s in settings:
-            res = SettingResult(s, {}, {})
-            for qid, q in tokens.items():
+        first = next(iter(tokens.values()))
+        cur.execute(stmt, (info.name, Tokens(first), k, settings[-1].candidates))
+        cur.fetchall()
+        for qid, q in tokens.items():
+            for res in results:
                 t = time.perf_counter()
-                cur.execute("SELECT id::text, score FROM maxsim.search(%s, %s, %s, %s)",
-                            (info.name, Tokens(q), k, s.candidates))
+                cur.execute(stmt, (info.name, Tokens(q), k, res.setting.candidates))
                 rows = [(str(i), float(sc)) for i, sc in cur.fetchall()]
                 res.latency_ms.append((time.perf_counter() - t) * 1000)
                 res.ranked[qid] = rows
                 res.run[qid] = dict(rows)
                 tick()
-            results.append(res)
     return results
 
 
@@ -474,7 +482,9 @@ def plot(rows: Sequence[Row], path: str | Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PgmaxsimError(f"--plot needs matplotlib ({EXTRA})") from None
-    order = sorted(rows, key=lambda r: (r.setting == EXACT, r.effective, not r.setting.startswith(DEFAULT)))
+    same = f"{DEFAULT} (= exact)"  # the same searches as exact: one point
+    order = sorted((r for r in rows if r.setting != same),
+                   key=lambda r: (r.setting == EXACT, r.effective, not r.setting.startswith(DEFAULT)))
     x = [r.p50_ms for r in order]
     fig, (ax_q, ax_f) = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
     have_quality = any(r.metrics.get("ndcg@10") is not None for r in order)
@@ -577,7 +587,7 @@ def evaluate(conn: Any, index: str, queries: Mapping[str, str], qrels: Qrels | N
     if rows == 0:
         raise PgmaxsimError(f"index {index!r} has no embedded rows yet (run `pgmaxsim worker --once`)")
     default = info.candidates
-    settings = settings_for(candidates, rows, default)
+    settings = settings_for(candidates, rows, default, k)
     bar = progress or _no_bar
     with bar(len(queries), "encoding queries") as b:
         toks = encode_all(info, queries, tokens, b.update)

@@ -137,8 +137,11 @@ def _demo_index(dsn: str | None) -> str:
     import sys
 
     from pgmaxsim import evaluation as ev
-    from pgmaxsim.db.connect import connect
+    from pgmaxsim.db import migrate
+    from pgmaxsim.db.connect import connect, resolve_dsn
     from pgmaxsim.demo import DEMO_INDEX, DEMO_TABLE, run_demo
+
+    migrate.upgrade(resolve_dsn(dsn))  # as the demo does: its schema may predate this pgmaxsim
 
     def ready() -> bool:
         with connect(dsn) as conn:
