@@ -34,7 +34,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from pgserver import LocalPostgres, make_readable_pylib  # noqa: E402
+from pgserver import LocalPostgres, make_readable_pylib
 
 DB = "bench"
 
