@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 
 
 def _available(conn: Any) -> str:
-    names = [r[0] for r in conn.execute("SELECT name FROM maxsim.indexes ORDER BY name LIMIT 20")]
+    names = [r[0] for r in conn.execute("SELECT name FROM maxsim.list_indexes() ORDER BY name LIMIT 20")]
     return ", ".join(names) if names else "none yet (pgmaxsim index create …, or pgmaxsim demo)"
 
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         require_schema(conn)
         if not args.index:
             raise PgmaxsimError(f"which index? pass --index NAME (indexes: {_available(conn)})")
-        reg = conn.execute("SELECT id, model, model_revision FROM maxsim.indexes WHERE name = %s",
+        reg = conn.execute("SELECT id, model, model_revision FROM maxsim.list_indexes() WHERE name = %s",
                            (args.index,)).fetchone()
         if reg is None:
             raise PgmaxsimError(f"index {args.index!r} does not exist (indexes: {_available(conn)})")
