@@ -64,6 +64,10 @@ PLAN: dict[tuple[str, str], str] = {
         "not run: the command synopsis (each command has its own tests)",
     ("sh", "pgmaxsim psql                                  # psql on the embedded server (its own psql 18)"):
         "embedded",
+    ("sh", "pip install 'pgmaxsim[eval]'       # pytrec_eval-terrier (trec_eval's code) and matplotlib"):
+        "not run: a pip install and the reader's own judgement files (`pgmaxsim eval`: tests/test_eval.py)",
+    ("", "setting            ndcg@5  ndcg@10  recall@5  recall@10  mrr@10  top1=exact  recall@10 vs exact  "
+         "score-mass@10  p50 ms  p95 ms"): "not run: printed output",
     ("sql", "-- as the role that ran `pgmaxsim migrate` (the schema owner) or another pgmaxsim admin:"): "owner",
 }
 OWNER_COMMANDS = ("pgmaxsim worker",)  # the worker reads and writes maxsim's tables: the schema owner runs it
