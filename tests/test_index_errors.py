@@ -96,8 +96,11 @@ def test_bad_upserts(indexed: psycopg.Connection[Any]) -> None:
     fails(c, "SELECT maxsim.upsert('idx', NULL::bigint, %s)", (Tokens(Q),), "id is NULL")
     fails(c, "SELECT maxsim.upsert('idx', 'abc'::text, %s)", (Tokens(Q),), "invalid input syntax for type bigint")
     tok = c.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'idx'").fetchone()[0]
-    fails(c, f"INSERT INTO maxsim.{tok} (id, tokens, n_tokens) VALUES (99, ARRAY[NULL]::halfvec[], 1)", None,
+    # stored bytes that do not hold n_tokens vectors of the tier are refused by the table
+    fails(c, f"INSERT INTO maxsim.{tok} (id, tokens, n_tokens, n_raw_tokens) VALUES (99, '\\x0000', 1, 1)", None,
           "tokens_valid")
+    fails(c, f"INSERT INTO maxsim.{tok} (id, tokens, n_tokens, n_raw_tokens) VALUES (99, '', 0, 0)", None,
+          "n_tokens_valid")
 
 
 def test_bad_create_index(db: psycopg.Connection[Any]) -> None:

@@ -50,10 +50,10 @@ SELECT i.id, i.name, i.source::text AS source, n.nspname AS source_schema, c.rel
   LEFT JOIN pg_catalog.pg_class c ON c.oid = i.source
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN LATERAL (
-    SELECT t.typelem AS halfvec_oid, t.oid AS halfvec_array_oid
+    SELECT t.oid AS halfvec_oid, t.typarray AS halfvec_array_oid
       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = pg_catalog.to_regclass('maxsim.' || pg_catalog.quote_ident(i.token_table))
-       AND a.attname = 'tokens') tt ON true
+       AND a.attname = 'pooled') tt ON true
 """)
 
 
@@ -97,9 +97,14 @@ class IndexSpec:
 
     # ------------------------------------------------------------ options
     @property
-    def packed(self) -> bool:
-        """Whether writers fill ``tokens_packed`` (raw little-endian fp16 copy of tokens)."""
-        return bool(self.options.get("packed", True))
+    def storage(self) -> str:
+        """Storage tier of the stored tokens: ``fp16`` or ``int8`` (pgmaxsim.scoring.quantize)."""
+        return str(self.options.get("storage", "fp16"))
+
+    @property
+    def pool_factor(self) -> int:
+        """Token pooling at ingest: ~n / pool_factor vectors kept per row (1 = off)."""
+        return int(self.options.get("pool_factor", 1))
 
     @property
     def candidates(self) -> int:

@@ -14,8 +14,10 @@ The whole write is one transaction (a savepoint when the caller already has one 
 e.g. the worker dequeuing in the same transaction), so it is idempotent per id: writing
 the same rows twice leaves one copy of each. Run it at READ COMMITTED (the default).
 Each written row gets a new ``version`` and a ``maxsim.changes`` entry from the token
-table's trigger; ``tokens_packed`` (raw little-endian fp16, what the PL/Python scorer
-reads) is written next to ``tokens`` unless the index has option ``packed: false``.
+table's trigger. ``tokens`` is ONE bytea per row in the index's tier layout (option
+``storage``, ``scoring.quantize.encode_tokens``; bench/STORAGE.md), after token pooling
+(option ``pool_factor``, ``pooling.pool_tokens``); the pooled vector and centroids are
+computed from what is stored (the decoded bytes), so every reader sees one row.
 
 For model-backed indexes: a source row deleted while its embeddings are being computed
 must not come back as orphan embeddings. Read the source rows with ``SELECT ... FOR KEY
@@ -37,14 +39,15 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from pgmaxsim import pooling
-from pgmaxsim.db.codec import CodecError, encode_halfvec, encode_halfvec_array
+from pgmaxsim.db.codec import CodecError, encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.scoring import quantize
 from pgmaxsim.registry import IndexSpec
 
 #: Binary COPY column types of the key: PostgreSQL's binary format of these; any other key
 #: type (text, varchar, citext, ...) takes the text's bytes, as its binary input does.
 _KEY_COPY_TYPES = {"smallint": "int2", "integer": "int4", "bigint": "int8", "uuid": "uuid"}
-TOKEN_COLUMNS = ("id", "tokens", "n_tokens", "tokens_packed", "pooled", "model", "model_revision", "content_hash")
+TOKEN_COLUMNS = ("id", "tokens", "n_tokens", "n_raw_tokens", "pooled", "model", "model_revision", "content_hash")
 CENTROID_COLUMNS = ("row_id", "c", "vec")
 
 
@@ -91,6 +94,11 @@ def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
         raise PgmaxsimError(f"row {key}: embeddings have {arr.shape[1]} dimensions, index {index.name!r} has {index.dim}")
     if not np.issubdtype(arr.dtype, np.number):
         raise PgmaxsimError(f"row {key}: embeddings must be numeric, got dtype {arr.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(arr.astype(np.float16)).all())
+    if not finite:
+        raise PgmaxsimError(f"row {key}: token embeddings contain NaN or infinite values"
+                            " (or values beyond fp16 range)")
     return arr
 
 
@@ -132,18 +140,19 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
     by key text (``latest``: key -> position); halfvec values already in their binary form."""
     tok_rows: list[tuple[Any, ...]] = []
     cen_rows: list[tuple[Any, ...]] = []
+    storage, factor = index.storage, index.pool_factor
     for key, i in latest.items():
         arr = _check_tokens(index, key, embeddings[i])
+        blob = quantize.encode_tokens(pooling.pool_tokens(arr, factor) if factor > 1 else arr, storage)
+        stored = quantize.dequantize(*quantize.decode_tokens(blob, index.dim, storage))
         try:
-            tokens = encode_halfvec_array(arr, index.halfvec_oid)
-            pooled, cents = pooling.pool(arr.astype(np.float16).astype(np.float32), index.pooling, index.options)
+            pooled, cents = pooling.pool(stored, index.pooling, index.options)
             pooled_bin = encode_halfvec(pooled)
         except CodecError as e:
             raise PgmaxsimError(f"row {key}: {e}") from None
         kv = index.key_value(key)
         h = None if content_hashes is None else content_hashes[i]
-        packed = np.ascontiguousarray(arr, dtype="<f2").tobytes() if index.packed else None
-        tok_rows.append((kv, tokens, len(arr), packed, pooled_bin, model, model_revision,
+        tok_rows.append((kv, blob, len(stored), len(arr), pooled_bin, model, model_revision,
                          None if h is None else bytes(h)))
         if cents is not None:
             cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
@@ -169,7 +178,7 @@ def copy_types(cur: psycopg.Cursor[Any], index: IndexSpec) -> tuple[list[int | s
     for oid in (index.halfvec_oid, index.halfvec_array_oid):
         cur.adapters.register_dumper(None, _encoded(oid))
     key = _KEY_COPY_TYPES.get(index.id_type, "text")
-    return ([key, index.halfvec_array_oid, "int4", "bytea", index.halfvec_oid, "text", "text", "bytea"],
+    return ([key, "bytea", "int4", "int4", index.halfvec_oid, "text", "text", "bytea"],
             [key, "int2", index.halfvec_oid])
 
 

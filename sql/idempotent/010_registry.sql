@@ -169,7 +169,8 @@ LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
     SELECT '{"candidates": 64, "ef_search": 64, "probe": 64, "rescore": 4, "max_centroids": 16,
-             "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64, "packed": true}'::jsonb
+             "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64, "storage": "fp16",
+             "pool_factor": 1}'::jsonb
 $$;
 
 CREATE OR REPLACE FUNCTION maxsim._check_options(options jsonb) RETURNS void
@@ -185,9 +186,10 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: options must be a JSON object' USING ERRCODE = '22023';
     END IF;
     FOR k, v IN SELECT * FROM pg_catalog.jsonb_each(options) LOOP
-        IF k = 'packed' THEN
-            IF pg_catalog.jsonb_typeof(v) <> 'boolean' THEN
-                RAISE EXCEPTION 'pgmaxsim: option packed must be true or false, got %', v USING ERRCODE = '22023';
+        IF k = 'storage' THEN
+            IF pg_catalog.jsonb_typeof(v) <> 'string' OR v #>> '{}' NOT IN ('fp16', 'int8') THEN
+                RAISE EXCEPTION 'pgmaxsim: option storage must be "fp16" or "int8", got %', v
+                    USING ERRCODE = '22023';
             END IF;
             CONTINUE;
         END IF;
@@ -207,10 +209,11 @@ BEGIN
             WHEN 'tokens_per_centroid' THEN ARRAY[1, 100000]
             WHEN 'hnsw_m' THEN ARRAY[2, 100]
             WHEN 'hnsw_ef_construction' THEN ARRAY[4, 1000]
+            WHEN 'pool_factor' THEN ARRAY[1, 64]
         END;
         IF lim IS NULL THEN
             RAISE EXCEPTION 'pgmaxsim: unknown option "%"', k USING ERRCODE = '22023',
-                HINT = 'known options: pooling, packed, candidates, ef_search, probe, rescore, max_centroids,'
+                HINT = 'known options: storage, pool_factor, pooling, candidates, ef_search, probe, rescore, max_centroids,'
                        ' tokens_per_centroid, hnsw_m, hnsw_ef_construction';
         END IF;
         IF pg_catalog.jsonb_typeof(v) <> 'number' OR (v #>> '{}')::numeric <> pg_catalog.trunc((v #>> '{}')::numeric)

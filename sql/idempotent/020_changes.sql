@@ -18,11 +18,6 @@ BEGIN
     END IF;
     NEW.version := pg_catalog.nextval('maxsim.version_seq');
     NEW.updated_at := pg_catalog.now();
-    -- tokens_packed mirrors tokens: tokens changed without it means the copy is stale
-    IF TG_OP = 'UPDATE' AND NEW.tokens_packed IS NOT NULL
-       AND NEW.tokens_packed IS NOT DISTINCT FROM OLD.tokens_packed AND NEW.tokens IS DISTINCT FROM OLD.tokens THEN
-        NEW.tokens_packed := NULL;
-    END IF;
     IF TG_OP = 'UPDATE' AND NEW.id IS DISTINCT FROM OLD.id THEN
         INSERT INTO maxsim.changes (index_id, row_id, version, deleted)
         VALUES (v_index, OLD.id::text, OLD.version, true);

@@ -40,13 +40,13 @@ BEGIN
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
     IF ids IS NULL THEN
         RETURN QUERY EXECUTE pg_catalog.format(
-            'SELECT t.id::text, maxsim.maxsim(t.tokens, $1) AS s FROM maxsim.%I t ORDER BY s DESC, 1 LIMIT $2',
-            r.token_table) USING query, k;
+            'SELECT t.id::text, maxsim.maxsim(maxsim._decode(t.tokens, %s, %L), $1) AS s FROM maxsim.%I t ORDER BY s DESC, 1 LIMIT $2',
+            r.dim, r.options ->> 'storage', r.token_table) USING query, k;
     ELSE
         RETURN QUERY EXECUTE pg_catalog.format(
-            'SELECT t.id::text, maxsim.maxsim(t.tokens, $1) AS s FROM maxsim.%I t'
+            'SELECT t.id::text, maxsim.maxsim(maxsim._decode(t.tokens, %s, %L), $1) AS s FROM maxsim.%I t'
             ' WHERE t.id = ANY ($3::%s[]) ORDER BY s DESC, 1 LIMIT $2',
-            r.token_table, r.id_type) USING query, k, ids;
+            r.dim, r.options ->> 'storage', r.token_table, r.id_type) USING query, k, ids;
     END IF;
 END
 $$;
@@ -117,9 +117,63 @@ BEGIN
 END
 $$;
 
--- Raw little-endian fp16 copy of tokens: not computed in pure SQL (too slow there); NULL
--- leaves tokens_packed empty, and readers fall back to the halfvec[] column.
-CREATE OR REPLACE FUNCTION maxsim._packed(tokens @vector@.halfvec[]) RETURNS bytea
-LANGUAGE sql IMMUTABLE
+-- One row's tokens -> its stored fp16 bytes (little-endian halfs, token-major; the layout of
+-- pgmaxsim.scoring.quantize): halfvec_send gives big-endian halfs after a 4-byte header, swapped
+-- through their hex text (C-speed, no per-element SQL). int8 and token pooling need plpython3u
+-- (create_index refuses int8 here; pool_factor > 1 rows come from Python writers).
+CREATE OR REPLACE FUNCTION maxsim._encode(tokens @vector@.halfvec[], storage text, pool_factor integer) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp
-AS $$ SELECT NULL::bytea $$;
+AS $$
+DECLARE
+    out bytea;
+BEGIN
+    IF storage <> 'fp16' THEN
+        RAISE EXCEPTION 'pgmaxsim: storage "%" needs plpython3u on the server', storage USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF pool_factor <> 1 THEN
+        RAISE EXCEPTION 'pgmaxsim: token pooling (pool_factor %) needs plpython3u on the server', pool_factor
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'write the rows from Python (pgmaxsim.Index.upsert or the worker), which pool them';
+    END IF;
+    SELECT pg_catalog.decode(pg_catalog.regexp_replace(pg_catalog.encode(
+               pg_catalog.string_agg(pg_catalog.substr(@vector@.halfvec_send(u.v), 5), ''::bytea ORDER BY u.i),
+               'hex'), '(..)(..)', '\2\1', 'g'), 'hex')
+      INTO out FROM pg_catalog.unnest(tokens) WITH ORDINALITY AS u(v, i);
+    RETURN out;
+END
+$$;
+
+-- One little-endian half's bits -> its value.
+CREATE OR REPLACE FUNCTION maxsim._half(h integer) RETURNS real
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT (CASE WHEN (h >> 10) & 31 = 0 THEN (h & 1023) * 2.0::float8 ^ -24
+                 WHEN (h >> 10) & 31 = 31 THEN CASE WHEN h & 1023 = 0 THEN 'Infinity'::float8 ELSE 'NaN'::float8 END
+                 ELSE (1024 + (h & 1023)) * 2.0::float8 ^ (((h >> 10) & 31) - 25) END
+            * CASE WHEN h & 32768 <> 0 THEN -1 ELSE 1 END)::real
+$$;
+
+-- Stored fp16 bytes -> halfvec[] (exact: every half is a halfvec value). Arithmetic per element:
+-- the pure-SQL path is the slow, exact fallback (README "Servers without plpython3u").
+CREATE OR REPLACE FUNCTION maxsim._decode(blob bytea, dim integer, storage text) RETURNS @vector@.halfvec[]
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    out @vector@.halfvec[];
+BEGIN
+    IF storage <> 'fp16' THEN
+        RAISE EXCEPTION 'pgmaxsim: storage "%" needs plpython3u on the server', storage USING ERRCODE = 'feature_not_supported';
+    END IF;
+    SELECT pg_catalog.array_agg(s.v ORDER BY s.t) INTO out FROM (
+        SELECT t.t, pg_catalog.array_agg(maxsim._half(pg_catalog.get_byte(blob, 2 * (t.t * dim + j.j))
+                                         | (pg_catalog.get_byte(blob, 2 * (t.t * dim + j.j) + 1) << 8))
+                                         ORDER BY j.j)::real[]::@vector@.halfvec AS v
+          FROM pg_catalog.generate_series(0, pg_catalog.length(blob) / (2 * dim) - 1) AS t(t)
+         CROSS JOIN pg_catalog.generate_series(0, dim - 1) AS j(j)
+         GROUP BY t.t) s;
+    RETURN out;
+END
+$$;

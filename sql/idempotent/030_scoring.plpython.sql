@@ -68,18 +68,35 @@ AS $$
     SELECT maxsim._rescore_py(index_id, pg_catalog.array_send(query), ids, n)
 $$;
 
-CREATE OR REPLACE FUNCTION maxsim._packed_py(tokens bytea) RETURNS bytea
+CREATE OR REPLACE FUNCTION maxsim._encode_py(tokens bytea, storage text, pool_factor integer) RETURNS bytea
 LANGUAGE plpython3u IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp
 AS $$
 from pgmaxsim.plpy import api
-return api.packed(plpy, tokens)
+return api.encode(plpy, tokens, storage, pool_factor)
 $$;
 
--- Raw little-endian fp16 copy of tokens (the tokens_packed column).
-CREATE OR REPLACE FUNCTION maxsim._packed(tokens @vector@.halfvec[]) RETURNS bytea
+-- One row's tokens -> its stored bytes: pooled (pool_factor > 1, pgmaxsim.pooling.pool_tokens),
+-- then in the tier's layout (pgmaxsim.scoring.quantize.encode_tokens).
+CREATE OR REPLACE FUNCTION maxsim._encode(tokens @vector@.halfvec[], storage text, pool_factor integer) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT maxsim._packed_py(pg_catalog.array_send(tokens))
+    SELECT maxsim._encode_py(pg_catalog.array_send(tokens), storage, pool_factor)
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim._decode_py(blob bytea, dim integer, storage text) RETURNS text[]
+LANGUAGE plpython3u IMMUTABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+AS $$
+from pgmaxsim.plpy import api
+return api.decode(plpy, blob, dim, storage)
+$$;
+
+-- Stored bytes -> the token vectors they stand for (int8 dequantized), as pgvector values.
+CREATE OR REPLACE FUNCTION maxsim._decode(blob bytea, dim integer, storage text) RETURNS @vector@.halfvec[]
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT maxsim._decode_py(blob, dim, storage)::@vector@.halfvec[]
 $$;

@@ -119,6 +119,10 @@ BEGIN
     PERFORM maxsim._check_options(options);
     v_pooling := coalesce(options ->> 'pooling', 'centroids');
     v_opts := maxsim.default_options() || (options - 'pooling');
+    IF v_opts ->> 'storage' = 'int8' AND NOT maxsim.has_plpython() THEN
+        RAISE EXCEPTION 'pgmaxsim: storage "int8" needs plpython3u on the server (this one scores in pure SQL, which reads fp16 only)'
+            USING ERRCODE = 'feature_not_supported', HINT = 'use storage "fp16", or install plpython3u and run pgmaxsim migrate';
+    END IF;
     v_type_sql := pg_catalog.format_type(v_type, v_typmod);
 
     INSERT INTO maxsim.indexes (name, source, id_column, id_type, text_column, image_column, model, dim,
@@ -130,29 +134,27 @@ BEGIN
     v_cen := 'cen_' || v_id;
     UPDATE maxsim.indexes SET token_table = v_tok WHERE id = v_id;
 
-    -- Token table. tokens are stored out of line uncompressed (fp16 noise does not compress,
-    -- and EXTERNAL storage makes fetching them a plain copy). tokens_packed, when not NULL,
-    -- holds the same values as raw little-endian fp16 (n_tokens x dim): scoring reads it with
-    -- one copy instead of array_send's per-element conversion (option packed, default true).
+    -- Token table: ONE copy of each row's tokens, `tokens` in the tier's byte layout
+    -- (pgmaxsim.scoring.quantize: fp16 = n x dim little-endian halfs; int8 = n float32 scales
+    -- then n x dim codes), out of line and uncompressed (STORAGE EXTERNAL: token noise does not
+    -- compress, and fetching is a plain copy; bench/STORAGE.md). n_tokens counts the stored
+    -- vectors, n_raw_tokens the vectors written before token pooling (option pool_factor).
     EXECUTE pg_catalog.format(
         'CREATE TABLE maxsim.%I ('
         '  id %s PRIMARY KEY,'
-        '  tokens @vector@.halfvec(%s)[] NOT NULL CONSTRAINT tokens_valid CHECK (CASE WHEN'
-        '    pg_catalog.cardinality(tokens) = 0 OR pg_catalog.array_ndims(tokens) <> 1 THEN false'
-        '    ELSE pg_catalog.array_position(tokens, NULL) IS NULL END),'
+        '  tokens bytea NOT NULL,'
         '  n_tokens integer NOT NULL,'
-        '  tokens_packed bytea,'
+        '  n_raw_tokens integer NOT NULL,'
         '  pooled @vector@.halfvec(%s),'
         '  model text,'
         '  model_revision text,'
         '  content_hash bytea,'
         '  version bigint NOT NULL DEFAULT pg_catalog.nextval(''maxsim.version_seq''),'
         '  updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),'
-        '  CONSTRAINT n_tokens_valid CHECK (n_tokens = pg_catalog.cardinality(tokens)),'
-        '  CONSTRAINT tokens_packed_valid CHECK (pg_catalog.length(tokens_packed) = n_tokens * %s))',
-        v_tok, v_type_sql, v_dim, v_dim, 2 * v_dim);
-    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ALTER COLUMN tokens SET STORAGE EXTERNAL,'
-                              ' ALTER COLUMN tokens_packed SET STORAGE EXTERNAL', v_tok);
+        '  CONSTRAINT tokens_valid CHECK (pg_catalog.length(tokens) = n_tokens * %s),'
+        '  CONSTRAINT n_tokens_valid CHECK (n_tokens >= 1 AND n_raw_tokens >= n_tokens))',
+        v_tok, v_type_sql, v_dim, maxsim._token_bytes(v_opts ->> 'storage', v_dim));
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ALTER COLUMN tokens SET STORAGE EXTERNAL', v_tok);
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER maxsim_row BEFORE INSERT OR UPDATE OR DELETE ON maxsim.%I'
         ' FOR EACH ROW EXECUTE FUNCTION maxsim._tok_row(%L)', v_tok, v_id);
@@ -298,6 +300,22 @@ BEGIN
 END
 $$;
 
+-- Bytes per stored token vector of a storage tier (pgmaxsim.scoring.quantize.stored_nbytes).
+CREATE OR REPLACE FUNCTION maxsim._token_bytes(storage text, dim integer) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT CASE storage WHEN 'fp16' THEN 2 * dim WHEN 'int8' THEN dim + 4 END $$;
+
+-- Everything an index stores, in bytes: its token table (heap, TOAST, primary key, HNSW over the
+-- pooled vectors) and its centroid table with its indexes.
+CREATE OR REPLACE FUNCTION maxsim._index_bytes(r maxsim.indexes) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', r.token_table))), 0)
+         + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'cen_' || r.id))), 0)
+$$;
+
 -- Live counts of an index: rows, tokens, queued rows (privileged: reads the owner's tables).
 CREATE OR REPLACE FUNCTION maxsim._counts(index_id integer) RETURNS bigint[]
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -316,7 +334,7 @@ BEGIN
     EXECUTE pg_catalog.format('SELECT count(*), coalesce(sum(n_tokens), 0) FROM maxsim.%I', r.token_table)
         INTO n_rows, n_tokens;
     SELECT count(*) INTO n_pending FROM maxsim.queue q WHERE q.index_id = r.id;
-    RETURN ARRAY[n_rows, n_tokens, n_pending];
+    RETURN ARRAY[n_rows, n_tokens, n_pending, maxsim._index_bytes(r)];
 END
 $$;
 
@@ -325,7 +343,8 @@ $$;
 -- would tell it about rows it cannot see.
 CREATE OR REPLACE FUNCTION maxsim.index_info(name text)
 RETURNS TABLE (id integer, source regclass, id_column text, id_type regtype, dim integer, model text,
-               pooling text, options jsonb, token_table text, rows bigint, tokens bigint, pending bigint)
+               pooling text, options jsonb, token_table text, rows bigint, tokens bigint, pending bigint,
+               storage text, pool_factor integer, bytes bigint, bytes_per_row bigint)
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -336,10 +355,13 @@ BEGIN
     r := maxsim._index(name);
     id := r.id; source := r.source; id_column := r.id_column; id_type := r.id_type; dim := r.dim;
     model := r.model; pooling := r.pooling; options := r.options; token_table := r.token_table;
+    storage := coalesce(r.options ->> 'storage', 'fp16');
+    pool_factor := coalesce((r.options ->> 'pool_factor')::integer, 1);
     IF r.source IS NOT NULL AND pg_catalog.has_column_privilege(r.source, r.id_column, 'SELECT')
        AND NOT pg_catalog.row_security_active(r.source) THEN
         counts := maxsim._counts(r.id);
-        rows := counts[1]; tokens := counts[2]; pending := counts[3];
+        rows := counts[1]; tokens := counts[2]; pending := counts[3]; bytes := counts[4];
+        bytes_per_row := CASE WHEN counts[1] > 0 THEN pg_catalog.round(counts[4]::numeric / counts[1])::bigint END;
     END IF;
     RETURN NEXT;
 END

@@ -349,7 +349,9 @@ BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_row_tokens'); END IF;
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
-    EXECUTE pg_catalog.format('SELECT t.tokens FROM maxsim.%I t WHERE t.id = $1::%s', r.token_table, r.id_type)
+    -- decoded from the tier's bytes (int8: the dequantized values, rounded to halfvec)
+    EXECUTE pg_catalog.format('SELECT maxsim._decode(t.tokens, %s, %L) FROM maxsim.%I t WHERE t.id = $1::%s',
+                              r.dim, coalesce(r.options ->> 'storage', 'fp16'), r.token_table, r.id_type)
         INTO t USING id;
     RETURN t;
 END

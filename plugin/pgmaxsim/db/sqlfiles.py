@@ -66,8 +66,11 @@ def vector_schema(conn: Any) -> str:
     return row[0] if row else "public"
 
 
-def split_statements(sql: str) -> list[str]:
+def split_statements(sql: str, keep_comments: bool = False) -> list[str]:
     """Top-level statements of a SQL script (quotes, dollar quotes and comments respected).
+
+    Comment lines are dropped unless ``keep_comments`` (a function body keeps its own: they are
+    part of its source, and a re-installed function must equal the one the file installed).
 
     >>> split_statements("SELECT 1; CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql; -- x;")
     ['SELECT 1', 'CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql']
@@ -94,6 +97,8 @@ def split_statements(sql: str) -> list[str]:
             break
         i = end + 1
     out.append(sql[start:])
+    if keep_comments:
+        return [x.strip() for x in out if _strip_comments(x)]
     return [s for s in (_strip_comments(x) for x in out) if s]
 
 
@@ -120,8 +125,10 @@ def run_sql_file(name: str, digest: str, bind: Any | None = None, functions_only
     if functions_only:
         # Only the functions of a released file (a downgrade putting back the functions of an
         # older revision, whose tables are still there), replacing any that survived.
-        stmts = [s for s in split_statements(sql) if s.upper().startswith("CREATE FUNCTION")]
-        sql = ";\n".join("CREATE OR REPLACE" + s[len("CREATE"):] for s in stmts)
+        stmts = [s for s in split_statements(sql, keep_comments=True)
+                 if _strip_comments(s).upper().startswith("CREATE FUNCTION")]
+        sql = ";\n".join(re.sub(r"(?i)\bCREATE FUNCTION\b", "CREATE OR REPLACE FUNCTION", s, count=1)
+                          for s in stmts)
     # Executed as one simple-protocol script: no parameters, so '%' needs no escaping.
     conn.execute(sql.encode())
 

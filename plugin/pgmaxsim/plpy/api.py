@@ -19,7 +19,8 @@ import numpy as np
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError
 from pgmaxsim.plpy import cpu, remote
-from pgmaxsim.plpy.tokens import decode_query, row_words, to_packed
+from pgmaxsim.plpy.tokens import decode_query, row_words
+from pgmaxsim.scoring import quantize
 
 # Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
 # 1,000-token d=128 pages) while keeping the matrix product large enough to be efficient.
@@ -92,22 +93,58 @@ def _ranked(scores: dict[str, float], k: int | None) -> list[tuple[str, float]]:
     return ranked if k is None else ranked[:k]
 
 
+def storage_of(index: dict[str, Any]) -> str:
+    """The index's storage tier (``fp16`` for registries written before option ``storage``)."""
+    return str(index["options"].get("storage", "fp16"))
+
+
+def row_storage(nbytes: int, n_tokens: int, dim: int, default: str) -> str:
+    """The tier a stored row's bytes are in, from their length (``default`` when both fit).
+
+    A statement that began before ``pgmaxsim index reindex`` switched tiers reads the
+    registry as it was and the token table as it is now: the length decides, not the
+    registry. ``fp16`` rows take ``2 * dim`` bytes per token, ``int8`` rows ``dim + 4``.
+
+    >>> row_storage(2 * 128 * 3, 3, 128, "int8"), row_storage(132 * 3, 3, 128, "fp16")
+    ('fp16', 'int8')
+    """
+    fits = [s for s in quantize.STORAGE_TIERS if nbytes == quantize.stored_nbytes(n_tokens, dim, s)]
+    return default if len(fits) != 1 else fits[0]
+
+
 def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any], out: dict[str, float]) -> None:
+    """Score fetched rows ``{id, tokens, n}``: stored bytes, scored as stored (fp16 or int8)."""
+    if not rows:
+        return
+    dim, default = int(index["dim"]), storage_of(index)
+    groups: dict[str, list[Any]] = {}
+    for r in rows:
+        groups.setdefault(row_storage(len(r["tokens"]), int(r["n"]), dim, default), []).append(r)
+    for storage, part in groups.items():
+        try:
+            scores = cpu.maxsim_stored(q, [r["tokens"] for r in part], dim, storage)
+        except quantize.StoredTokensError as e:
+            _fail(plpy, f"stored tokens of index {index['name']!r} are malformed: {e}", "XX000")
+        for r, s in zip(part, scores.tolist()):
+            out[r["id"]] = s
+
+
+def _score_centroid_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any],
+                         out: dict[str, float]) -> None:
+    """Score rows ``{id, tokens}`` whose tokens are ``array_send(halfvec[])`` blobs (centroids)."""
     if not rows:
         return
     try:
-        parts = [row_words(r["packed"], r["tokens"], index["dim"]) for r in rows]
+        parts = [row_words(None, r["tokens"], index["dim"]) for r in rows]
     except CodecError as e:
-        _fail(plpy, f"stored tokens of index {index['name']!r} are malformed: {e}", "XX000")
-    scores = cpu.maxsim_rows(q, parts)
-    for r, s in zip(rows, scores.tolist()):
+        _fail(plpy, f"centroids of index {index['name']!r} are malformed: {e}", "XX000")
+    for r, s in zip(rows, cpu.maxsim_rows(q, parts).tolist()):
         out[r["id"]] = s
 
 
 def _fetch_sql(plpy: Any, index: dict[str, Any], where: str) -> str:
     # Identifiers from the registry are quoted even though only the schema owner can write it.
-    return (f"SELECT t.id::text AS id, t.tokens_packed AS packed, CASE WHEN t.tokens_packed IS NULL"
-            f" THEN pg_catalog.array_send(t.tokens) END AS tokens"
+    return (f"SELECT t.id::text AS id, t.tokens AS tokens, t.n_tokens AS n"
             f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t {where}")
 
 
@@ -218,15 +255,31 @@ def rescore(plpy: Any, index_id: int, query: bytes, ids: list[str] | None, n: in
         return keys
     plan = _plan(
         plpy,
-        f"SELECT c.row_id::text AS id, NULL::bytea AS packed,"
+        f"SELECT c.row_id::text AS id,"
         f" pg_catalog.array_send(pg_catalog.array_agg(c.vec ORDER BY c.c)) AS tokens"
         f" FROM maxsim.cen_{int(index_id)} c WHERE c.row_id = ANY ($1::{index['id_type']}[]) GROUP BY c.row_id",
         ["text[]"])
     scores: dict[str, float] = {}
-    _score_rows(plpy, index, q, list(plpy.execute(plan, [keys])), scores)
+    _score_centroid_rows(plpy, index, q, list(plpy.execute(plan, [keys])), scores)
     return [i for i, _ in _ranked(scores, n)]
 
 
-def packed(plpy: Any, tokens: bytes) -> bytes:
-    """The ``tokens_packed`` bytes of a ``halfvec[]`` blob (``maxsim._packed``)."""
-    return to_packed(_decode(plpy, tokens, "tokens"))
+def encode(plpy: Any, tokens: bytes, storage: str, pool_factor: int) -> bytes:
+    """One row's ``halfvec[]`` blob -> its stored bytes (``maxsim._encode``): pooled, then in the tier."""
+    t = _decode(plpy, tokens, "tokens")
+    if t.shape[0] == 0:
+        _fail(plpy, "tokens are empty (a row needs at least one token vector)")
+    if storage not in quantize.STORAGE_TIERS:
+        _fail(plpy, f"unknown storage {storage!r} (expected one of {', '.join(quantize.STORAGE_TIERS)})")
+    if pool_factor < 1:
+        _fail(plpy, f"pool_factor must be at least 1, got {pool_factor}")
+    return quantize.encode_tokens(pooling.pool_tokens(t, pool_factor), storage)
+
+
+def decode(plpy: Any, blob: bytes, dim: int, storage: str) -> list[str]:
+    """Stored bytes -> halfvec text per token (``maxsim._decode``; int8 dequantized)."""
+    try:
+        tokens, scales = quantize.decode_tokens(blob, dim, storage)
+    except (quantize.StoredTokensError, ValueError) as e:
+        _fail(plpy, f"stored tokens are malformed: {e}", "XX000")
+    return [_vector_text(v) for v in quantize.dequantize(tokens, scales)]

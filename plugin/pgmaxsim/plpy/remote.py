@@ -189,20 +189,14 @@ def score_ids(plpy: Any, index: dict[str, Any], query: np.ndarray, ids: list[str
 
 def _cpu_scores(plpy: Any, index: dict[str, Any], query: np.ndarray, ids: list[str]) -> dict[str, float]:
     """Score rows ``ids`` from the caller's snapshot (absent rows are skipped)."""
-    from pgmaxsim.plpy import cpu
-    from pgmaxsim.plpy.tokens import pack
+    from pgmaxsim.plpy import api
 
-    sql = (f"SELECT t.id::text AS id, pg_catalog.array_send(t.tokens) AS tokens FROM {_tok(plpy, index)} t "
+    sql = (f"SELECT t.id::text AS id, t.tokens AS tokens, t.n_tokens AS n FROM {_tok(plpy, index)} t "
            f"WHERE t.id = ANY ($1::{index['id_type']}[])")
     plan = _plan(plpy, sql, ["text[]"])
     out: dict[str, float] = {}
     for start in range(0, len(ids), FETCH_ROWS):
-        rows = list(plpy.execute(plan, [ids[start:start + FETCH_ROWS]]))
-        if not rows:
-            continue
-        tokens, offsets = pack([r["tokens"] for r in rows], int(index["dim"]))
-        for r, s in zip(rows, cpu.maxsim_packed(query, tokens, offsets).tolist()):
-            out[r["id"]] = float(s)
+        api._score_rows(plpy, index, query, list(plpy.execute(plan, [ids[start:start + FETCH_ROWS]])), out)
     return out
 
 

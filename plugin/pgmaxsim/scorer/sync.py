@@ -26,10 +26,10 @@ from typing import Any
 
 from psycopg import sql
 
-from pgmaxsim.db.codec import decode_halfvec_array
 from pgmaxsim.registry import IndexSpec, all_indexes
 from pgmaxsim.scorer.protocol import SNAPSHOT_SQL, Snapshot
 from pgmaxsim.scorer.store import IndexStore, Row
+from pgmaxsim.scoring import quantize
 
 FETCH_ROWS = 256
 CHANGES_SQL = (
@@ -50,17 +50,18 @@ def _begin(conn: Any) -> Snapshot:
 
 
 def _select(meta: IndexSpec, where: sql.Composable | None = None) -> sql.Composed:
-    q = sql.SQL("SELECT t.id::text, t.version, pg_catalog.array_send(t.tokens) FROM {} t").format(
+    q = sql.SQL("SELECT t.id::text, t.version, t.tokens FROM {} t").format(
         sql.Identifier("maxsim", meta.token_table))
     return q if where is None else q + sql.SQL(" ") + where
 
 
-def _rows(records: list[tuple[str, int, bytes]], dim: int) -> list[Row]:
+def _rows(records: list[tuple[str, int, bytes]], meta: IndexSpec) -> list[Row]:
+    """Stored bytes -> rows: fp16 as stored; int8 dequantized once here (a GPU store with
+    ``--int8`` re-derives the same codes and scales at load, never per request)."""
     out = []
     for rid, version, blob in records:
-        t = decode_halfvec_array(blob)
-        if t.shape[0] == 0:
-            t = t.reshape(0, dim)
+        tokens, scales = quantize.decode_tokens(bytes(blob), meta.dim, meta.storage)
+        t = tokens.copy() if scales is None else quantize.dequantize(tokens, scales)
         out.append(Row(rid, int(version), t))
     return out
 
@@ -76,7 +77,7 @@ def load(conn: Any, store: IndexStore) -> None:
                 batch = cur.fetchmany(FETCH_ROWS)
                 if not batch:
                     break
-                store.apply(_rows(batch, store.meta.dim), (), snap, initial=True)
+                store.apply(_rows(batch, store.meta), (), snap, initial=True)
         store.apply((), (), snap, initial=True)
     store.state = "ready"
 
@@ -96,7 +97,7 @@ def catch_up(conn: Any, store: IndexStore) -> str:
         for i in range(0, len(ids), FETCH_ROWS):
             part = ids[i: i + FETCH_ROWS]
             with conn.cursor(binary=True) as cur:
-                rows.extend(_rows(cur.execute(_select(store.meta, where), (part,)).fetchall(), store.meta.dim))
+                rows.extend(_rows(cur.execute(_select(store.meta, where), (part,)).fetchall(), store.meta))
         present = {r.id for r in rows}
         store.apply(rows, [i for i in ids if i not in present], snap,
                     journal=[(int(x), rid) for rid, x in changes])

@@ -1,0 +1,216 @@
+"""Storage tiers and token pooling (revision 0007): what is stored is one bytea per row in the
+tier's layout, and every path scores exactly that (float64 reference of the dequantized stored
+tokens), on PostgreSQL 15 + PL/Python and on the embedded PostgreSQL 18 (pure SQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from pgmaxsim import Index, pooling
+from pgmaxsim.db import migrate
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.scoring import quantize
+from pgmaxsim.scoring.reference import maxsim_reference
+
+DIM = 16
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def fp16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float16).astype(np.float32)
+
+
+def corpus(n: int, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    topics = unit(rng.standard_normal((8, DIM)))
+    return {i + 1: fp16(unit(topics[rng.integers(0, 8, m)] + 0.3 * rng.standard_normal((m, DIM))))
+            for i, m in enumerate(rng.integers(2, 30, n))}
+
+
+@pytest.fixture(params=["plpython", "sql"])
+def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
+    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        register_tokens(c)
+        yield c
+
+
+def has_py(db: psycopg.Connection[Any]) -> bool:
+    return bool(db.execute("SELECT maxsim.has_plpython()").fetchone()[0])
+
+
+def create(db: psycopg.Connection[Any], storage: str, factor: int, name: str = "t_idx",
+           pooling_: str = "centroids") -> None:
+    db.execute(f"CREATE TABLE IF NOT EXISTS src_{name} (id bigint PRIMARY KEY)")
+    db.execute(f"INSERT INTO src_{name} SELECT g FROM generate_series(1, 200) g ON CONFLICT DO NOTHING")
+    db.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => %s::jsonb)",
+               (name, f"src_{name}", DIM,
+                f'{{"storage": "{storage}", "pool_factor": {factor}, "pooling": "{pooling_}"}}'))
+
+
+def stored(db: psycopg.Connection[Any], name: str, storage: str) -> dict[int, tuple[np.ndarray, int, int]]:
+    tok = db.execute("SELECT token_table FROM maxsim.indexes WHERE name = %s", (name,)).fetchone()[0]
+    rows = db.execute(f"SELECT id, tokens, n_tokens, n_raw_tokens FROM maxsim.{tok}").fetchall()
+    return {k: (quantize.dequantize(*quantize.decode_tokens(bytes(b), DIM, storage)), n, raw)
+            for k, b, n, raw in rows}
+
+
+TIERS = [("fp16", 1), ("fp16", 3), ("int8", 1), ("int8", 4)]
+
+
+@pytest.mark.parametrize(("storage", "factor"), TIERS)
+def test_every_path_scores_what_is_stored(db: psycopg.Connection[Any], storage: str, factor: int) -> None:
+    py = has_py(db)
+    if storage == "int8" and not py:
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="int8.*plpython3u"):
+            create(db, storage, factor)
+        return
+    create(db, storage, factor)
+    docs = corpus(30)
+    keys = list(docs)
+    # half through SQL (maxsim.upsert, encoded in the server), half through the Python writer
+    sql_keys = keys[::2] if (py or factor == 1) else []
+    for k in sql_keys:
+        db.execute("SELECT maxsim.upsert('t_idx', %s::bigint, %s)", (k, Tokens(docs[k])))
+    Index(db, "t_idx").upsert([k for k in keys if k not in sql_keys], [docs[k] for k in keys if k not in sql_keys])
+    got = stored(db, "t_idx", storage)
+    assert sorted(got) == keys
+    for k, (tokens, n, raw) in got.items():
+        expect = quantize.encode_tokens(pooling.pool_tokens(docs[k], factor), storage)
+        assert n == pooling.pooled_count(len(docs[k]), factor) and raw == len(docs[k])
+        assert np.array_equal(tokens, quantize.dequantize(*quantize.decode_tokens(expect, DIM, storage))), k
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        q = fp16(unit(rng.standard_normal((4, DIM))))
+        ref = sorted(((maxsim_reference(q, got[k][0]), k) for k in keys), key=lambda t: (-t[0], t[1]))
+        res = db.execute("SELECT id, score FROM maxsim.search('t_idx', %s, 10, 1000)", (Tokens(q),)).fetchall()
+        assert [int(i) for i, _ in res] == [k for _, k in ref[:10]]
+        assert [s for _, s in res] == pytest.approx([s for s, _ in ref[:10]], rel=1e-4, abs=1e-3)
+        rr = dict(db.execute("SELECT id, score FROM maxsim.rerank('t_idx', %s, %s::bigint[])",
+                             (Tokens(q), keys[:7])).fetchall())
+        assert rr == pytest.approx({k: maxsim_reference(q, got[k][0]) for k in keys[:7]}, rel=1e-4, abs=1e-3)
+        # the default (ANN) search returns rows scored exactly as stored
+        for i, s in db.execute("SELECT id, score FROM maxsim.search('t_idx', %s, 5)", (Tokens(q),)).fetchall():
+            assert s == pytest.approx(maxsim_reference(q, got[int(i)][0]), rel=1e-4, abs=1e-3)
+    back = db.execute("SELECT maxsim.tokens('t_idx', 3::bigint)").fetchone()[0]
+    assert np.array_equal(np.asarray(back, dtype=np.float32), fp16(got[3][0]))
+
+
+def test_a_row_shorter_than_the_pool_factor_keeps_its_mean(db: psycopg.Connection[Any]) -> None:
+    create(db, "fp16", 4)
+    two = fp16(unit(np.array([[1.0] + [0.0] * (DIM - 1), [0.0, 1.0] + [0.0] * (DIM - 2)])))
+    Index(db, "t_idx").upsert([1], [two])
+    (tokens, n, raw), = stored(db, "t_idx", "fp16").values()
+    assert (n, raw) == (1, 2)
+    assert np.allclose(tokens[0], unit(two.mean(axis=0, keepdims=True))[0], atol=1e-3)
+
+
+def test_index_info_reports_tier_and_bytes_as_the_catalog(db: psycopg.Connection[Any]) -> None:
+    create(db, "fp16", 2)
+    docs = corpus(40, seed=3)
+    Index(db, "t_idx").upsert(list(docs), list(docs.values()))
+    info = db.execute("SELECT storage, pool_factor, bytes, bytes_per_row, rows, id FROM maxsim.index_info('t_idx')"
+                      ).fetchone()
+    iid = info[5]
+    catalog = db.execute("SELECT pg_total_relation_size(%s::regclass) + pg_total_relation_size(%s::regclass)",
+                         (f"maxsim.tok_{iid}", f"maxsim.cen_{iid}")).fetchone()[0]
+    assert info[:2] == ("fp16", 2)
+    assert info[2] == catalog and info[4] == 40 and info[3] == round(catalog / 40)
+    assert db.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'tokens'",
+                      (f"maxsim.tok_{iid}",)).fetchone()[0] == "e"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ('{"storage": "int4"}', 'option storage must be "fp16" or "int8"'),
+    ('{"storage": 8}', 'option storage must be "fp16" or "int8"'),
+    ('{"pool_factor": 0}', "option pool_factor must be an integer between 1 and 64, got 0"),
+    ('{"pool_factor": 2.5}', "option pool_factor must be an integer between 1 and 64"),
+    ('{"pool_factor": "2"}', "option pool_factor must be an integer between 1 and 64"),
+    ('{"packed": true}', 'unknown option "packed"'),
+])
+def test_bad_tier_options_are_one_clear_error(db: psycopg.Connection[Any], options: str, message: str) -> None:
+    db.execute("CREATE TABLE bad (id int PRIMARY KEY)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=message.replace("(", r"\(")):
+        db.execute("SELECT maxsim.create_index('bad_idx', 'bad', 'id', dim => 4, options => %s::jsonb)", (options,))
+
+
+def test_pure_sql_upsert_refuses_pooling_with_a_clear_error(embedded_dsn: str) -> None:
+    with psycopg.connect(embedded_dsn, autocommit=True) as db:
+        register_tokens(db)
+        create(db, "fp16", 2)
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="pool_factor 2.*plpython3u"):
+            db.execute("SELECT maxsim.upsert('t_idx', 1::bigint, %s)", (Tokens(corpus(1)[1]),))
+
+
+# ------------------------------------------------------------------ upgrade from revision 0006
+
+OLD_TABLE = """
+CREATE TABLE maxsim.tok_{i} (
+  id bigint PRIMARY KEY,
+  tokens halfvec({d})[] NOT NULL CONSTRAINT tokens_valid CHECK (CASE WHEN cardinality(tokens) = 0
+    OR array_ndims(tokens) <> 1 THEN false ELSE array_position(tokens, NULL) IS NULL END),
+  n_tokens integer NOT NULL,
+  tokens_packed bytea,
+  pooled halfvec({d}),
+  model text, model_revision text, content_hash bytea,
+  version bigint NOT NULL DEFAULT nextval('maxsim.version_seq'),
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  CONSTRAINT n_tokens_valid CHECK (n_tokens = cardinality(tokens)),
+  CONSTRAINT tokens_packed_valid CHECK (length(tokens_packed) = n_tokens * {b}));
+ALTER TABLE maxsim.tok_{i} ALTER COLUMN tokens SET STORAGE EXTERNAL, ALTER COLUMN tokens_packed SET STORAGE EXTERNAL;
+CREATE INDEX tok_{i}_pooled_hnsw ON maxsim.tok_{i} USING hnsw (pooled halfvec_ip_ops);
+"""
+
+
+def test_an_fp16_index_of_revision_0006_keeps_working_after_the_upgrade(raw_dsn: str) -> None:
+    migrate.upgrade(raw_dsn, "0006")
+    docs = corpus(12, seed=9)
+    with psycopg.connect(raw_dsn, autocommit=True) as db:
+        register_tokens(db)
+        db.execute("CREATE TABLE old_src (id bigint PRIMARY KEY)")
+        db.execute("INSERT INTO old_src SELECT g FROM generate_series(1, 12) g")
+        iid = db.execute(
+            "INSERT INTO maxsim.indexes (name, source, id_column, id_type, dim, pooling, options, token_table)"
+            " VALUES ('old_idx', 'old_src', 'id', 'bigint', %s, 'mean', %s::jsonb, 'pending') RETURNING id",
+            (DIM, '{"candidates": 64, "ef_search": 64, "probe": 64, "rescore": 4, "max_centroids": 16,'
+                  ' "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64, "packed": true}')
+        ).fetchone()[0]
+        db.execute("UPDATE maxsim.indexes SET token_table = %s WHERE id = %s", (f"tok_{iid}", iid))
+        db.execute(OLD_TABLE.format(i=iid, d=DIM, b=2 * DIM))
+        for k, d in docs.items():  # odd rows without the packed copy (pure-SQL writers left it NULL)
+            db.execute(f"INSERT INTO maxsim.tok_{iid} (id, tokens, n_tokens, tokens_packed, pooled)"
+                       " VALUES (%s, %s, %s, %s, %s::halfvec)",
+                       (k, Tokens(d), len(d), d.astype("<f2").tobytes() if k % 2 == 0 else None,
+                        "[" + ",".join(map(str, unit(d.mean(axis=0, keepdims=True))[0])) + "]"))
+    migrate.upgrade(raw_dsn)
+    with psycopg.connect(raw_dsn, autocommit=True) as db:
+        register_tokens(db)
+        got = stored(db, "old_idx", "fp16")
+        for k, d in docs.items():
+            assert np.array_equal(got[k][0], d) and got[k][1:] == (len(d), len(d))
+        info = db.execute("SELECT storage, pool_factor, options ? 'packed' FROM maxsim.index_info('old_idx')").fetchone()
+        assert info == ("fp16", 1, False)
+        q = fp16(unit(np.random.default_rng(2).standard_normal((3, DIM))))
+        ref = sorted(((maxsim_reference(q, d), k) for k, d in docs.items()), key=lambda t: (-t[0], t[1]))
+        res = db.execute("SELECT id, score FROM maxsim.search('old_idx', %s, 5, 100)", (Tokens(q),)).fetchall()
+        assert [int(i) for i, _ in res] == [k for _, k in ref[:5]]
+        assert [s for _, s in res] == pytest.approx([s for s, _ in ref[:5]], rel=1e-4, abs=1e-3)
+        Index(db, "old_idx").upsert([99], [docs[1]])  # new writes in the new layout
+        db.execute("SELECT maxsim.upsert('old_idx', 98::bigint, %s)", (Tokens(docs[2]),))
+        assert len(stored(db, "old_idx", "fp16")) == 14
+    # and back: revision 0006's halfvec[] + packed copy, equal to what was stored
+    migrate.downgrade(raw_dsn, "0006")
+    with psycopg.connect(raw_dsn, autocommit=True) as db:
+        register_tokens(db)
+        rows = db.execute(f"SELECT id, tokens, tokens_packed, n_tokens FROM maxsim.tok_{iid} WHERE id <= 12").fetchall()
+        for k, tokens, packed, n in rows:
+            assert np.array_equal(np.asarray(tokens, dtype=np.float32), docs[k]) and n == len(docs[k])
+            assert bytes(packed) == docs[k].astype("<f2").tobytes()
+        assert db.execute("SELECT options FROM maxsim.indexes WHERE id = %s", (iid,)).fetchone()[0]["packed"] is True
