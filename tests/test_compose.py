@@ -148,3 +148,19 @@ def test_migrate_scorer_option_sets_the_admin_setting(dsn: str, capsys: pytest.C
     assert f"scorer: {SOCKET}" in capsys.readouterr().out
     with psycopg.connect(dsn) as c:
         assert c.execute("SELECT value FROM maxsim.settings WHERE key = 'scorer'").fetchone() == (SOCKET,)
+
+
+def test_replica_profile_has_a_streaming_replica_with_its_own_scorer(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    replica, scorer = services["db-replica"], services["scorer-replica"]
+    assert replica["profiles"] == ["replica"] and scorer["profiles"] == ["replica"]
+    assert "pg_basebackup -h db" in " ".join(replica["entrypoint"]) and " -R " in " ".join(replica["entrypoint"])
+    assert "@db-replica:" in scorer["environment"]["DATABASE_URL"]
+    cmd = scorer["command"]
+    assert "@db:" in cmd[cmd.index("--report-dsn") + 1] and cmd[cmd.index("--socket") + 1] == SOCKET
+    # each node's backends reach their own scorer at the replicated address: separate socket volumes
+    assert any(str(v).startswith("scorer-socket-replica:/run/pgmaxsim") for v in replica["volumes"])
+    assert any(str(v).startswith("scorer-socket-replica:/run/pgmaxsim") for v in scorer["volumes"])
+    assert all(str(p).startswith("127.0.0.1:") for p in replica.get("ports", []))
+    assert any("replication.sh" in str(v) for v in services["db"]["volumes"])
+    assert (ROOT / "docker" / "replication.sh").is_file()
