@@ -337,14 +337,27 @@ def run_settings(conn: Any, info: Any, tokens: Mapping[str, np.ndarray], setting
 
     One untimed search first (caches, plan), then the settings take turns query by query, so
     that a server growing busier or warmer during the run does not favour one setting."""
-    from pgmaxsim.db.adapters import Tokens
-    from pgmaxsim.query import _cursor
+    import psycopg
+
+    from pgmaxsim.errors import one_line
 
     stmt = "SELECT id::text, score FROM maxsim.search(%s, %s, %s, %s)"
     results = [SettingResult(s, {}, {}) for s in settings]
+    try:
+        _search_all(conn, info, tokens, results, k, stmt, tick)
+    except psycopg.Error as e:  # nothing is reported from a run that stopped half way
+        raise PgmaxsimError(f"maxsim.search failed: {one_line(e)}") from None
+    return results
+
+
+def _search_all(conn: Any, info: Any, tokens: Mapping[str, np.ndarray], results: list[SettingResult], k: int,
+                stmt: str, tick: Callable[[], None]) -> None:
+    from pgmaxsim.db.adapters import Tokens
+    from pgmaxsim.query import _cursor
+
     with _cursor(conn, info) as cur:
         first = next(iter(tokens.values()))
-        cur.execute(stmt, (info.name, Tokens(first), k, settings[-1].candidates))
+        cur.execute(stmt, (info.name, Tokens(first), k, results[-1].setting.candidates))
         cur.fetchall()
         for qid, q in tokens.items():
             for res in results:
@@ -355,7 +368,6 @@ def run_settings(conn: Any, info: Any, tokens: Mapping[str, np.ndarray], setting
                 res.ranked[qid] = rows
                 res.run[qid] = dict(rows)
                 tick()
-    return results
 
 
 # ---------------------------------------------------------------- measures
