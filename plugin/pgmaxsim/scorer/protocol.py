@@ -185,10 +185,11 @@ WITH b AS (SELECT s.snap, pg_catalog.pg_snapshot_xmin(s.snap) AS xmin, pg_catalo
              FROM (SELECT pg_catalog.pg_current_snapshot() AS snap) s)
 SELECT CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN b.snap::text
        ELSE b.xmin::text || ':' || b.xmax::text || ':' || coalesce((
-           SELECT pg_catalog.string_agg(g.x::text, ',' ORDER BY g.x)
-             FROM pg_catalog.generate_series(b.xmin::text::bigint, b.xmax::text::bigint - 1) AS g(x)
-            WHERE g.x NOT IN (SELECT c.xid::text::bigint FROM maxsim.changes c WHERE c.xid >= b.xmin)
-               OR g.x IN (SELECT x::text::bigint FROM pg_catalog.pg_snapshot_xip(b.snap) AS x)), '')
+           SELECT pg_catalog.string_agg(u.x::text, ',' ORDER BY u.x) FROM (
+               SELECT g.x FROM pg_catalog.generate_series(b.xmin::text::bigint, b.xmax::text::bigint - 1) AS g(x)
+                WHERE NOT EXISTS (SELECT FROM maxsim.changes c WHERE c.xid = g.x::text::xid8)
+               UNION
+               SELECT x::text::bigint FROM pg_catalog.pg_snapshot_xip(b.snap) AS x) u), '')
        END AS s
   FROM b
 """
