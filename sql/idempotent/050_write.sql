@@ -12,11 +12,12 @@ AS $$
                  (options ->> 'max_centroids')::integer, n)
 $$;
 
--- The advisory-lock key serialising writers of one row of one index (pgmaxsim.storage uses the same).
-CREATE OR REPLACE FUNCTION maxsim._row_lock_key(id text) RETURNS integer
+-- The advisory-lock key serialising writers of one row of one index: equal to
+-- pgmaxsim.storage.row_lock_key (the worker's claim and Python writers take the same lock).
+CREATE OR REPLACE FUNCTION maxsim._row_lock_key(index_id integer, id text) RETURNS bigint
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp
-AS $$ SELECT pg_catalog.hashtext(id) $$;
+AS $$ SELECT ('x' || pg_catalog.left(pg_catalog.md5('pgmaxsim/' || index_id::text || '/' || id), 16))::bit(64)::bigint $$;
 
 -- Write one row's token embeddings (text key), encoded in the server: token pooling (option
 -- pool_factor), the tier's byte layout (option storage); the pooled vector and centroids are
@@ -50,7 +51,7 @@ BEGIN
                    ELSE maxsim._decode(blob, r.dim, storage) END;
     n := pg_catalog.cardinality(stored);
     pooled := maxsim._pool(stored, CASE WHEN r.pooling = 'centroids' THEN maxsim._n_centroids(r.options, n) ELSE 0 END);
-    PERFORM pg_catalog.pg_advisory_xact_lock(r.id, maxsim._row_lock_key(id));
+    PERFORM pg_catalog.pg_advisory_xact_lock(maxsim._row_lock_key(r.id, id));
     EXECUTE pg_catalog.format(
         'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, n_raw_tokens, pooled) VALUES ($1::%s, $2, $3, $4, $5)'
         ' ON CONFLICT (id) DO UPDATE SET tokens = EXCLUDED.tokens, n_tokens = EXCLUDED.n_tokens,'
@@ -121,6 +122,127 @@ BEGIN
     PERFORM maxsim._check_manage(r);
     keys := ARRAY(SELECT x::text FROM pg_catalog.unnest(ids) AS u(x));
     n := maxsim._delete(r.id, keys);   -- a plain assignment: see maxsim._called_by_maxsim
+    RETURN n;
+END
+$$;
+
+-- ---------------------------------------------------------------- bulk writes by granted roles
+-- pgmaxsim.storage.write_rows writes with binary COPY. A role with INSERT on the token table (the
+-- schema owner: the worker) copies into it directly. Any other role that may manage the index copies
+-- into session-private stage tables instead, created here by the schema owner (so the caller cannot
+-- attach triggers, rules or policies to them) and granted to the caller for INSERT only, then
+-- maxsim.write_commit moves the rows in, replacing earlier embeddings of the same ids.
+
+CREATE OR REPLACE FUNCTION maxsim._stage_tables(index_id integer, writer name) RETURNS text[]
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+    tag text := pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', '');
+    tok text := 'maxsim_stage_tok_' || tag;
+    cen text := 'maxsim_stage_cen_' || tag;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_stage_tables'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    -- the token table's columns with none of its defaults or constraints (no sequence to call)
+    EXECUTE pg_catalog.format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM maxsim.%I WITH NO DATA',
+                              tok, r.token_table);
+    EXECUTE pg_catalog.format('GRANT INSERT ON TABLE pg_temp.%I TO %I', tok, writer);
+    IF r.pooling = 'centroids' THEN
+        EXECUTE pg_catalog.format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM maxsim.%I WITH NO DATA',
+                                  cen, 'cen_' || r.id);
+        EXECUTE pg_catalog.format('GRANT INSERT ON TABLE pg_temp.%I TO %I', cen, writer);
+    ELSE
+        cen := NULL;
+    END IF;
+    RETURN ARRAY[tok, cen];
+END
+$$;
+
+-- One of this session's stage tables, created by _stage_tables (owned by the schema owner), or an error.
+CREATE OR REPLACE FUNCTION maxsim._stage_table(name text) RETURNS regclass
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel regclass := pg_catalog.to_regclass('pg_temp.' || pg_catalog.quote_ident(name));
+BEGIN
+    IF name NOT LIKE 'maxsim\_stage\_%' OR rel IS NULL OR NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_class c
+         WHERE c.oid = rel AND c.relkind = 'r' AND c.relnamespace = pg_catalog.pg_my_temp_schema()
+           AND c.relowner = (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'maxsim')) THEN
+        RAISE EXCEPTION 'pgmaxsim: % is not a stage table of this transaction (see maxsim.write_stage)', name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN rel;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim._stage_commit(index_id integer, tok_stage text, cen_stage text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+    tok regclass;
+    cols text;
+    n bigint;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_stage_commit'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    tok := maxsim._stage_table(tok_stage);
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = pg_catalog.format('maxsim.%I', r.token_table)::regclass AND a.attnum > 0
+       AND NOT a.attisdropped AND a.attname NOT IN ('version', 'updated_at');
+    -- replace: earlier embeddings of these ids go first (their centroids with them, ON DELETE CASCADE)
+    EXECUTE pg_catalog.format('DELETE FROM maxsim.%I t WHERE t.id IN (SELECT s.id FROM %s s)', r.token_table, tok);
+    EXECUTE pg_catalog.format('INSERT INTO maxsim.%I (%s) SELECT %s FROM %s', r.token_table, cols, cols, tok);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF cen_stage IS NOT NULL AND r.pooling = 'centroids' THEN
+        EXECUTE pg_catalog.format('INSERT INTO maxsim.%I (row_id, c, vec) SELECT row_id, c, vec FROM %s',
+                                  'cen_' || r.id, maxsim._stage_table(cen_stage));
+        EXECUTE pg_catalog.format('DROP TABLE %s', maxsim._stage_table(cen_stage));
+    END IF;
+    EXECUTE pg_catalog.format('DROP TABLE %s', tok);
+    RETURN n;
+END
+$$;
+
+-- Stage tables for a bulk write into index `name` (in this transaction): {token stage, centroid
+-- stage or NULL}. Copy rows into them with the token table's columns, then call write_commit.
+CREATE OR REPLACE FUNCTION maxsim.write_stage(name text) RETURNS text[]
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    names text[];
+BEGIN
+    r := maxsim._index(name);
+    PERFORM maxsim._check_manage(r);
+    names := maxsim._stage_tables(r.id, current_user);
+    RETURN names;
+END
+$$;
+
+-- Move the staged rows into index `name`; returns the rows written.
+CREATE OR REPLACE FUNCTION maxsim.write_commit(name text, stages text[]) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    n bigint;
+BEGIN
+    r := maxsim._index(name);
+    PERFORM maxsim._check_manage(r);
+    n := maxsim._stage_commit(r.id, stages[1], stages[2]);
     RETURN n;
 END
 $$;
