@@ -179,8 +179,8 @@ def test_an_fp16_index_of_revision_0006_keeps_working_after_the_upgrade(raw_dsn:
         iid = db.execute(
             "INSERT INTO maxsim.indexes (name, source, id_column, id_type, dim, pooling, options, token_table)"
             " VALUES ('old_idx', 'old_src', 'id', 'bigint', %s, 'mean', %s::jsonb, 'pending') RETURNING id",
-            (DIM, '{"candidates": 64, "ef_search": 64, "probe": 64, "rescore": 4, "max_centroids": 16,'
-                  ' "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64, "packed": true}')
+            (DIM, ('{"candidates": 64, "ef_search": 64, "probe": 64, "rescore": 4, "max_centroids": 16,'
+                   ' "tokens_per_centroid": 64, "hnsw_m": 16, "hnsw_ef_construction": 64, "packed": true}'))
         ).fetchone()[0]
         db.execute("UPDATE maxsim.indexes SET token_table = %s WHERE id = %s", (f"tok_{iid}", iid))
         db.execute(OLD_TABLE.format(i=iid, d=DIM, b=2 * DIM))
@@ -214,3 +214,102 @@ def test_an_fp16_index_of_revision_0006_keeps_working_after_the_upgrade(raw_dsn:
             assert np.array_equal(np.asarray(tokens, dtype=np.float32), docs[k]) and n == len(docs[k])
             assert bytes(packed) == docs[k].astype("<f2").tobytes()
         assert db.execute("SELECT options FROM maxsim.indexes WHERE id = %s", (iid,)).fetchone()[0]["packed"] is True
+
+
+# ------------------------------------------------------------------ reindex --storage / --pool-factor
+
+def test_reindex_to_int8_and_pooling_answers_across_the_switch(dsn: str) -> None:
+    import threading
+
+    from pgmaxsim.retier import retier
+
+    docs = corpus(60, seed=11)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        register_tokens(db)
+        create(db, "fp16", 1)
+        Index(db, "t_idx").upsert(list(docs), list(docs.values()))
+        old_tok = db.execute("SELECT token_table FROM maxsim.index_info('t_idx')").fetchone()[0]
+        q = fp16(unit(np.random.default_rng(4).standard_normal((4, DIM))))
+        errors: list[BaseException] = []
+        counts: list[int] = []
+        stop = threading.Event()
+
+        def searcher() -> None:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                register_tokens(c)
+                while not stop.is_set():
+                    try:
+                        for cand in (None, 1000):   # ANN + exact over every row
+                            counts.append(len(c.execute("SELECT * FROM maxsim.search('t_idx', %s, 5, %s)",
+                                                        (Tokens(q), cand)).fetchall()))
+                    except BaseException as e:  # noqa: BLE001 - any error is the failure
+                        errors.append(e)
+                        return
+
+        threads = [threading.Thread(target=searcher) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            done = retier(db, "t_idx", storage_tier="int8", pool_factor=3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not errors, errors
+        assert counts and min(counts) == 5
+        assert (done.rows, done.storage, done.pool_factor) == (60, "int8", 3)
+        assert done.bytes_after < done.bytes_before   # tiny rows: page and HNSW overheads dominate
+        # the old storage is gone: one token table and one centroid table left, no shadow in the registry
+        assert db.execute("SELECT count(*) FROM maxsim.indexes").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'maxsim'"
+                          " AND tablename ~ '^(tok|cen)_'").fetchone()[0] == 2
+        assert db.execute("SELECT token_table FROM maxsim.index_info('t_idx')").fetchone()[0] == old_tok
+        got = stored(db, "t_idx", "int8")
+        for k, d in docs.items():
+            expect = quantize.encode_tokens(pooling.pool_tokens(d, 3), "int8")
+            assert np.array_equal(got[k][0], quantize.dequantize(*quantize.decode_tokens(expect, DIM, "int8")))
+            assert got[k][1:] == (pooling.pooled_count(len(d), 3), len(d))
+        ref = sorted(((maxsim_reference(q, got[k][0]), k) for k in docs), key=lambda t: (-t[0], t[1]))
+        res = db.execute("SELECT id, score FROM maxsim.search('t_idx', %s, 5, 1000)", (Tokens(q),)).fetchall()
+        assert [int(i) for i, _ in res] == [k for _, k in ref[:5]]
+        assert [s for _, s in res] == pytest.approx([s for s, _ in ref[:5]], rel=1e-4, abs=1e-3)
+        # writes after the switch use the new tier; the stored tokens no longer suffice to go back
+        Index(db, "t_idx").upsert([1], [docs[2]])
+        assert stored(db, "t_idx", "int8")[1][1] == pooling.pooled_count(len(docs[2]), 3)
+        from pgmaxsim import PgmaxsimError
+
+        with pytest.raises(PgmaxsimError, match="int8 tokens, which do not hold the fp16 values"):
+            retier(db, "t_idx", storage_tier="fp16")
+        with pytest.raises(PgmaxsimError, match="pooled by 3: pool factor 2 needs the raw tokens"):
+            retier(db, "t_idx", pool_factor=2)
+        with pytest.raises(PgmaxsimError, match="pool factor must be an integer of at least 1"):
+            retier(db, "t_idx", pool_factor=0)
+        with pytest.raises(PgmaxsimError, match="already stores int8 with pool factor 3"):
+            retier(db, "t_idx", storage_tier="int8")
+
+
+def test_cli_show_and_reindex_storage(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pgmaxsim.cli import main
+
+    docs = corpus(10, seed=12)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        create(db, "fp16", 1)
+        Index(db, "t_idx").upsert(list(docs), list(docs.values()))
+        nbytes = db.execute("SELECT bytes FROM maxsim.index_info('t_idx')").fetchone()[0]
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        code = main(["--dsn", dsn, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cli("index", "show", "t_idx")
+    assert code == 0 and "fp16, pool factor 1" in out
+    from pgmaxsim.commands._output import human_bytes
+
+    assert f"bytes         {human_bytes(nbytes)} (" in out and "per row" in out
+    code, out, err = cli("index", "reindex", "t_idx", "--storage", "int8", "--pool-factor", "2")
+    assert code == 0 and "10 row(s) now stored as int8, pool factor 2" in out, out + err
+    code, out, _ = cli("index", "show", "t_idx")
+    assert code == 0 and "int8, pool factor 2" in out
+    code, out, err = cli("index", "reindex", "t_idx", "--storage", "fp16")
+    assert code != 0 and "do not hold the fp16 values" in err

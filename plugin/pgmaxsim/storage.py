@@ -41,8 +41,8 @@ from psycopg.pq import Format
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
-from pgmaxsim.scoring import quantize
 from pgmaxsim.registry import IndexSpec
+from pgmaxsim.scoring import quantize
 
 #: Binary COPY column types of the key: PostgreSQL's binary format of these; any other key
 #: type (text, varchar, citext, ...) takes the text's bytes, as its binary input does.

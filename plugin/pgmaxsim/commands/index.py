@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from pgmaxsim.errors import PgmaxsimError, one_line
 from pgmaxsim.registry import (
@@ -99,8 +98,13 @@ def register(sub: Any) -> None:
     d.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     d.set_defaults(func=run_drop)
 
-    r = isub.add_parser("reindex", help="encode every row again, or re-embed under a new model")
+    r = isub.add_parser("reindex", help="encode every row again, re-embed under a new model, or change the"
+                        " storage tier / pool factor from the stored tokens")
     r.add_argument("name")
+    r.add_argument("--storage", choices=["fp16", "int8"],
+                   help="store the tokens in this tier (fp16 -> int8 from the stored tokens; searches keep answering)")
+    r.add_argument("--pool-factor", type=int, metavar="N",
+                   help="pool each row's tokens to ~n/N (from unpooled stored tokens; 1 = no pooling)")
     r.add_argument("--model", help="re-embed under this model (runs alongside the old one, then switches)")
     r.add_argument("--revision", help="model revision for --model")
     r.set_defaults(func=run_reindex)
@@ -178,13 +182,11 @@ def run_show(args: argparse.Namespace) -> int:
             "SELECT text_column, image_column, model_revision, created_at FROM maxsim.indexes WHERE id = %s",
             (i["id"],)).fetchone()
         assert reg is not None
-        size = conn.execute("SELECT pg_total_relation_size(%s::regclass)",
-                            (sql.Identifier("maxsim", i["token_table"]).as_string(conn),)).fetchone()
         failed = conn.execute(
             "SELECT row_id, step, error FROM maxsim.failed WHERE index_id = %s ORDER BY failed_at DESC LIMIT 5",
             (i["id"],)).fetchall()
         nfailed = conn.execute("SELECT count(*) FROM maxsim.failed WHERE index_id = %s", (i["id"],)).fetchone()
-    total = int(size[0]) if size else 0
+    total = int(i["bytes"] or 0)
     rows = int(i["rows"])
     lines = [
         ("name", args.name),
@@ -199,7 +201,9 @@ def run_show(args: argparse.Namespace) -> int:
         ("token table", f"maxsim.{i['token_table']}"),
         ("rows", rows),
         ("tokens", f"{i['tokens']} ({i['tokens'] / rows:.0f} per row)" if rows else i["tokens"]),
-        ("storage", f"{human_bytes(total)}" + (f" ({human_bytes(total / rows)} per row)" if rows else "")),
+        ("storage", f"{i['storage']}, pool factor {i['pool_factor']}"),
+        ("bytes", f"{human_bytes(total)}" + (f" ({human_bytes(i['bytes_per_row'])} per row)" if rows else "")
+         + " (tokens with TOAST, pooled vectors, centroids, their indexes)"),
         ("pending", i["pending"]),
         ("failed", nfailed[0] if nfailed else 0),
         ("created", reg[3].isoformat(timespec="seconds") if reg[3] else "-"),
@@ -235,12 +239,29 @@ def run_drop(args: argparse.Namespace) -> int:
 def run_reindex(args: argparse.Namespace) -> int:
     with _conn(args) as conn:
         i = _info(conn, args.name)
+        if args.storage is not None or args.pool_factor is not None:
+            if args.model:
+                raise PgmaxsimError("--model with --storage/--pool-factor: re-embed first, then change the storage")
+            return _retier(conn, args)
         if args.model:
             return _reembed(conn, args, i)
         if not i["model"]:
             raise PgmaxsimError(f"index {args.name!r} has no model: its embeddings are written by the application")
         n = requeue_all(conn, get_index(conn, args.name))
     print(f"index {args.name}: {n} row(s) queued to be encoded again; run pgmaxsim worker --once")
+    return 0
+
+
+def _retier(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
+    from pgmaxsim.commands._output import human_bytes
+    from pgmaxsim.retier import retier
+
+    try:
+        done = retier(conn, args.name, storage_tier=args.storage, pool_factor=args.pool_factor)
+    except psycopg.Error as e:
+        raise _sql_error(e) from None
+    print(f"index {args.name}: {done.rows} row(s) now stored as {done.storage}, pool factor {done.pool_factor}"
+          f" ({human_bytes(done.bytes_before)} -> {human_bytes(done.bytes_after)})")
     return 0
 
 

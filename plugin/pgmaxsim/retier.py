@@ -1,0 +1,195 @@
+"""Change an index's storage tier or pool factor from its stored tokens, answered across the switch.
+
+``pgmaxsim index reindex NAME --storage int8 --pool-factor 3`` (:func:`retier`):
+
+1. check that the stored tokens suffice (:func:`plan`): fp16 -> int8 and pooling
+   unpooled tokens do; int8 -> fp16 (the fp16 values are gone) and re-pooling
+   already pooled tokens (the raw tokens are gone) do not, and say so;
+2. create a *shadow* index ``NAME#retier`` with the new options (no model: nothing
+   is queued for it; the source's delete/key triggers keep it in step);
+3. copy every row into it, re-encoded from the stored bytes (decoded, pooled when
+   asked, encoded in the new tier; pooled vector and centroids from the new bytes),
+   then catch up on the rows written meanwhile (``version`` is a global sequence);
+4. switch in one transaction: block writers (EXCLUSIVE), copy the last changes, drop
+   rows deleted meanwhile, swap the two indexes' tables by renaming them (ACCESS
+   EXCLUSIVE for the few milliseconds of the renames: searches wait, never fail),
+   swap their options, tell the scorer to reload, drop the shadow (the old tables).
+
+A statement that started before the switch reads the registry as it was and the
+token table as it is now; the PL/Python scorer therefore takes each row's tier from
+its byte length (:func:`pgmaxsim.plpy.api.row_storage`), not from the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from pgmaxsim import pooling, storage
+from pgmaxsim.db.codec import encode_halfvec
+from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.registry import IndexSpec, get_index
+from pgmaxsim.scoring import quantize
+
+SUFFIX = "#retier"
+BATCH = 64
+
+
+@dataclass
+class Retiered:
+    name: str
+    rows: int
+    storage: str
+    pool_factor: int
+    bytes_before: int
+    bytes_after: int
+
+
+def plan(old_storage: str, old_factor: int, new_storage: str, new_factor: int) -> bool:
+    """Whether the switch pools the stored tokens; raises PgmaxsimError when they do not suffice.
+
+    >>> plan("fp16", 1, "int8", 3), plan("fp16", 2, "int8", 2)
+    (True, False)
+    """
+    if new_storage not in quantize.STORAGE_TIERS:
+        raise PgmaxsimError(f"unknown storage {new_storage!r} (expected one of {', '.join(quantize.STORAGE_TIERS)})")
+    if not isinstance(new_factor, int) or new_factor < 1:
+        raise PgmaxsimError(f"pool factor must be an integer of at least 1 (1 = no pooling), got {new_factor!r}")
+    if (old_storage, old_factor) == (new_storage, new_factor):
+        raise PgmaxsimError(f"the index already stores {new_storage} with pool factor {new_factor}")
+    if old_storage == "int8" and new_storage == "fp16":
+        raise PgmaxsimError("the index stores int8 tokens, which do not hold the fp16 values: re-encoding from the"
+                            " source is not supported by reindex --storage (re-embed with --model, or recreate the index)")
+    if old_factor > 1 and new_factor != old_factor:
+        raise PgmaxsimError(f"the index stores tokens pooled by {old_factor}: pool factor {new_factor} needs the raw"
+                            " tokens, which are not stored (re-embed with --model, or recreate the index)")
+    return old_factor == 1 and new_factor > 1
+
+
+def _bytes(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
+    row = conn.execute("SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%s)), 0)"
+                       " + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%s)), 0)",
+                       (f"maxsim.{spec.token_table}", f"maxsim.cen_{spec.id}")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _rows_since(conn: psycopg.Connection[Any], spec: IndexSpec, version: int) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of the main index's rows written after ``version``, in version order."""
+    q = sql.SQL("SELECT t.id::text, t.tokens, t.n_raw_tokens, t.model, t.model_revision, t.content_hash, t.version"
+                " FROM {} t WHERE t.version > %s ORDER BY t.version LIMIT %s").format(spec.token_ident())
+    while True:
+        with conn.cursor(binary=True) as cur:
+            batch = cur.execute(q, (version, BATCH)).fetchall()
+        if not batch:
+            return
+        yield batch
+        version = int(batch[-1][6])
+
+
+def _encode(spec: IndexSpec, shadow: IndexSpec, repool: bool, blob: bytes,
+            n_raw: int) -> tuple[bytes, int, int, bytes, np.ndarray | None]:
+    values = quantize.dequantize(*quantize.decode_tokens(bytes(blob), spec.dim, spec.storage))
+    if repool:
+        values = pooling.pool_tokens(values, shadow.pool_factor)
+    new = quantize.encode_tokens(values, shadow.storage)
+    stored = quantize.dequantize(*quantize.decode_tokens(new, shadow.dim, shadow.storage))
+    pooled, cents = pooling.pool(stored, shadow.pooling, shadow.options)
+    return new, len(stored), int(n_raw), encode_halfvec(pooled), cents
+
+
+def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, version: int) -> tuple[int, int]:
+    """Copy rows written after ``version`` into the shadow; returns (rows copied, last version)."""
+    n = 0
+    for batch in _rows_since(conn, spec, version):
+        tok_rows, cen_rows = [], []
+        for key, blob, n_raw, model, rev, h, _v in batch:
+            new, n_stored, raw, pooled_bin, cents = _encode(spec, shadow, repool, blob, n_raw)
+            kv = shadow.key_value(key)
+            tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h)))
+            if cents is not None:
+                cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
+        keys = [r[0] for r in batch]
+        with conn.transaction(), conn.cursor() as cur:
+            storage.lock_rows(cur, shadow, keys)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(
+                shadow.token_ident(), shadow.id_type_sql()), (keys,))
+            tok_types, cen_types = storage.copy_types(cur, shadow)
+            storage._copy(cur, shadow.token_ident(), storage.TOKEN_COLUMNS, tok_types, tok_rows)
+            if cen_rows and shadow.centroid_table:
+                storage._copy(cur, sql.Identifier("maxsim", shadow.centroid_table), storage.CENTROID_COLUMNS,
+                              cen_types, cen_rows)
+        n += len(batch)
+        version = int(batch[-1][6])
+    return n, version
+
+
+def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None = None,
+           pool_factor: int | None = None) -> Retiered:
+    """Switch index ``name`` to ``storage_tier`` / ``pool_factor`` (None: keep) from its stored tokens."""
+    from pgmaxsim.worker.reembed import _repoint_triggers, _swap_names
+
+    spec = get_index(conn, name)
+    new_storage = spec.storage if storage_tier is None else storage_tier
+    new_factor = spec.pool_factor if pool_factor is None else pool_factor
+    repool = plan(spec.storage, spec.pool_factor, new_storage, new_factor)
+    if name.endswith(SUFFIX):
+        raise PgmaxsimError(f"index {name!r} is itself a storage switch in progress")
+    busy = conn.execute("SELECT 1 FROM maxsim.reembeds WHERE index_id = %s", (spec.id,)).fetchone()
+    if busy:
+        raise PgmaxsimError(f"index {name!r} is being re-embedded; change its storage after that switched over")
+    shadow_name = name + SUFFIX
+    if conn.execute("SELECT 1 FROM maxsim.indexes WHERE name = %s", (shadow_name,)).fetchone():
+        conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))   # left by an interrupted switch
+    opts = dict(spec.options)
+    opts.update(storage=new_storage, pool_factor=new_factor, pooling=spec.pooling)
+    before = _bytes(conn, spec)
+    conn.execute("SELECT maxsim.create_index(%s, %s::regclass, %s, dim => %s, options => %s)",
+                 (shadow_name, spec.source, spec.id_column, spec.dim, psycopg.types.json.Jsonb(opts)))
+    shadow = get_index(conn, shadow_name)
+    try:
+        _, version = _copy(conn, spec, shadow, repool, 0)
+        for _ in range(3):   # catch up while writers go on
+            copied, version = _copy(conn, spec, shadow, repool, version)
+            if copied < BATCH:
+                break
+        with conn.transaction():
+            _switch(conn, spec, shadow, repool, version, _swap_names, _repoint_triggers)
+    except BaseException:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))
+        raise
+    after = get_index(conn, name)
+    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(after.token_ident())).fetchone()
+    return Retiered(name, int(rows[0]) if rows else 0, after.storage, after.pool_factor, before, _bytes(conn, after))
+
+
+def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, version: int,
+            swap_names: Any, repoint: Any) -> None:
+    tables = [spec.token_table, shadow.token_table]
+    cen = [f"cen_{spec.id}", f"cen_{shadow.id}"] if spec.centroid_table else []
+    ident = [sql.Identifier("maxsim", t) for t in tables + cen]
+    # writers wait from here on (readers go on): the last changes, then the rows deleted meanwhile
+    conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(ident[0]))
+    _copy(conn, spec, shadow, repool, version)
+    conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.id = s.id)").format(
+        shadow.token_ident(), spec.token_ident()))
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(ident)))
+    swap_names(conn, tables[0], tables[1])
+    if cen:
+        swap_names(conn, cen[0], cen[1])
+    repoint(conn, tables[0], shadow.id, spec.id)
+    repoint(conn, tables[1], spec.id, shadow.id)
+    conn.execute("UPDATE maxsim.indexes m SET options = s.options FROM maxsim.indexes s"
+                 " WHERE (m.id, s.id) IN ((%s, %s), (%s, %s))", (spec.id, shadow.id, shadow.id, spec.id))
+    # the scorer reloads the index (a truncate entry), callers see every row as changed
+    conn.execute("INSERT INTO maxsim.changes (index_id, row_id, version, deleted) VALUES (%s, NULL, NULL, true)",
+                 (spec.id,))
+    conn.execute(sql.SQL("INSERT INTO maxsim.changes (index_id, row_id, version, deleted)"
+                         " SELECT %s, id::text, version, false FROM {}").format(spec.token_ident()), (spec.id,))
+    conn.execute("SELECT maxsim.drop_index(%s)", (shadow.name,))
+    conn.execute("SELECT pg_catalog.pg_notify('maxsim_changes', %s)", (str(spec.id),))
