@@ -130,8 +130,15 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
 
 def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None = None,
            pool_factor: int | None = None) -> Retiered:
-    """Switch index ``name`` to ``storage_tier`` / ``pool_factor`` (None: keep) from its stored tokens."""
+    """Switch index ``name`` to ``storage_tier`` / ``pool_factor`` (None: keep) from its stored tokens.
+
+    ``conn`` must be in autocommit mode: each copied batch commits on its own, so writers and
+    searches go on while the shadow is filled, and only the switch holds locks.
+    """
     from pgmaxsim.worker.reembed import _repoint_triggers, _swap_names
+
+    if not conn.autocommit:
+        raise PgmaxsimError("changing an index's storage needs an autocommit connection (each step commits)")
 
     spec = get_index(conn, name)
     new_storage = spec.storage if storage_tier is None else storage_tier

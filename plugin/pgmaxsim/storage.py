@@ -84,7 +84,8 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
+def _check_tokens(index: IndexSpec, key: str, emb: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``emb`` checked, and its little-endian fp16 form (what the fp16 tier stores)."""
     arr = np.asarray(emb)
     if arr.ndim != 2:
         raise PgmaxsimError(f"row {key}: embeddings must be a 2-D (n_tokens, dim) array, got shape {arr.shape}")
@@ -95,11 +96,11 @@ def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.number):
         raise PgmaxsimError(f"row {key}: embeddings must be numeric, got dtype {arr.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
-        finite = bool(np.isfinite(arr.astype(np.float16)).all())
-    if not finite:
+        half = np.ascontiguousarray(arr, dtype="<f2")
+    if not np.isfinite(half).all():
         raise PgmaxsimError(f"row {key}: token embeddings contain NaN or infinite values"
                             " (or values beyond fp16 range)")
-    return arr
+    return arr, half
 
 
 def write_rows(
@@ -142,9 +143,12 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
     cen_rows: list[tuple[Any, ...]] = []
     storage, factor = index.storage, index.pool_factor
     for key, i in latest.items():
-        arr = _check_tokens(index, key, embeddings[i])
-        blob = quantize.encode_tokens(pooling.pool_tokens(arr, factor) if factor > 1 else arr, storage)
-        stored = quantize.dequantize(*quantize.decode_tokens(blob, index.dim, storage))
+        arr, half = _check_tokens(index, key, embeddings[i])
+        if storage == "fp16" and factor == 1:   # the common case: the bytes are the fp16 values
+            blob, stored = half.tobytes(), half.astype(np.float32)
+        else:
+            blob = quantize.encode_tokens(pooling.pool_tokens(arr, factor) if factor > 1 else arr, storage)
+            stored = quantize.dequantize(*quantize.decode_tokens(blob, index.dim, storage))
         try:
             pooled, cents = pooling.pool(stored, index.pooling, index.options)
             pooled_bin = encode_halfvec(pooled)
