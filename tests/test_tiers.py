@@ -313,3 +313,38 @@ def test_cli_show_and_reindex_storage(dsn: str, capsys: pytest.CaptureFixture[st
     assert code == 0 and "int8, pool factor 2" in out
     code, out, err = cli("index", "reindex", "t_idx", "--storage", "fp16")
     assert code != 0 and "do not hold the fp16 values" in err
+
+
+@pytest.mark.parametrize(("storage", "factor"), [("int8", 1), ("fp16", 2)])
+def test_the_scorer_serves_the_stored_tier(dsn: str, storage: str, factor: int) -> None:
+    from pgmaxsim.scorer.client import ScorerClient
+    from pgmaxsim.scorer.server import Limits, Scorer, ScorerService
+    from pgmaxsim.scorer.store import CpuBackend
+    from test_scorer import _sock, _wait_sync, use_scorer
+
+    docs = corpus(40, seed=21)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        register_tokens(db)
+        create(db, storage, factor)
+        Index(db, "t_idx").upsert(list(docs), list(docs.values()))
+        got = stored(db, "t_idx", storage)
+        iid = db.execute("SELECT id FROM maxsim.index_info('t_idx')").fetchone()[0]
+        svc = ScorerService(Scorer(dsn, CpuBackend(), Limits(max_ids=500, max_query_tokens=64, max_k=100),
+                                   poll_interval=0.2), _sock()).start()
+        try:
+            _wait_sync(svc.scorer)
+            q = fp16(unit(np.random.default_rng(8).standard_normal((5, DIM))))
+            ref = sorted(((maxsim_reference(q, got[k][0]), k) for k in docs), key=lambda t: (-t[0], t[1]))
+            with ScorerClient(svc.address) as c:
+                snap = db.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
+                rep = c.search(iid, q, 10, snap)
+            assert [int(i) for i in rep.ids] == [k for _, k in ref[:10]]
+            # the CPU store holds fp16: int8 rows as their dequantized values rounded to fp16
+            assert rep.scores.tolist() == pytest.approx([s for s, _ in ref[:10]], rel=2e-3, abs=2e-3)
+            use_scorer(db, svc.address)
+            before = svc.scorer.served["search"]
+            res = db.execute("SELECT id, score FROM maxsim.search('t_idx', %s, 10, 1000)", (Tokens(q),)).fetchall()
+            assert svc.scorer.served["search"] > before
+            assert [int(i) for i, _ in res] == [k for _, k in ref[:10]]
+        finally:
+            svc.stop()
