@@ -348,3 +348,53 @@ def test_the_scorer_serves_the_stored_tier(dsn: str, storage: str, factor: int) 
             assert [int(i) for i, _ in res] == [k for _, k in ref[:10]]
         finally:
             svc.stop()
+
+
+def test_reindex_keeps_every_write_made_while_it_runs(dsn: str) -> None:
+    import threading
+
+    from pgmaxsim.retier import retier
+
+    docs = corpus(120, seed=31)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        register_tokens(db)
+        create(db, "fp16", 1)
+        Index(db, "t_idx").upsert(list(docs), list(docs.values()))
+        last = dict(docs)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def writer() -> None:
+            rng = np.random.default_rng(3)
+            with psycopg.connect(dsn, autocommit=True) as c:
+                register_tokens(c)
+                idx = Index(c, "t_idx")   # its registry row read once, before the switch
+                while not stop.is_set():
+                    k = int(rng.integers(1, 121))
+                    t = fp16(unit(rng.standard_normal((int(rng.integers(2, 20)), DIM))))
+                    try:
+                        if k % 2:   # the Python writer (binary COPY), and maxsim.upsert
+                            idx.upsert([k], [t])
+                        else:
+                            c.execute("SELECT maxsim.upsert('t_idx', %s::bigint, %s)", (k, Tokens(t)))
+                        last[k] = t
+                        if k % 7 == 0:
+                            c.execute("DELETE FROM src_t_idx WHERE id = %s", (k,))   # the source row goes
+                            last.pop(k, None)
+                    except BaseException as e:  # noqa: BLE001 - any error is the failure
+                        errors.append(e)
+                        return
+
+        w = threading.Thread(target=writer)
+        w.start()
+        try:
+            retier(db, "t_idx", storage_tier="int8")
+        finally:
+            stop.set()
+            w.join()
+        assert not errors, errors
+        got = stored(db, "t_idx", "int8")
+        assert sorted(got) == sorted(last)
+        for k, t in last.items():
+            expect = quantize.dequantize(*quantize.decode_tokens(quantize.encode_tokens(t, "int8"), DIM, "int8"))
+            assert np.array_equal(got[k][0], expect), k

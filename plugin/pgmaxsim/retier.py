@@ -9,11 +9,14 @@
    is queued for it; the source's delete/key triggers keep it in step);
 3. copy every row into it, re-encoded from the stored bytes (decoded, pooled when
    asked, encoded in the new tier; pooled vector and centroids from the new bytes),
-   then catch up on the rows written meanwhile (``version`` is a global sequence);
+   then catch up on the rows written meanwhile: each pass takes a snapshot first and
+   copies the rows of every transaction the previous pass's snapshot did not see
+   (``maxsim.changes``, as the scorer syncs), so a writer that committed late is
+   never missed;
 4. switch in one transaction: block writers (EXCLUSIVE), copy the last changes, drop
    rows deleted meanwhile, swap the two indexes' tables by renaming them (ACCESS
    EXCLUSIVE for the few milliseconds of the renames: searches wait, never fail),
-   swap their options, tell the scorer to reload, drop the shadow (the old tables).
+   swap their options, tell the scorer to reload; then drop the shadow (the old tables).
 
 A statement that started before the switch reads the registry as it was and the
 token table as it is now; the PL/Python scorer therefore takes each row's tier from
@@ -78,10 +81,16 @@ def _bytes(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
     return int(row[0]) if row else 0
 
 
-def _rows_since(conn: psycopg.Connection[Any], spec: IndexSpec, version: int) -> Iterator[list[tuple[Any, ...]]]:
-    """Batches of the main index's rows written after ``version``, in version order."""
-    q = sql.SQL("SELECT t.id::text, t.tokens, t.n_raw_tokens, t.model, t.model_revision, t.content_hash, t.version"
-                " FROM {} t WHERE t.version > %s ORDER BY t.version LIMIT %s").format(spec.token_ident())
+_COLUMNS = "t.id::text, t.tokens, t.n_raw_tokens, t.model, t.model_revision, t.content_hash, t.version"
+SNAPSHOT = "SELECT pg_catalog.pg_current_snapshot()::text"
+
+
+def _all_rows(conn: psycopg.Connection[Any], spec: IndexSpec) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of every row of the main index, in version order (rows rewritten meanwhile
+    come again later, under their new version)."""
+    q = sql.SQL("SELECT " + _COLUMNS + " FROM {} t WHERE t.version > %s ORDER BY t.version LIMIT %s").format(
+        spec.token_ident())
+    version = 0
     while True:
         with conn.cursor(binary=True) as cur:
             batch = cur.execute(q, (version, BATCH)).fetchall()
@@ -89,6 +98,25 @@ def _rows_since(conn: psycopg.Connection[Any], spec: IndexSpec, version: int) ->
             return
         yield batch
         version = int(batch[-1][6])
+
+
+def _changed_rows(conn: psycopg.Connection[Any], spec: IndexSpec, snap: str) -> Iterator[list[tuple[Any, ...]]]:
+    """Batches of the rows written by transactions that snapshot ``snap`` did not see."""
+    changed = conn.execute(
+        "SELECT DISTINCT row_id FROM maxsim.changes WHERE index_id = %s"
+        " AND xid >= pg_catalog.pg_snapshot_xmin(%s::pg_snapshot)"
+        " AND NOT pg_catalog.pg_visible_in_snapshot(xid, %s::pg_snapshot)", (spec.id, snap, snap)).fetchall()
+    if any(r[0] is None for r in changed):   # truncated meanwhile: everything again
+        yield from _all_rows(conn, spec)
+        return
+    ids = [r[0] for r in changed]
+    q = sql.SQL("SELECT " + _COLUMNS + " FROM {} t WHERE t.id = ANY (%s::text[]::{}[])").format(
+        spec.token_ident(), spec.id_type_sql())
+    for start in range(0, len(ids), BATCH):
+        with conn.cursor(binary=True) as cur:
+            batch = cur.execute(q, (ids[start:start + BATCH],)).fetchall()
+        if batch:
+            yield batch
 
 
 def _encode(spec: IndexSpec, shadow: IndexSpec, repool: bool, blob: bytes,
@@ -102,10 +130,11 @@ def _encode(spec: IndexSpec, shadow: IndexSpec, repool: bool, blob: bytes,
     return new, len(stored), int(n_raw), encode_halfvec(pooled), cents
 
 
-def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, version: int) -> tuple[int, int]:
-    """Copy rows written after ``version`` into the shadow; returns (rows copied, last version)."""
+def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool,
+          batches: Iterator[list[tuple[Any, ...]]]) -> int:
+    """Copy (replace) rows into the shadow, re-encoded; returns rows copied."""
     n = 0
-    for batch in _rows_since(conn, spec, version):
+    for batch in batches:
         tok_rows, cen_rows = [], []
         for key, blob, n_raw, model, rev, h, _v in batch:
             new, n_stored, raw, pooled_bin, cents = _encode(spec, shadow, repool, blob, n_raw)
@@ -124,8 +153,7 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
                 storage._copy(cur, sql.Identifier("maxsim", shadow.centroid_table), storage.CENTROID_COLUMNS,
                               cen_types, cen_rows)
         n += len(batch)
-        version = int(batch[-1][6])
-    return n, version
+    return n
 
 
 def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None = None,
@@ -159,13 +187,18 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
                  (shadow_name, spec.source, spec.id_column, spec.dim, psycopg.types.json.Jsonb(opts)))
     shadow = get_index(conn, shadow_name)
     try:
-        _, version = _copy(conn, spec, shadow, repool, 0)
+        snap = conn.execute(SNAPSHOT).fetchone()[0]
+        _copy(conn, spec, shadow, repool, _all_rows(conn, spec))
         for _ in range(3):   # catch up while writers go on
-            copied, version = _copy(conn, spec, shadow, repool, version)
-            if copied < BATCH:
+            prev, snap = snap, conn.execute(SNAPSHOT).fetchone()[0]
+            if _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, prev)) < BATCH:
                 break
         with conn.transaction():
-            _switch(conn, spec, shadow, repool, version, _swap_names, _repoint_triggers)
+            _switch(conn, spec, shadow, repool, snap, _swap_names, _repoint_triggers)
+        # The shadow (now holding the old tables) goes in its own transaction: dropping its
+        # triggers locks the source table, which a writer deleting source rows holds while it
+        # waits for the token table; inside the switch that would be a deadlock.
+        conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))
     except BaseException:
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))
@@ -175,14 +208,15 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
     return Retiered(name, int(rows[0]) if rows else 0, after.storage, after.pool_factor, before, _bytes(conn, after))
 
 
-def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, version: int,
+def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, snap: str,
             swap_names: Any, repoint: Any) -> None:
     tables = [spec.token_table, shadow.token_table]
     cen = [f"cen_{spec.id}", f"cen_{shadow.id}"] if spec.centroid_table else []
     ident = [sql.Identifier("maxsim", t) for t in tables + cen]
-    # writers wait from here on (readers go on): the last changes, then the rows deleted meanwhile
+    # writers wait from here on (readers go on; every writer that started has committed once the
+    # lock is granted): the last changes, then the rows deleted meanwhile
     conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(ident[0]))
-    _copy(conn, spec, shadow, repool, version)
+    _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, snap))
     conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.id = s.id)").format(
         shadow.token_ident(), spec.token_ident()))
     conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(ident)))
@@ -198,5 +232,4 @@ def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, r
                  (spec.id,))
     conn.execute(sql.SQL("INSERT INTO maxsim.changes (index_id, row_id, version, deleted)"
                          " SELECT %s, id::text, version, false FROM {}").format(spec.token_ident()), (spec.id,))
-    conn.execute("SELECT maxsim.drop_index(%s)", (shadow.name,))
     conn.execute("SELECT pg_catalog.pg_notify('maxsim_changes', %s)", (str(spec.id),))

@@ -41,7 +41,7 @@ from psycopg.pq import Format
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
-from pgmaxsim.registry import IndexSpec
+from pgmaxsim.registry import IndexSpec, get_index
 from pgmaxsim.scoring import quantize
 
 #: Binary COPY column types of the key: PostgreSQL's binary format of these; any other key
@@ -127,10 +127,12 @@ def write_rows(
         latest[index.key_text(key)] = i
     if not latest:
         return 0
-    with _one_blas_thread():
-        tok_rows, cen_rows = encode_rows(index, latest, embeddings, content_hashes, model, model_revision)
+    def encode(spec: IndexSpec) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        with _one_blas_thread():
+            return encode_rows(spec, latest, embeddings, content_hashes, model, model_revision)
+
     keys = list(latest)
-    _write(conn, index, keys, tok_rows, cen_rows)
+    _write(conn, index, keys, encode)
     return len(keys)
 
 
@@ -186,10 +188,19 @@ def copy_types(cur: psycopg.Cursor[Any], index: IndexSpec) -> tuple[list[int | s
             [key, "int2", index.halfvec_oid])
 
 
-def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], tok_rows: list[tuple[Any, ...]],
-           cen_rows: list[tuple[Any, ...]]) -> None:
+def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], encode: Any) -> None:
+    tok_rows, cen_rows = encode(index)
     with conn.transaction(), conn.cursor() as cur:
         lock_rows(cur, index, keys)
+        if _may_insert(cur, index):
+            # The token table first, then the registry again: a storage switch (pgmaxsim.retier)
+            # holds the table until it has swapped tables and options, so rows encoded under the
+            # tier read before it are encoded again under the one of the table written.
+            cur.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(index.token_ident()))
+            fresh = get_index(conn, index.name)
+            if (fresh.storage, fresh.pool_factor, fresh.pooling) != (index.storage, index.pool_factor, index.pooling):
+                index = fresh
+                tok_rows, cen_rows = encode(index)
         tok_types, cen_types = copy_types(cur, index)
         if _may_insert(cur, index):
             delete_keys(cur, index, keys)

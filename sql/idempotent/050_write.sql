@@ -45,13 +45,18 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: tokens are NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM maxsim._check_tokens(r, tokens, 'tokens');
+    PERFORM pg_catalog.pg_advisory_xact_lock(maxsim._row_lock_key(r.id, id));
+    -- The token table first, then the registry again: a storage switch (pgmaxsim index reindex
+    -- --storage) holds the table until it has swapped tables and options, so what is read
+    -- after the lock is the tier of the table written.
+    EXECUTE pg_catalog.format('LOCK TABLE maxsim.%I IN ROW EXCLUSIVE MODE', r.token_table);
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
     storage := coalesce(r.options ->> 'storage', 'fp16');
     blob := maxsim._encode(tokens, storage, coalesce((r.options ->> 'pool_factor')::integer, 1));
     stored := CASE WHEN storage = 'fp16' AND coalesce((r.options ->> 'pool_factor')::integer, 1) = 1 THEN tokens
                    ELSE maxsim._decode(blob, r.dim, storage) END;
     n := pg_catalog.cardinality(stored);
     pooled := maxsim._pool(stored, CASE WHEN r.pooling = 'centroids' THEN maxsim._n_centroids(r.options, n) ELSE 0 END);
-    PERFORM pg_catalog.pg_advisory_xact_lock(maxsim._row_lock_key(r.id, id));
     EXECUTE pg_catalog.format(
         'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, n_raw_tokens, pooled) VALUES ($1::%s, $2, $3, $4, $5)'
         ' ON CONFLICT (id) DO UPDATE SET tokens = EXCLUDED.tokens, n_tokens = EXCLUDED.n_tokens,'
