@@ -388,3 +388,36 @@ def test_python_index_writes_and_searches_as_a_granted_role(dsn: str, conn: psyc
         conn.execute("SELECT maxsim.grant_usage(%s)", (roles["tenant_b"],))
         refused(other, "SELECT maxsim.write_stage('pages_mean')", None, "only the owner of")
     assert not rolsuper(conn, roles["app"])
+
+
+def test_the_worker_runs_as_a_granted_role(dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str]) -> None:
+    from pgmaxsim.errors import PgmaxsimError
+    from worker_util import MINILM, add_text_rows, run_once
+
+    app = roles["app"]
+    conn.execute("SELECT maxsim.grant_usage(%s)", (app,))
+    app_dsn = make_conninfo(dsn, user=app)
+    with as_role(dsn, app) as c:
+        c.execute("CREATE TABLE notes (id integer PRIMARY KEY, body text, note text)")
+        add_text_rows(c, "notes", range(1, 13))
+        c.execute("SELECT maxsim.create_index('notes', 'notes', 'id', text_column => 'body', model => %s)", (MINILM,))
+    stats = run_once(app_dsn)
+    assert (stats.done, stats.failed) == (12, 0)
+    assert conn.execute("SELECT rows, pending FROM maxsim.index_info('notes')").fetchone() == (12, 0)
+    with as_role(dsn, app) as c:
+        c.execute("UPDATE notes SET body = 'rivers and lakes' WHERE id = 3")
+        c.execute("DELETE FROM notes WHERE id = 4")
+    stats = run_once(app_dsn)
+    assert stats.done == 1
+    assert conn.execute("SELECT rows FROM maxsim.index_info('notes')").fetchone()[0] == 11
+    assert conn.execute("SELECT count(*) FROM maxsim.workers").fetchone()[0] >= 1   # its heartbeat
+    assert conn.execute("SELECT sum(rows_done) FROM maxsim.ingest_log").fetchone()[0] == 13
+    # a role that does not manage the index cannot serve it, nor touch its queue
+    conn.execute("SELECT maxsim.grant_usage(%s)", (roles["tenant_b"],))
+    with pytest.raises(PgmaxsimError, match="may not manage it"):
+        run_once(make_conninfo(dsn, user=roles["tenant_b"]), indexes=["notes"])
+    with as_role(dsn, roles["tenant_b"]) as other:
+        refused(other, "SELECT * FROM maxsim.queue_claim('notes', 10)", None, "only the owner of")
+        refused(other, "SELECT maxsim.queue_settle('notes', 'done', ARRAY[1]::bigint[], NULL)", None,
+                "only the owner of")
+    assert not rolsuper(conn, app)

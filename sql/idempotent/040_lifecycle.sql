@@ -267,7 +267,10 @@ DECLARE
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_drop_index'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    -- The registry row first: a worker's batch share-locks it (maxsim.batch_begin) before it touches
+    -- the source and the token table, so taking it first here waits for the batch instead of
+    -- deadlocking against it over the tables.
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id FOR UPDATE;
     -- CASCADE removes the triggers on the source table with the function.
     EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS maxsim.%I() CASCADE', 'src_' || r.id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'cen_' || r.id);

@@ -82,8 +82,10 @@ def process_batch(
     with conn.transaction():
         # Share-lock the registry row for the batch: a re-embedding switch-over (or a drop) waits
         # for the batch to commit, and a batch never writes one model's embeddings into another's table.
-        reg = conn.execute("SELECT model, model_revision, dim FROM maxsim.indexes WHERE id = %s FOR SHARE",
-                           (spec.id,)).fetchone()
+        try:
+            reg = conn.execute("SELECT model, model_revision, dim FROM maxsim.batch_begin(%s)", (spec.name,)).fetchone()
+        except psycopg.errors.UndefinedObject:   # dropped meanwhile
+            raise StaleSpec(spec.name) from None
         if reg is None or tuple(reg) != (spec.model, spec.model_revision, spec.dim):
             raise StaleSpec(spec.name)
         claimed = queue.claim(conn, spec, batch_size=settings.batch_size, token_budget=settings.token_budget)
@@ -146,11 +148,9 @@ def process_batch(
             conn, spec, failures, max_attempts=settings.max_attempts, retry_base=settings.retry_base)
         result.errors = [f"row {f.row.row_id}: {f.step}: {f.error}" for f in failures]
         result.seconds = time.monotonic() - t0
-        conn.execute(
-            "INSERT INTO maxsim.ingest_log (index_id, worker_id, rows_done, rows_skipped, rows_failed, tokens,"
-            " seconds) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (spec.id, worker_id, result.done, result.skipped, result.failed + result.retried, result.tokens,
-             result.seconds))
+        conn.execute("SELECT maxsim.log_batch(%s, %s, %s, %s)",
+                     (spec.name, worker_id, [result.done, result.skipped, result.failed + result.retried, result.tokens],
+                      result.seconds))
     return result
 
 
@@ -158,10 +158,7 @@ def _unchanged(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[Loaded
     """Row ids whose stored content hash equals the freshly loaded one (nothing to encode)."""
     if not rows:
         return set()
-    stored = conn.execute(
-        sql.SQL("SELECT id::text, content_hash FROM {tok} WHERE id = ANY(CAST(%s AS {typ}[]))").format(
-            tok=spec.token_ident(), typ=spec.id_type_sql()), ([r.row_id for r in rows],)).fetchall()
-    have = {rid: bytes(h) for rid, h in stored if h is not None}
+    have = queue.state(conn, spec, [r.row_id for r in rows]).hashes
     return {r.row_id for r in rows if r.content_hash is not None and have.get(r.row_id) == r.content_hash}
 
 

@@ -267,7 +267,6 @@ class _Worker:
                     self.conn = self._connect()
                     self._require_schema()
                     self._refresh_specs(force=True)
-                    self._prune()
                 if not self._round() and self._idle():
                     return
                 delay = RECONNECT_FIRST_S
@@ -339,10 +338,7 @@ class _Worker:
         if self.conn is None or self.conn.closed or not self.specs:
             return
         with contextlib.suppress(psycopg.Error):
-            row = self.conn.execute(
-                "SELECT count(DISTINCT (index_id, row_id)) FROM maxsim.queue"
-                " WHERE index_id = ANY(%s) AND attempts > 0", ([s.id for s in self.specs],)).fetchone()
-            self.stats.waiting = int(row[0]) if row else 0
+            self.stats.waiting = sum(queue.state(self.conn, s).retrying for s in self.specs)
 
     def _idle(self) -> bool:
         """Nothing was claimable: finish re-embeddings, then wait or (``once``) decide to exit."""
@@ -354,7 +350,7 @@ class _Worker:
             self.stats.reembeds_finished += finished
             self._refresh_specs(force=True)
             return False
-        count, due_in = queue.pending(self.conn, [s.id for s in self.specs])
+        count, due_in = queue.pending(self.conn, self.specs)
         self.progress.set_pending(count)
         if self.once and count == 0:
             return True
@@ -362,11 +358,6 @@ class _Worker:
         if self.once:
             wait = min(wait, 0.2) if due_in is None else max(0.05, due_in)
         return self.stop.wait(wait)
-
-    def _prune(self) -> None:
-        assert self.conn is not None
-        self.conn.execute("DELETE FROM maxsim.ingest_log WHERE at < now() - interval '1 day'")
-        self.conn.execute("DELETE FROM maxsim.workers WHERE heartbeat_at < now() - interval '1 day'")
 
 
 class _Stopped(Exception):
@@ -408,12 +399,8 @@ class _Heartbeat:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
                                              application_name="pgmaxsim worker heartbeat")
             self._conn.execute(
-                "INSERT INTO maxsim.workers (worker_id, hostname, pid, rows_done, rows_failed, state, indexes,"
-                " last_error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now(), rows_done = EXCLUDED.rows_done,"
-                " rows_failed = EXCLUDED.rows_failed, state = EXCLUDED.state, indexes = EXCLUDED.indexes,"
-                " last_error = EXCLUDED.last_error",
-                (s.worker_id, socket.gethostname(), os.getpid(), s.done, s.failed, state, self.indexes,
+                "SELECT maxsim.worker_heartbeat(%s, %s, %s, %s, %s, %s, %s)",
+                (s.worker_id, socket.gethostname(), os.getpid(), [s.done, s.failed], state, self.indexes,
                  s.errors[-1] if s.errors else None))
         except psycopg.Error:
             if self._conn is not None:

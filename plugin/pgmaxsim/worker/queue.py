@@ -6,6 +6,11 @@ a crash at any point leaves the queue exactly as it was (the claim's row
 locks vanish with the connection) and a commit makes the write and the
 dequeue visible together.
 
+The queue's tables belong to the schema owner: every step goes through the SQL entry points
+of sql/idempotent/055_queue.sql (``maxsim.queue_claim``, ``queue_settle``, ``queue_state``),
+which check that this role may manage the index, so a worker runs as the owner of the source
+table (or an admin) and needs no right on pgmaxsim's tables.
+
 Claims use ``FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint
 queue entries. The queue may hold several entries for one source row (a row
 changed while a worker encoded it is queued again, on purpose); a
@@ -74,28 +79,28 @@ def claim(
     Must run inside a transaction; the locks last until it ends. Rows another
     worker is encoding right now are left out (their entries stay queued).
     """
-    peek = sql.SQL(
-        "SELECT q.qid, q.row_id, q.attempts, {cost}"
-        " FROM maxsim.queue q LEFT JOIN {src} s ON s.{id} = CAST(q.row_id AS {typ})"
-        " WHERE q.index_id = %s AND q.not_before <= now()"
-        " ORDER BY q.qid LIMIT %s FOR UPDATE OF q SKIP LOCKED"
+    costs = sql.SQL(
+        "SELECT u.r, {cost} FROM unnest(%s::text[]) WITH ORDINALITY AS u(r, o)"
+        " LEFT JOIN {src} s ON s.{id} = CAST(u.r AS {typ}) ORDER BY u.o"
     ).format(cost=_cost_sql(spec), src=spec.source_ident(), id=sql.Identifier(spec.id_column),
              typ=spec.id_type_sql())
     # Peek inside a savepoint: when the budget cuts the batch short, rolling the
     # savepoint back releases the locks on the entries we do not keep.
     cut: list[tuple[Any, ...]] | None = None
     with conn.transaction():
-        rows = conn.execute(peek, (spec.id, batch_size)).fetchall()
+        entries = conn.execute("SELECT qid, row_id, attempts FROM maxsim.queue_claim(%s, %s)",
+                               (spec.name, batch_size)).fetchall()
+        cost = dict(conn.execute(costs, ([e[1] for e in entries],)).fetchall()) if entries else {}
+        rows = [(q, rid, att, cost.get(rid, 1)) for q, rid, att in entries]
         keep = within_budget([(r[1], int(r[3] or 1)) for r in rows], batch_size, token_budget)
         if keep < len(rows):
             cut = rows[:keep]
             raise psycopg.Rollback()
     if cut is not None:
-        costs = {r[0]: r[3] for r in cut}
-        relocked = conn.execute(
-            "SELECT qid, row_id, attempts FROM maxsim.queue WHERE qid = ANY(%s)"
-            " ORDER BY qid FOR UPDATE SKIP LOCKED", ([r[0] for r in cut],)).fetchall()
-        rows = [(q, rid, att, costs.get(q, 1)) for q, rid, att in relocked]
+        costs_by_qid = {r[0]: r[3] for r in cut}
+        relocked = conn.execute("SELECT qid, row_id, attempts FROM maxsim.queue_claim(%s, %s, %s)",
+                                (spec.name, len(cut), [r[0] for r in cut])).fetchall()
+        rows = [(q, rid, att, costs_by_qid.get(q, 1)) for q, rid, att in relocked]
     return _group_and_lock(conn, spec, rows)
 
 
@@ -146,9 +151,13 @@ def dequeue(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[Claimed])
     """Delete the claimed entries of ``rows`` (done, skipped or gone) and clear their old failures."""
     if not rows:
         return
-    conn.execute("DELETE FROM maxsim.queue WHERE qid = ANY(%s)", ([q for r in rows for q in r.qids],))
-    conn.execute("DELETE FROM maxsim.failed WHERE index_id = %s AND row_id = ANY(%s)",
-                 (spec.id, [r.row_id for r in rows]))
+    _settle(conn, spec, "done", [q for r in rows for q in r.qids], [r.row_id for r in rows])
+
+
+def _settle(conn: psycopg.Connection[Any], spec: IndexSpec, outcome: str, qids: list[int] | None,
+            row_ids: list[str] | None, *extra: Any) -> None:
+    conn.execute("SELECT maxsim.queue_settle(%s, %s, %s, %s, %s, %s, %s, %s)",
+                 (spec.name, outcome, qids, row_ids, *(extra + (None,) * (4 - len(extra)))))
 
 
 def retry_delay(attempts: int, base: float = DEFAULT_RETRY_BASE_S) -> float:
@@ -187,19 +196,11 @@ def record_failures(
         attempts = f.row.attempts + 1
         error = f.error.strip().splitlines()[0][:2000] if f.error.strip() else "unknown error"
         if f.permanent or attempts >= max_attempts:
-            conn.execute(
-                "INSERT INTO maxsim.failed (index_id, row_id, step, error, attempts) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (index_id, row_id) DO UPDATE SET step = EXCLUDED.step, error = EXCLUDED.error,"
-                " attempts = EXCLUDED.attempts, failed_at = now()",
-                (spec.id, f.row.row_id, f.step, error, attempts))
-            conn.execute("DELETE FROM maxsim.queue WHERE qid = ANY(%s)", (f.row.qids,))
+            _settle(conn, spec, "failed", f.row.qids, [f.row.row_id], attempts, f.step, error)
             gone.append(f.row.row_id)
             failed += 1
         else:
-            conn.execute(
-                "UPDATE maxsim.queue SET attempts = %s, last_error = %s,"
-                " not_before = now() + make_interval(secs => %s) WHERE qid = ANY(%s)",
-                (attempts, f"{f.step}: {error}", retry_delay(attempts, retry_base), f.row.qids))
+            _settle(conn, spec, "retry", f.row.qids, None, attempts, f.step, error, retry_delay(attempts, retry_base))
             retried += 1
     if gone:
         delete_embeddings(conn, spec, gone)
@@ -213,17 +214,39 @@ def delete_embeddings(conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: l
 
 def prune_failed(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
     """Forget failures of rows that are no longer in the source (deleted, truncated, key changed)."""
-    cur = conn.execute(
-        sql.SQL("DELETE FROM maxsim.failed f WHERE f.index_id = %s AND NOT EXISTS"
-                " (SELECT 1 FROM {src} s WHERE s.{id} = CAST(f.row_id AS {typ}))").format(
-            src=spec.source_ident(), id=sql.Identifier(spec.id_column), typ=spec.id_type_sql()), (spec.id,))
-    return cur.rowcount
+    failed = state(conn, spec).failed_ids
+    if not failed:
+        return 0
+    present = {r[0] for r in conn.execute(
+        sql.SQL("SELECT s.{id}::text FROM {src} s WHERE s.{id} = ANY(CAST(%s AS {typ}[]))").format(
+            src=spec.source_ident(), id=sql.Identifier(spec.id_column), typ=spec.id_type_sql()), (failed,))}
+    gone = [r for r in failed if r not in present]
+    if gone:
+        _settle(conn, spec, "forget", None, gone)
+    return len(gone)
 
 
-def pending(conn: psycopg.Connection[Any], index_ids: list[int]) -> tuple[int, float | None]:
-    """``(entries queued, seconds until the earliest backed-off entry is due or None)``."""
-    row = conn.execute(
-        "SELECT count(*), extract(epoch FROM min(not_before) FILTER (WHERE not_before > now()) - now())"
-        " FROM maxsim.queue WHERE index_id = ANY(%s)", (index_ids,)).fetchone()
+@dataclass
+class QueueState:
+    """What ``maxsim.queue_state`` tells a worker about one index."""
+
+    queued: int
+    due_in: float | None       # seconds until the earliest backed-off entry is due
+    retrying: int              # rows waiting for a retry
+    failed_ids: list[str]
+    hashes: dict[str, bytes]   # stored content hashes of the rows asked about
+
+
+def state(conn: psycopg.Connection[Any], spec: IndexSpec, hash_ids: list[str] | None = None) -> QueueState:
+    row = conn.execute("SELECT * FROM maxsim.queue_state(%s, %s)", (spec.name, hash_ids)).fetchone()
     assert row is not None
-    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+    queued, due_in, retrying, failed_ids, keys, hashes = row
+    return QueueState(int(queued), None if due_in is None else float(due_in), int(retrying), list(failed_ids or []),
+                      {k: bytes(h) for k, h in zip(keys or [], hashes or [])})
+
+
+def pending(conn: psycopg.Connection[Any], specs: list[IndexSpec]) -> tuple[int, float | None]:
+    """``(entries queued, seconds until the earliest backed-off entry is due or None)``."""
+    states = [state(conn, s) for s in specs]
+    dues = [st.due_in for st in states if st.due_in is not None]
+    return sum(st.queued for st in states), (min(dues) if dues else None)

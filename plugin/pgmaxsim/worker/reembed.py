@@ -60,9 +60,16 @@ def shadow_name(name: str) -> str:
     return name[: 200 - len(SHADOW_SUFFIX)] + SHADOW_SUFFIX
 
 
+def may_reembed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this session runs re-embeddings: they rebuild and swap pgmaxsim's own tables, so
+    they need the schema owner (a worker running as a granted role leaves them to one that is)."""
+    row = conn.execute("SELECT pg_catalog.has_table_privilege('maxsim.reembeds', 'UPDATE')").fetchone()
+    return bool(row and row[0])
+
+
 def shadow_ids_of(conn: psycopg.Connection[Any], index_ids: list[int]) -> list[int]:
     """Shadow index ids of re-embeddings in progress for ``index_ids``."""
-    if not index_ids:
+    if not index_ids or not may_reembed(conn):
         return []
     rows = conn.execute("SELECT shadow_id FROM maxsim.reembeds WHERE index_id = ANY(%s)", (index_ids,))
     return [r[0] for r in rows.fetchall()]
@@ -146,6 +153,8 @@ def finish_ready(conn: psycopg.Connection[Any], specs: list[Any] | None = None) 
     ``specs``: only re-embeddings whose shadow is among these indexes (the
     ones this worker serves); None = all.
     """
+    if not may_reembed(conn):
+        return []
     rows = conn.execute(
         "SELECT r.index_id, r.shadow_id FROM maxsim.reembeds r"
         " WHERE NOT EXISTS (SELECT 1 FROM maxsim.queue q WHERE q.index_id = r.shadow_id)").fetchall()

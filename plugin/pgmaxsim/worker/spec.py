@@ -26,14 +26,17 @@ def load_specs(conn: psycopg.Connection[Any], names: list[str] | None = None, *,
     has no model (its embeddings are written by the application), unless
     ``missing_ok`` (a worker already running skips an index dropped meanwhile).
     """
-    specs = read_indexes(conn, sql.SQL("i.source IS NOT NULL"))
+    # Only indexes this role may manage (the owner of the source, or an admin): the queue's entry
+    # points refuse the others.
+    specs = read_indexes(conn, sql.SQL("i.source IS NOT NULL AND maxsim._may_manage(i.source)"))
     if names:
         by_name = {s.name: s for s in specs}
         for n in names:
             if missing_ok:
                 break
             if n not in by_name:
-                raise PgmaxsimError(f"index {n!r} does not exist (see pgmaxsim status)")
+                raise PgmaxsimError(f"index {n!r} does not exist, or this role may not manage it"
+                                    " (a worker runs as the owner of the index's source table or a pgmaxsim admin)")
             if not by_name[n].model:
                 raise PgmaxsimError(
                     f"index {n!r} has no model: its embeddings are written by the application, not a worker"
