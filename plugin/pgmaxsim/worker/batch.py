@@ -148,7 +148,7 @@ def process_batch(
             conn, spec, failures, max_attempts=settings.max_attempts, retry_base=settings.retry_base)
         result.errors = [f"row {f.row.row_id}: {f.step}: {f.error}" for f in failures]
         result.seconds = time.monotonic() - t0
-        conn.execute("SELECT maxsim.log_batch(%s, %s, %s, %s)",
+        conn.execute("SELECT maxsim.log_batch(%s, %s, %s::bigint[], %s::real)",
                      (spec.name, worker_id, [result.done, result.skipped, result.failed + result.retried, result.tokens],
                       result.seconds))
     return result

@@ -399,7 +399,7 @@ class _Heartbeat:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
                                              application_name="pgmaxsim worker heartbeat")
             self._conn.execute(
-                "SELECT maxsim.worker_heartbeat(%s, %s, %s, %s, %s, %s, %s)",
+                "SELECT maxsim.worker_heartbeat(%s, %s, %s, %s::bigint[], %s, %s::text[], %s)",
                 (s.worker_id, socket.gethostname(), os.getpid(), [s.done, s.failed], state, self.indexes,
                  s.errors[-1] if s.errors else None))
         except psycopg.Error:

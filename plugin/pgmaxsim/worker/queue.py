@@ -98,7 +98,7 @@ def claim(
             raise psycopg.Rollback()
     if cut is not None:
         costs_by_qid = {r[0]: r[3] for r in cut}
-        relocked = conn.execute("SELECT qid, row_id, attempts FROM maxsim.queue_claim(%s, %s, %s)",
+        relocked = conn.execute("SELECT qid, row_id, attempts FROM maxsim.queue_claim(%s, %s, %s::bigint[])",
                                 (spec.name, len(cut), [r[0] for r in cut])).fetchall()
         rows = [(q, rid, att, costs_by_qid.get(q, 1)) for q, rid, att in relocked]
     return _group_and_lock(conn, spec, rows)
@@ -156,7 +156,8 @@ def dequeue(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[Claimed])
 
 def _settle(conn: psycopg.Connection[Any], spec: IndexSpec, outcome: str, qids: list[int] | None,
             row_ids: list[str] | None, *extra: Any) -> None:
-    conn.execute("SELECT maxsim.queue_settle(%s, %s, %s, %s, %s, %s, %s, %s)",
+    conn.execute("SELECT maxsim.queue_settle(%s, %s, %s::bigint[], %s::text[], %s::integer, %s::text, %s::text,"
+                 " %s::double precision)",
                  (spec.name, outcome, qids, row_ids, *(extra + (None,) * (4 - len(extra)))))
 
 
@@ -238,7 +239,7 @@ class QueueState:
 
 
 def state(conn: psycopg.Connection[Any], spec: IndexSpec, hash_ids: list[str] | None = None) -> QueueState:
-    row = conn.execute("SELECT * FROM maxsim.queue_state(%s, %s)", (spec.name, hash_ids)).fetchone()
+    row = conn.execute("SELECT * FROM maxsim.queue_state(%s, %s::text[])", (spec.name, hash_ids)).fetchone()
     assert row is not None
     queued, due_in, retrying, failed_ids, keys, hashes = row
     return QueueState(int(queued), None if due_in is None else float(due_in), int(retrying), list(failed_ids or []),
