@@ -8,8 +8,9 @@ Corpus (issue 18): ``--pages`` pages of 600-1,400 fp16 tokens, d=128. 256 shared
 (Zipf popularity); a page covers 4-12 of them; each token is its topic plus a private
 direction of the same length (cos 0.71 to the topic, about 0.5 between two tokens of one
 topic: individually distinct). A query = 14 near-copies (cos ~0.97) of tokens of its
-source page + 10 generic tokens of the page's topics, so many rows tie on the generic
-part and only a token-level first stage can tell the source apart.
+source page + 10 generic tokens, all on the page's two most popular topics, so the hundreds
+of rows with those topics tie on everything but the copied tokens, and only a token-level
+first stage can tell the source apart.
 
 First stages, each given a budget of ``candidates`` rows to score exactly:
 
@@ -19,7 +20,8 @@ First stages, each given a budget of ``candidates`` rows to score exactly:
   then the best ``n`` by centroid interaction.
 - ``codebook``: pgmaxsim.firststage, a global two-level codebook (coarse x fine k-means over
   a token sample), inverted lists code -> rows, ``nprobe`` codes per query token, WARP-style
-  centroid interaction over the probed lists.
+  centroid interaction over the probed lists. ``+CI xR``: keep R x candidates rows that way,
+  then the best ``candidates`` by PLAID centroid interaction over all of each row's codes.
 - ``tokens-knn``: an exact kNN over every token (the upper bound of an HNSW on a token
   table): each query token's ``ktok`` nearest tokens' rows, scored like ``codebook``.
 - ``muvera``: fixed-dimensional encodings (SimHash buckets, per-bucket mean of the row's
@@ -75,23 +77,28 @@ class NeedleCorpus:
     def size(self, i: int) -> int:
         return int(self._rng(i).integers(600, 1401))
 
-    def page(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Page ``i`` as ``(n, d)`` float16 unit rows, and its topic ids."""
+    def page(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Page ``i`` as ``(n, d)`` float16 unit rows, its topic ids, and each token's topic."""
         r = self._rng(i)
         n = int(r.integers(600, 1401))
         t = r.choice(N_TOPICS, size=int(r.integers(4, 13)), replace=False, p=self.pop)
         which = t[r.choice(len(t), size=n, p=r.dirichlet(np.ones(len(t))))]
         private = _unit(r.standard_normal((n, self.d), dtype=np.float32))
-        return _unit(self.topics[which] + private).astype(np.float16), t
+        return _unit(self.topics[which] + private).astype(np.float16), t, which
 
     def query(self, i: int, seed: int = 0) -> np.ndarray:
-        """``(24, d)`` float16: 14 near-copies of page ``i``'s tokens + 10 generic topic tokens."""
-        tokens, t = self.page(i)
+        """``(24, d)`` float16: 14 near-copies of page ``i``'s tokens + 10 generic topic tokens.
+
+        All from the page's two most popular topics, which hundreds of pages share: a row that
+        matches the query's topics ties with the source everywhere but on the copied tokens.
+        """
+        tokens, t, which = self.page(i)
+        focus = np.sort(t)[:2]  # topic ids are in decreasing popularity
         r = np.random.default_rng([self.seed, 11, seed, i])
-        pick = r.choice(len(tokens), size=N_NEEDLE, replace=False)
+        pick = r.choice(np.flatnonzero(np.isin(which, focus)), size=N_NEEDLE, replace=False)
         near = _unit(tokens[pick].astype(np.float32)
                      + 0.25 * _unit(r.standard_normal((N_NEEDLE, self.d), dtype=np.float32)))
-        gen = _unit(self.topics[r.choice(t, size=N_GENERIC)]
+        gen = _unit(self.topics[r.choice(focus, size=N_GENERIC)]
                     + 0.25 * _unit(r.standard_normal((N_GENERIC, self.d), dtype=np.float32)))
         return np.concatenate([near, gen]).astype(np.float16)
 
@@ -237,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nprobe", default="8,32", help="codes probed per query token (comma list)")
     ap.add_argument("--coarse-probe", type=int, default=2)
     ap.add_argument("--sample", type=int, default=200_000, help="tokens to train the codebook on")
+    ap.add_argument("--rescore", type=int, default=4,
+                    help="+CI rows: keep rescore x candidates by the probe score, then centroid interaction")
     ap.add_argument("--ktok", type=int, default=100)
     ap.add_argument("--no-exact", action="store_true", help="skip the full exact pass (100K)")
     ap.add_argument("--no-centroids", action="store_true", help="skip today's per-row centroids")
@@ -343,13 +352,18 @@ def main(argv: list[str] | None = None) -> int:
         out += measure("centroids (today)", lambda qi, q, k: centroids_candidates(cent, cent_row, q, k),
                        queries, sources, budgets, exact_of, exact_full,
                        f"{b:.0f} ({b / fp16_row:.1%}); {w('centroids')}", log, n)
+    per_row = fs.row_codes(lists, n)
     for npb in [int(x) for x in args.nprobe.split(",")]:
         # postings as int4 row numbers in per-code arrays, plus a 2-byte code per token
         b = lists.postings() / n * 4 + mean_tok * 2
-        out += measure(f"codebook nprobe={npb}",
-                       lambda qi, q, k, npb=npb: fs.candidates(lists, *fs.probe(cb, q, npb, args.coarse_probe), n, k),
-                       queries, sources, budgets, exact_of, exact_full,
-                       f"{b:.0f} ({b / fp16_row:.1%}); {w('codebook')}", log, n)
+        for rs in (None, args.rescore):
+            label = f"codebook nprobe={npb}" + (f" +CI x{rs}" if rs else "")
+            out += measure(label,
+                           lambda qi, q, k, npb=npb, rs=rs: fs.candidates(
+                               lists, *fs.probe(cb, q, npb, args.coarse_probe), n, k,
+                               rescore=None if rs is None else (cb, q, per_row, rs)),
+                           queries, sources, budgets, exact_of, exact_full,
+                           f"{b:.0f} ({b / fp16_row:.1%}); {w('codebook')}", log, n)
     if ptm is not None:
         qoff = np.cumsum([0] + [len(q) for q in queries])
         b = mean_tok * (D * 2 + 8 + 200)

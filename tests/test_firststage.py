@@ -109,3 +109,18 @@ def test_a_near_copy_of_one_token_makes_its_row_the_first_candidate(data: dict) 
     assert set(fs.candidates(data["lists"], codes, sims, len(rows), n=len(best)).tolist()) == set(best.tolist())
     assert len(fs.candidates(data["lists"], codes, sims, len(rows), n=1000)) == len(
         fs.probed_rows(data["lists"], codes))
+
+
+def test_centroid_interaction_is_maxsim_over_the_rows_code_centroids(data: dict) -> None:
+    cb, codes, row_of = data["cb"], data["codes"], data["row_of"]
+    per_row = fs.row_codes(data["lists"], len(data["rows"]))
+    q = unit(data["rng"].standard_normal((5, 16)))
+    rows = np.array([3, 0, 39, 12])
+    got = fs.centroid_interaction(cb, q, per_row, rows)
+    for g, r in zip(got, rows):
+        cents = cb.centroid(np.unique(codes[row_of == r]))
+        assert g == pytest.approx(float((q @ cents.T).max(1).sum()), abs=1e-5)
+    narrow = fs.candidates(data["lists"], *fs.probe(cb, q, 4), len(data["rows"]), n=5, rescore=(cb, q, per_row, 3))
+    wide = fs.candidates(data["lists"], *fs.probe(cb, q, 4), len(data["rows"]), n=15)
+    ci = fs.centroid_interaction(cb, q, per_row, wide)
+    assert narrow.tolist() == wide[np.argsort(-ci, kind="stable")[:5]].tolist()

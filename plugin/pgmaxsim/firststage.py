@@ -18,8 +18,10 @@ so the first stage here works at token granularity, in the manner of PLAID / XTR
 - **Candidate score** (WARP-style centroid interaction over the probed lists only): for a
   query token, a row scores the best similarity among the probed centroids it holds, or,
   where it holds none, the smallest probed similarity (the missing-similarity estimate:
-  its true token is farther than every probed centroid). Summed over query tokens. The
-  best ``candidates`` rows go to exact MaxSim.
+  its true token is farther than every probed centroid). Summed over query tokens.
+- **Rescore** (optional, PLAID's centroid interaction): of ``factor * candidates`` rows kept by
+  that score, the best ``candidates`` by MaxSim with each token replaced by its centroid
+  (:func:`centroid_interaction`, over all the row's codes). These rows go to exact MaxSim.
 
 A row is a candidate whenever any of its tokens shares a probed code with a query token:
 :func:`probed_rows` is that set, which tests check against a brute-force reference.
@@ -205,11 +207,42 @@ def candidate_scores(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, 
     return best.sum(axis=0) if nq else np.zeros(n_rows, dtype=np.float32)
 
 
-def candidates(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_rows: int, n: int) -> np.ndarray:
-    """The ``n`` best rows by :func:`candidate_scores`, among the probed rows only, best first."""
+def row_codes(lists: InvertedLists, n_rows: int) -> InvertedLists:
+    """The transpose of ``lists``: row -> its distinct codes (same CSR layout, ``rows`` holds codes)."""
+    code_of = np.repeat(np.arange(len(lists.ptr) - 1, dtype=np.int64), np.diff(lists.ptr))
+    return InvertedLists.build(lists.rows, code_of, n_rows)
+
+
+def centroid_interaction(cb: Codebook, query: np.ndarray, per_row: InvertedLists, rows: np.ndarray) -> np.ndarray:
+    """``(len(rows),)`` PLAID centroid interaction: sum over query tokens of the best similarity
+    to any of the row's codes' centroids (MaxSim with every token replaced by its centroid)."""
+    if len(rows) == 0:
+        return np.zeros(0, dtype=np.float32)
+    held, _ = _gather(per_row, rows)
+    uniq, inv = np.unique(held, return_inverse=True)
+    sims = normalise(query) @ cb.centroid(uniq).T  # (nq, distinct codes of these rows)
+    lengths = per_row.ptr[rows + 1] - per_row.ptr[rows]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    nz = lengths > 0
+    out = np.full(len(rows), -np.inf, dtype=np.float32)
+    out[nz] = np.maximum.reduceat(sims[:, inv], starts[nz], axis=1).sum(axis=0)
+    return out
+
+
+def candidates(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_rows: int, n: int,
+               rescore: tuple[Codebook, np.ndarray, InvertedLists, int] | None = None) -> np.ndarray:
+    """The ``n`` best rows by :func:`candidate_scores`, among the probed rows only, best first.
+
+    ``rescore = (codebook, query, per_row, factor)``: keep ``factor * n`` rows by the probe
+    score, then the best ``n`` of them by :func:`centroid_interaction` (all of a row's codes).
+    """
     reached = probed_rows(lists, codes)
     if len(reached) == 0:
         return reached
     score = candidate_scores(lists, codes, sims, n_rows)[reached]
-    keep = np.argsort(-score, kind="stable")[:n]
-    return reached[keep]
+    wide = n if rescore is None else n * rescore[3]
+    keep = reached[np.argsort(-score, kind="stable")[:wide]]
+    if rescore is None or len(keep) <= n:
+        return keep[:n]
+    cb, query, per_row, _ = rescore
+    return keep[np.argsort(-centroid_interaction(cb, query, per_row, keep), kind="stable")[:n]]
