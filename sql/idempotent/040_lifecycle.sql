@@ -269,8 +269,10 @@ BEGIN
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_drop_index'); END IF;
     -- The registry row first: a worker's batch share-locks it (maxsim.batch_begin) before it touches
     -- the source and the token table, so taking it first here waits for the batch instead of
-    -- deadlocking against it over the tables.
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id FOR UPDATE;
+    -- deadlocking against it over the tables. NO KEY UPDATE, not UPDATE: writers of the source
+    -- queue rows whose foreign key takes KEY SHARE on this row, and they must not wait for us
+    -- while we wait for their lock on the source.
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id FOR NO KEY UPDATE;
     -- CASCADE removes the triggers on the source table with the function.
     EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS maxsim.%I() CASCADE', 'src_' || r.id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'cen_' || r.id);
