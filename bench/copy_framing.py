@@ -1,4 +1,4 @@
-"""Binary COPY framing: psycopg's ``Copy.set_types`` + ``write_row`` (what ``storage.write_rows``
+"""Binary COPY framing: psycopg's ``Copy.set_types`` + ``write_row`` (what ``writes.write_rows``
 uses) against rows framed by hand with ``struct`` (what it used before), in the same run.
 
     python bench/copy_framing.py                      # starts a throwaway PostgreSQL 15 (tests/pgserver.py)
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
 from ingest import pages, settings, start_server
-from pgmaxsim import registry, storage
+from pgmaxsim import registry, writes
 from pgmaxsim.registry import IndexSpec
 
 _HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
@@ -46,7 +46,7 @@ def hand_framed(rows: list[tuple[Any, ...]]) -> list[bytes]:
 
 def copy_statement(index: IndexSpec) -> psycopg.sql.Composed:
     return psycopg.sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
-        index.token_ident(), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, storage.TOKEN_COLUMNS)))
+        index.token_ident(), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, writes.TOKEN_COLUMNS)))
 
 
 def run_hand(conn: psycopg.Connection[Any], index: IndexSpec, rows: list[tuple[Any, ...]]) -> float:
@@ -62,7 +62,7 @@ def run_hand(conn: psycopg.Connection[Any], index: IndexSpec, rows: list[tuple[A
 def run_set_types(conn: psycopg.Connection[Any], index: IndexSpec, rows: list[tuple[Any, ...]]) -> float:
     t0 = time.perf_counter()
     with conn.transaction(force_rollback=True), conn.cursor() as cur:
-        types, _ = storage.copy_types(cur, index)
+        types, _ = writes.copy_types(cur, index)
         with cur.copy(copy_statement(index)) as copy:
             copy.set_types(types)
             for row in rows:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                          " options => '{\"pooling\": \"mean\"}'::jsonb)", (args.dim,))
             index = registry.get_index(conn, "bench_copy")
             embs = pages(args.pages, args.dim, args.tokens)
-            tok_rows, _ = storage.encode_rows(index, {str(i): i for i in range(len(embs))}, embs,
+            tok_rows, _ = writes.encode_rows(index, {str(i): i for i in range(len(embs))}, embs,
                                               [b"h" * 32] * len(embs), "model", None)
             mb = sum(len(r[1]) + len(r[3] or b"") for r in tok_rows) / 1e6
             print(f"{len(tok_rows)} rows x ~{args.tokens} tokens x d={args.dim} ({mb:.0f} MB), {args.reps} runs each")

@@ -28,9 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
-from pgmaxsim.scoring import gpu  # noqa: E402
-from pgmaxsim.scoring.cpu import topk  # noqa: E402
-from pgmaxsim.scoring.reference import maxsim_reference  # noqa: E402
+from pgmaxsim.kernels import cupy_maxsim as gpu  # noqa: E402
+from pgmaxsim.kernels.numpy_maxsim import topk  # noqa: E402
+from pgmaxsim.kernels.reference import maxsim_reference  # noqa: E402
 
 D = 128
 NQ = 24

@@ -10,7 +10,7 @@ Rows of the tables:
 
 - ``COPY ceiling``: binary COPY of pre-encoded rows (id, tokens halfvec[], n_tokens,
   pooled) into a table shaped like a token table, no triggers: the server's floor.
-- ``write_rows``: ``pgmaxsim.storage.write_rows`` in 64-page transactions (halfvec
+- ``write_rows``: ``pgmaxsim.writes.write_rows`` in 64-page transactions (halfvec
   encoding, pooling, advisory locks, delete + COPY, token-table triggers).
 - ``worker``: the whole worker write path with the encoder replaced by precomputed
   arrays: queue claim (SKIP LOCKED), source load, content hash, write_rows, dequeue,
@@ -104,7 +104,7 @@ def client_costs(embs: list[np.ndarray], options: dict[str, Any]) -> dict[str, f
 
     sample = embs[: min(100, len(embs))]
     out: dict[str, float] = {}
-    with single_threaded_blas():  # as in the worker (and storage.write_rows)
+    with single_threaded_blas():  # as in the worker (and writes.write_rows)
         _time_steps(sample, options, out, encode_halfvec_array, pooling)
     return out
 
@@ -123,13 +123,13 @@ def _time_steps(sample: list[np.ndarray], options: dict[str, Any], out: dict[str
 
 
 def bench_write_rows(conn: psycopg.Connection[Any], embs: list[np.ndarray], name: str, batch: int) -> float:
-    from pgmaxsim import registry, storage
+    from pgmaxsim import registry, writes
 
     index = registry.get_index(conn, name)
     t0 = time.perf_counter()
     for b in range(0, len(embs), batch):
         with conn.transaction():
-            storage.write_rows(conn, index, list(range(b, b + len(embs[b:b + batch]))), embs[b:b + batch])
+            writes.write_rows(conn, index, list(range(b, b + len(embs[b:b + batch]))), embs[b:b + batch])
     return time.perf_counter() - t0
 
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
         add("COPY ceiling (pre-encoded rows, no triggers)", copy_ceiling(conn, embs, args.dim), args.pages)
         for mode in ("mean", "centroids"):
-            add(f"storage.write_rows, {mode} pooling", bench_write_rows(conn, embs, f"bench_{mode}", args.batch),
+            add(f"writes.write_rows, {mode} pooling", bench_write_rows(conn, embs, f"bench_{mode}", args.batch),
                 args.pages, f"{args.batch} pages/txn")
         for mode in ("mean", "centroids"):
             dt, done = bench_worker(dsn, conn, embs, args.dim, mode, args.batch)

@@ -15,9 +15,9 @@ the values each path reads.
 Paths:
 - fp32 arrays, per page: ``(page @ q.T).max(0).sum()`` over float32 arrays in memory
   (the old in-backend loop fed fp32: the target's yardstick).
-- fp32 arrays, doc_maxes: pgmaxsim.scoring.cpu.maxsim_docs over the same float32 arrays.
+- fp32 arrays, doc_maxes: pgmaxsim.kernels.numpy_maxsim.maxsim_docs over the same float32 arrays.
 - fp16 bytes, table gather: the old in-backend path (plpy.tokens.row_words + 65,536-entry table).
-- fp16 bytes / int8 bytes: pgmaxsim.plpy.cpu.maxsim_stored from the stored bytes (decoding included).
+- fp16 bytes / int8 bytes: pgmaxsim.plpy.scoring.maxsim_stored from the stored bytes (decoding included).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from pgmaxsim.plpy import cpu as plpy_cpu
+from pgmaxsim.kernels import numpy_maxsim as cpu
+from pgmaxsim.kernels.quantize import decode_tokens, dequantize, encode_tokens
+from pgmaxsim.kernels.reference import maxsim_reference_many
+from pgmaxsim.plpy import scoring as plpy_cpu
 from pgmaxsim.plpy.tokens import convert, row_words
-from pgmaxsim.scoring import cpu
-from pgmaxsim.scoring.quantize import decode_tokens, dequantize, encode_tokens
-from pgmaxsim.scoring.reference import maxsim_reference_many
 from search import Corpus
 
 

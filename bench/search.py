@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import psycopg
-
 from pgmaxsim.evaluation import fidelity as fidelity_vs_exact
 
 ROOT = Path(__file__).resolve().parent.parent

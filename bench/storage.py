@@ -12,13 +12,13 @@ pages. For each variant it prints:
 - write: client encode ms/page, and binary COPY pages/s of the encoded rows (commit included),
   next to a bare binary COPY of the raw fp16 bytes into a plain bytea table in the same run;
 - fetch + score of 64 candidate pages (24-token query) in PL/Python, split as the backend sees
-  it (fetch = plpy.execute of the rows, score = decode + MaxSim with pgmaxsim.plpy.cpu), warm
+  it (fetch = plpy.execute of the rows, score = decode + MaxSim with pgmaxsim.plpy.scoring), warm
   (best and median of repeated calls) and cold (server restarted and the OS page cache dropped
   before the one call; modules imported first on another table, so the figure is the data).
 
 Variants: ``tokens halfvec(128)[]`` (today; array_send + the fp16 table decode), raw LE fp16
 ``bytea`` (EXTERNAL: uncompressed out-of-line TOAST; EXTENDED with pglz, with lz4), int8 ``bytea``
-with one float32 scale per token (pgmaxsim.scoring.quantize layout; EXTERNAL, EXTENDED lz4).
+with one float32 scale per token (pgmaxsim.kernels.quantize layout; EXTERNAL, EXTENDED lz4).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 from pgmaxsim.db.codec import encode_halfvec_array
-from pgmaxsim.scoring.quantize import encode_tokens
-from pgmaxsim.scoring.reference import maxsim_reference_many
+from pgmaxsim.kernels.quantize import encode_tokens
+from pgmaxsim.kernels.reference import maxsim_reference_many
 from pgserver import LocalPostgres, make_readable_pylib
 from search import Corpus
 
@@ -60,7 +60,7 @@ SCORE_FN = """
 CREATE OR REPLACE FUNCTION bench_score(tbl text, kind text, q bytea, ids int[]) RETURNS float8[]
 LANGUAGE plpython3u AS $$
 import time
-from pgmaxsim.plpy import cpu  # first: caps BLAS at one thread before NumPy loads it
+from pgmaxsim.plpy import scoring as cpu  # first: caps BLAS at one thread before NumPy loads it
 from pgmaxsim.plpy.tokens import row_words
 import numpy as np
 key = (tbl, kind)

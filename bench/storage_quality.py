@@ -13,7 +13,7 @@ storage's alone:
   the field notes' headings plus, for every 4th sentence, its words 3-10.
 
 Exact = float64 MaxSim of the fp16 tokens (today's storage). Stored tiers, scored with
-pgmaxsim.scoring.cpu.maxsim_docs on the decoded bytes (pgmaxsim.scoring.quantize): ``int8``
+pgmaxsim.kernels.numpy_maxsim.maxsim_docs on the decoded bytes (pgmaxsim.kernels.quantize): ``int8``
 (one float32 scale per token) and ``int8 + pool_factor N`` (pgmaxsim.pooling.pool_tokens at
 ingest, then int8). Reported: top-1 agreement with exact, recall@10 of exact's top 10,
 score-mass@10 (exact score of the tier's top 10 / exact score of the true top 10), and bytes
@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from pgmaxsim import pooling
-from pgmaxsim.scoring import cpu
-from pgmaxsim.scoring.quantize import decode_tokens, encode_tokens
+from pgmaxsim.kernels import numpy_maxsim as cpu
+from pgmaxsim.kernels.quantize import decode_tokens, encode_tokens
 from search import Corpus, exact_scores
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python bench/tiers.py --pages 200 --pool-pages 50
 
 Pages are bench/search.py's synthetic ColQwen-shaped pages (600-1400 tokens, d=128). For each
-tier an index is created with maxsim.create_index and filled with pgmaxsim.storage.write_rows (the
+tier an index is created with maxsim.create_index and filled with pgmaxsim.writes.write_rows (the
 worker's and Index.upsert's write path); it prints
 
 - bytes/row: maxsim.index_info(name).bytes / rows (token table with TOAST and indexes, pooled
@@ -30,10 +30,10 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
-from pgmaxsim import storage
+from pgmaxsim import writes
 from pgmaxsim.db import migrate
+from pgmaxsim.kernels.quantize import encode_tokens
 from pgmaxsim.registry import get_index
-from pgmaxsim.scoring.quantize import encode_tokens
 from pgserver import LocalPostgres, make_readable_pylib
 from search import Corpus
 
@@ -59,7 +59,7 @@ def fill(dsn: str, name: str, pages: list[np.ndarray], batch: int) -> float:
         spec = get_index(conn, name)
         for start in range(0, len(pages), batch):
             part = pages[start:start + batch]
-            storage.write_rows(conn, spec, list(range(start, start + len(part))), part)
+            writes.write_rows(conn, spec, list(range(start, start + len(part))), part)
             conn.commit()
     return time.perf_counter() - t
 

@@ -15,7 +15,7 @@ from pgmaxsim.encoders import load_encoder
 from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.ingest import chunk_text
-from pgmaxsim.query import Hit, encoder_for
+from pgmaxsim.search import Hit, encoder_for
 
 PASSAGES = chunk_text((corpus_dir() / "field-notes.txt").read_text())
 

@@ -309,7 +309,7 @@ def test_search_through_the_warm_query_encoder(dsn: str, tmp_path: Path) -> None
     assert ranks[0][0] == 1 and ranks[0] == ranks[1] == ranks[2]
     sock = tmp_path / f"pgmaxsim-{os.getuid()}" / "query-encoder.sock"
     assert sock.exists()
-    service = [p for p in psutil.process_iter(["cmdline"]) if "pgmaxsim.query_service" in
+    service = [p for p in psutil.process_iter(["cmdline"]) if "pgmaxsim.query_encoder_service" in
                " ".join(p.info["cmdline"] or []) and str(sock) in " ".join(p.info["cmdline"] or [])]
     assert len(service) == 1  # one service, reused by the second search
     assert _gone(service[0].pid, timeout=60), "the query encoder did not exit when idle"
@@ -319,7 +319,7 @@ def test_search_through_the_warm_query_encoder(dsn: str, tmp_path: Path) -> None
 def test_the_query_encoder_holds_the_embedded_server_until_it_exits(embedded_dir: Path, tmp_path: Path) -> None:
     env = {**_embedded_env(embedded_dir), **_service_env(tmp_path, idle=3)}
     sock = tmp_path / "q.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "pgmaxsim.query_service", "--socket", str(sock),
+    proc = subprocess.Popen([sys.executable, "-m", "pgmaxsim.query_encoder_service", "--socket", str(sock),
                              "--hold-embedded", str(embedded_dir)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

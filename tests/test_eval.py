@@ -12,7 +12,6 @@ import numpy as np
 import psycopg
 import pytest
 import pytrec_eval
-
 from pgmaxsim import evaluation as ev
 from pgmaxsim.cli import main
 from pgmaxsim.errors import PgmaxsimError
@@ -198,8 +197,8 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 def _independent(dsn: str, candidates: int | None, k: int = 10) -> tuple[dict[str, list[tuple[str, float]]], Any]:
     """The bundled queries through maxsim.search here, without pgmaxsim.evaluation."""
     from pgmaxsim.db.adapters import Tokens
-    from pgmaxsim.query import _cursor, encode_query
     from pgmaxsim.registry import get_index
+    from pgmaxsim.search import _cursor, encode_query
 
     queries, _ = ev.bundled_set()
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -262,7 +261,7 @@ def test_eval_demo_through_the_server(dsn: str, tmp_path: Path, capsys: pytest.C
     # precomputed tokens from a .npz
     queries, _ = ev.bundled_set()
     npz = tmp_path / "q.npz"
-    from pgmaxsim.query import encode_query
+    from pgmaxsim.search import encode_query
     with psycopg.connect(dsn) as conn:
         from pgmaxsim.registry import get_index
         info = get_index(conn, "demo")

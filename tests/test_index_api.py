@@ -1,4 +1,4 @@
-"""pgmaxsim.Index and pgmaxsim.storage on a real PostgreSQL 15 (PL/Python path) and the
+"""pgmaxsim.Index and pgmaxsim.writes on a real PostgreSQL 15 (PL/Python path) and the
 embedded PostgreSQL 18 (pure-SQL path): bulk binary-COPY upserts, idempotence, search,
 rerank, deletes, key types, and concurrency."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from pgmaxsim import Index, PgmaxsimError, registry, storage
-from pgmaxsim.scoring.reference import maxsim_reference
+from pgmaxsim import Index, PgmaxsimError, registry, writes
+from pgmaxsim.kernels.reference import maxsim_reference
 
 DIM = 24
 
@@ -130,11 +130,11 @@ def test_storage_writer_directly(conn: psycopg.Connection[Any]) -> None:
     assert (info.dim, info.pooling, info.id_type, info.centroid_table) == (DIM, "centroids", "bigint", f"cen_{info.id}")
     docs = corpus(10, seed=6)
     with conn.transaction():
-        assert storage.write_rows(conn, info, list(range(5)), docs[:5], model="x") == 5
+        assert writes.write_rows(conn, info, list(range(5)), docs[:5], model="x") == 5
         conn.execute("INSERT INTO maxsim.queue (index_id, row_id) VALUES (%s, 'marker')", (info.id,))
     try:
         with conn.transaction():
-            storage.write_rows(conn, info, list(range(5, 10)), docs[5:])
+            writes.write_rows(conn, info, list(range(5, 10)), docs[5:])
             raise RuntimeError("rolled back")
     except RuntimeError:
         pass
@@ -206,10 +206,10 @@ def test_concurrent_writers_of_the_same_rows(dsn: str) -> None:
 
 
 def test_row_lock_key_is_the_sql_expression(conn: psycopg.Connection[Any]) -> None:
-    """storage.row_lock_key equals the SQL expression in its docstring (what maxsim._upsert locks)."""
+    """writes.row_lock_key equals the SQL expression in its docstring (what maxsim._upsert locks)."""
     rows = [(1, "42"), (7, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), (123456, "ünïcode key"), (2, "")]
     got = conn.execute(
         "SELECT ('x' || pg_catalog.left(pg_catalog.md5('pgmaxsim/' || i::text || '/' || r), 16))::bit(64)::bigint"
         " FROM unnest(%s::int[], %s::text[]) WITH ORDINALITY AS u(i, r, o) ORDER BY o",
         ([i for i, _ in rows], [r for _, r in rows])).fetchall()
-    assert [g[0] for g in got] == [storage.row_lock_key(i, r) for i, r in rows]
+    assert [g[0] for g in got] == [writes.row_lock_key(i, r) for i, r in rows]

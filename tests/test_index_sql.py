@@ -12,7 +12,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgmaxsim.db.adapters import Tokens, register_tokens
-from pgmaxsim.scoring.reference import maxsim_reference
+from pgmaxsim.kernels.reference import maxsim_reference
 
 DIM = 16
 

@@ -11,7 +11,7 @@ import pgmaxsim
 import psycopg
 import pytest
 from pgmaxsim.db.adapters import Tokens, register_tokens
-from pgmaxsim.query import PendingRowsWarning
+from pgmaxsim.search import PendingRowsWarning
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -18,9 +18,9 @@ import numpy as np
 import psycopg
 import pytest
 from pgmaxsim.index import Index
+from pgmaxsim.kernels.reference import maxsim_reference
 from pgmaxsim.scorer.server import Scorer, ScorerService
 from pgmaxsim.scorer.store import CpuBackend
-from pgmaxsim.scoring.reference import maxsim_reference
 from pgserver import LocalPostgres
 from pytest_postgresql.janitor import DatabaseJanitor
 

@@ -18,11 +18,11 @@ import numpy as np
 import psycopg
 import pytest
 from pgmaxsim.index import Index
+from pgmaxsim.kernels.reference import maxsim_reference
 from pgmaxsim.scorer.client import ScorerClient
 from pgmaxsim.scorer.protocol import ScorerError, Snapshot, send_frame
 from pgmaxsim.scorer.server import Limits, Scorer, ScorerService
 from pgmaxsim.scorer.store import CpuBackend
-from pgmaxsim.scoring.reference import maxsim_reference
 
 DIM = 16
 rng = np.random.default_rng(0)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pgmaxsim.scoring import _emulate as emu
-from pgmaxsim.scoring import cpu, gpu, quantize
-from pgmaxsim.scoring.quantize import (
+from pgmaxsim.kernels import _emulate as emu
+from pgmaxsim.kernels import cupy_maxsim as gpu
+from pgmaxsim.kernels import numpy_maxsim as cpu
+from pgmaxsim.kernels import quantize
+from pgmaxsim.kernels.quantize import (
     binarize,
     dequantize_int8,
     int8_error_bound,
     maxsim_binary,
     quantize_int8,
 )
-from pgmaxsim.scoring.reference import maxsim_reference, maxsim_reference_many
+from pgmaxsim.kernels.reference import maxsim_reference, maxsim_reference_many
 
 
 def _docs(rng: np.random.Generator, lengths: list[int], d: int) -> list[np.ndarray]:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pgmaxsim.scoring import cpu, gpu
-from pgmaxsim.scoring.quantize import dequantize_int8
-from pgmaxsim.scoring.reference import maxsim_reference_many
+from pgmaxsim.kernels import cupy_maxsim as gpu
+from pgmaxsim.kernels import numpy_maxsim as cpu
+from pgmaxsim.kernels.quantize import dequantize_int8
+from pgmaxsim.kernels.reference import maxsim_reference_many
 
 needs_gpu = pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CUDA device")
 

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
-
 from pgmaxsim.db import migrate
 from pgmaxsim.db.adapters import Tokens, register_tokens
-from pgmaxsim.scoring.reference import maxsim_reference
+from pgmaxsim.kernels.reference import maxsim_reference
+from psycopg.conninfo import make_conninfo
 
 DIM = 8
 ROWS = 40

@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pgmaxsim.sqlalchemy import HalfvecArray, maxsim_rerank, maxsim_search
 from sqlalchemy import Integer, String, Text, create_engine, func, literal, select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
-
-from pgmaxsim.sqlalchemy import HalfvecArray, maxsim_rerank, maxsim_search
 
 DIM = 8
 

@@ -13,8 +13,8 @@ import pytest
 from pgmaxsim import Index, pooling
 from pgmaxsim.db import migrate
 from pgmaxsim.db.adapters import Tokens, register_tokens
-from pgmaxsim.scoring import quantize
-from pgmaxsim.scoring.reference import maxsim_reference
+from pgmaxsim.kernels import quantize
+from pgmaxsim.kernels.reference import maxsim_reference
 
 DIM = 16
 
@@ -304,7 +304,7 @@ def test_cli_show_and_reindex_storage(dsn: str, capsys: pytest.CaptureFixture[st
 
     code, out, _ = cli("index", "show", "t_idx")
     assert code == 0 and "fp16, pool factor 1" in out
-    from pgmaxsim.commands._output import human_bytes
+    from pgmaxsim.display import human_bytes
 
     assert f"bytes         {human_bytes(nbytes)} (" in out and "per row" in out
     code, out, err = cli("index", "reindex", "t_idx", "--storage", "int8", "--pool-factor", "2")

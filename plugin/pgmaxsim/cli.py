@@ -1,6 +1,6 @@
 """The ``pgmaxsim`` command: parses arguments, calls the library, prints.
 
-Each subcommand lives in ``pgmaxsim/commands/<name>.py`` with
+Each subcommand lives in ``pgmaxsim/commands/<name>_cmd.py`` with
 ``register(subparsers)``; this module only wires them and owns the process:
 
 - global options (``--dsn``, ``-v``) are accepted before or after the subcommand;
@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"pgmaxsim.commands.{name}")
+            module = importlib.import_module(f"pgmaxsim.commands.{name}_cmd")
         except ModuleNotFoundError as e:
-            if e.name == f"pgmaxsim.commands.{name}":
+            if e.name == f"pgmaxsim.commands.{name}_cmd":
                 continue  # subcommand not built in this installation
             raise
         module.register(sub)

@@ -89,10 +89,10 @@ def run_demo(
     out: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the quickstart end to end (see module doc); returns what it did."""
-    from pgmaxsim import query as pgq
-    from pgmaxsim.commands.search import body, label
+    from pgmaxsim import search as pgq
     from pgmaxsim.db import migrate
     from pgmaxsim.db.connect import connect, redact, resolve_dsn
+    from pgmaxsim.display import body, label
     from pgmaxsim.encoders.text import DEFAULT_MODEL_NAME
 
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def run_demo(
         out(f"      {result.rows} rows queued for the worker (MiniLM-L6, 384-d token embeddings, bundled: offline)")
 
     t = time.perf_counter()
-    from pgmaxsim.query import _quiet_transformers
+    from pgmaxsim.search import _quiet_transformers
     from pgmaxsim.worker.loop import run_worker
 
     _quiet_transformers()
@@ -144,8 +144,8 @@ def run_demo(
         out(f"[5/6] search: top {k} of {result.rows} rows per query (pgmaxsim search \"...\" --index {index})")
         import io
 
-        from pgmaxsim.commands._output import snippet
-        from pgmaxsim.commands._output import table as print_table
+        from pgmaxsim.display import snippet
+        from pgmaxsim.display import table as print_table
 
         for q in queries:
             hits = pgq.search(conn, index, q, k=k, rows=True)

@@ -353,7 +353,7 @@ def run_settings(conn: Any, info: Any, tokens: Mapping[str, np.ndarray], setting
 def _search_all(conn: Any, info: Any, tokens: Mapping[str, np.ndarray], results: list[SettingResult], k: int,
                 stmt: str, tick: Callable[[], None]) -> None:
     from pgmaxsim.db.adapters import Tokens
-    from pgmaxsim.query import _cursor
+    from pgmaxsim.search import _cursor
 
     with _cursor(conn, info) as cur:
         first = next(iter(tokens.values()))
@@ -552,8 +552,8 @@ class Evaluation:
 def encode_all(info: Any, queries: Mapping[str, str], tokens: Mapping[str, np.ndarray] | None,
                tick: Callable[[], None] = lambda: None) -> dict[str, np.ndarray]:
     """Each query's tokens, encoded once with the index's model through pgmaxsim's query path
-    (:func:`pgmaxsim.query.encode_query`), or taken from ``tokens`` (checked the same way)."""
-    from pgmaxsim.query import encode_query, encoder_for
+    (:func:`pgmaxsim.search.encode_query`), or taken from ``tokens`` (checked the same way)."""
+    from pgmaxsim.search import encode_query, encoder_for
 
     out: dict[str, np.ndarray] = {}
     if tokens is not None:

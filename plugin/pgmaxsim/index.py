@@ -5,14 +5,14 @@
 >>> idx.search(query_tokens, k=5)                                    # doctest: +SKIP
 [(2, 17.3), (1, 11.9)]
 
-Writes go through :func:`pgmaxsim.storage.write_rows` (binary COPY); searches
+Writes go through :func:`pgmaxsim.writes.write_rows` (binary COPY); searches
 call the SQL functions (``maxsim.search`` / ``maxsim.rerank``), so the Python
 API and SQL always agree. Ids come back as the key's Python type (int, UUID, str).
 Queries are text, a PIL image (both encoded by the index's own model, loaded
 once per process) or an ``(n, d)`` token array; results are
-:class:`~pgmaxsim.query.Hit` pairs ``(id, score)`` that carry the source row when
+:class:`~pgmaxsim.search.Hit` pairs ``(id, score)`` that carry the source row when
 asked (``rows=``), optionally restricted by a ``filter=`` on the source table
-(all in :mod:`pgmaxsim.query`). ``conn`` is a psycopg 3 connection or a pool
+(all in :mod:`pgmaxsim.search`). ``conn`` is a psycopg 3 connection or a pool
 (``psycopg_pool.ConnectionPool``): each call then borrows a connection.
 """
 
@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from pgmaxsim import query as queries
-from pgmaxsim import storage
+from pgmaxsim import search as queries
+from pgmaxsim import writes
 from pgmaxsim.errors import PgmaxsimError, one_line
-from pgmaxsim.query import FILTER_RERANK_LIMIT, Filter, Hit, borrow
 from pgmaxsim.registry import IndexSpec, get_index
+from pgmaxsim.search import FILTER_RERANK_LIMIT, Filter, Hit, borrow
 
 
 def _server_error(e: psycopg.Error) -> PgmaxsimError:
@@ -40,7 +40,7 @@ class Index:
     """One pgmaxsim index on a psycopg 3 connection or pool.
 
     ``encoder``: the encoder of text and image queries (default: the index's
-    model, loaded once per process by :func:`pgmaxsim.query.encoder_for`).
+    model, loaded once per process by :func:`pgmaxsim.search.encoder_for`).
     ``filter_rerank_limit``: see :meth:`search`.
     """
 
@@ -96,7 +96,7 @@ class Index:
         """Write rows' token embeddings (``(n_i, d)`` arrays) by binary COPY; returns rows written."""
         try:
             with borrow(self.conn) as c:
-                return storage.write_rows(c, self._info_on(c), ids, embeddings, model=model,
+                return writes.write_rows(c, self._info_on(c), ids, embeddings, model=model,
                                           model_revision=model_revision, content_hashes=content_hashes)
         except psycopg.Error as e:
             raise _server_error(e) from None
@@ -105,14 +105,14 @@ class Index:
         """Remove rows' embeddings; ids not in the index are ignored. Returns rows removed."""
         try:
             with borrow(self.conn) as c:
-                return storage.delete_rows(c, self._info_on(c), ids)
+                return writes.delete_rows(c, self._info_on(c), ids)
         except psycopg.Error as e:
             raise _server_error(e) from None
 
     # ------------------------------------------------------------------ reads
     def search(self, query: Any, k: int = 10, candidates: int | None = None, *, filter: Filter = None,
                params: Any = None, rows: bool | Sequence[str] = False) -> list[Hit]:
-        """Top-``k`` rows by MaxSim, best first, as :class:`~pgmaxsim.query.Hit` ``(id, score)`` pairs.
+        """Top-``k`` rows by MaxSim, best first, as :class:`~pgmaxsim.search.Hit` ``(id, score)`` pairs.
 
         ``query``: text or a PIL image (encoded by the index's model) or an
         ``(n, d)`` array of token embeddings. ``candidates``: rows passed from the
@@ -124,7 +124,7 @@ class Index:
         (``maxsim.rerank``); a broader one searches deeper and post-filters.
         ``rows``: attach each hit's source row as ``hit.row`` (a dict): True for
         every column, or a list of column names. Rows still queued for the
-        worker are not searched: a :class:`~pgmaxsim.query.PendingRowsWarning`
+        worker are not searched: a :class:`~pgmaxsim.search.PendingRowsWarning`
         says how many.
         """
         with borrow(self.conn) as c:

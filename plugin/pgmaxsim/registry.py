@@ -98,7 +98,7 @@ class IndexSpec:
     # ------------------------------------------------------------ options
     @property
     def storage(self) -> str:
-        """Storage tier of the stored tokens: ``fp16`` or ``int8`` (pgmaxsim.scoring.quantize)."""
+        """Storage tier of the stored tokens: ``fp16`` or ``int8`` (pgmaxsim.kernels.quantize)."""
         return str(self.options.get("storage", "fp16"))
 
     @property

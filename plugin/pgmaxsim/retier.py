@@ -33,11 +33,11 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pgmaxsim import pooling, storage
+from pgmaxsim import pooling, writes
 from pgmaxsim.db.codec import encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.kernels import quantize
 from pgmaxsim.registry import IndexSpec, get_index
-from pgmaxsim.scoring import quantize
 
 SUFFIX = "#retier"
 BATCH = 64
@@ -144,13 +144,13 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
                 cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
         keys = [r[0] for r in batch]
         with conn.transaction(), conn.cursor() as cur:
-            storage.lock_rows(cur, shadow, keys)
+            writes.lock_rows(cur, shadow, keys)
             cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(
                 shadow.token_ident(), shadow.id_type_sql()), (keys,))
-            tok_types, cen_types = storage.copy_types(cur, shadow)
-            storage._copy(cur, shadow.token_ident(), storage.TOKEN_COLUMNS, tok_types, tok_rows)
+            tok_types, cen_types = writes.copy_types(cur, shadow)
+            writes._copy(cur, shadow.token_ident(), writes.TOKEN_COLUMNS, tok_types, tok_rows)
             if cen_rows and shadow.centroid_table:
-                storage._copy(cur, sql.Identifier("maxsim", shadow.centroid_table), storage.CENTROID_COLUMNS,
+                writes._copy(cur, sql.Identifier("maxsim", shadow.centroid_table), writes.CENTROID_COLUMNS,
                               cen_types, cen_rows)
         n += len(batch)
     return n

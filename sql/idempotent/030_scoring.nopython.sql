@@ -118,7 +118,7 @@ END
 $$;
 
 -- One row's tokens -> its stored fp16 bytes (little-endian halfs, token-major; the layout of
--- pgmaxsim.scoring.quantize): halfvec_send gives big-endian halfs after a 4-byte header, swapped
+-- pgmaxsim.kernels.quantize): halfvec_send gives big-endian halfs after a 4-byte header, swapped
 -- through their hex text (C-speed, no per-element SQL). int8 and token pooling need plpython3u
 -- (create_index refuses int8 here; pool_factor > 1 rows come from Python writers).
 CREATE OR REPLACE FUNCTION maxsim._encode(tokens @vector@.halfvec[], storage text, pool_factor integer) RETURNS bytea

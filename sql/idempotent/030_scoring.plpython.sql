@@ -77,7 +77,7 @@ return api.encode(plpy, tokens, storage, pool_factor)
 $$;
 
 -- One row's tokens -> its stored bytes: pooled (pool_factor > 1, pgmaxsim.pooling.pool_tokens),
--- then in the tier's layout (pgmaxsim.scoring.quantize.encode_tokens).
+-- then in the tier's layout (pgmaxsim.kernels.quantize.encode_tokens).
 CREATE OR REPLACE FUNCTION maxsim._encode(tokens @vector@.halfvec[], storage text, pool_factor integer) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp

@@ -135,7 +135,7 @@ BEGIN
     UPDATE maxsim.indexes SET token_table = v_tok WHERE id = v_id;
 
     -- Token table: ONE copy of each row's tokens, `tokens` in the tier's byte layout
-    -- (pgmaxsim.scoring.quantize: fp16 = n x dim little-endian halfs; int8 = n float32 scales
+    -- (pgmaxsim.kernels.quantize: fp16 = n x dim little-endian halfs; int8 = n float32 scales
     -- then n x dim codes), out of line and uncompressed (STORAGE EXTERNAL: token noise does not
     -- compress, and fetching is a plain copy; bench/STORAGE.md). n_tokens counts the stored
     -- vectors, n_raw_tokens the vectors written before token pooling (option pool_factor).
@@ -305,7 +305,7 @@ BEGIN
 END
 $$;
 
--- Bytes per stored token vector of a storage tier (pgmaxsim.scoring.quantize.stored_nbytes).
+-- Bytes per stored token vector of a storage tier (pgmaxsim.kernels.quantize.stored_nbytes).
 CREATE OR REPLACE FUNCTION maxsim._token_bytes(storage text, dim integer) RETURNS integer
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp

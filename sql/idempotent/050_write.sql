@@ -1,6 +1,6 @@
 -- pgmaxsim functions: writing token embeddings from SQL (maxsim.upsert / maxsim.delete).
 -- Idempotent file (see 010_registry.sql for the privilege layering).
--- Python writers (the worker, pgmaxsim.Index.upsert) use pgmaxsim.storage.write_rows (binary COPY);
+-- Python writers (the worker, pgmaxsim.Index.upsert) use pgmaxsim.writes.write_rows (binary COPY);
 -- both take the same per-row lock key (maxsim._row_lock_key) so they never interleave on one row.
 
 -- Number of centroids kept for a row of n tokens under an index's options.
@@ -13,7 +13,7 @@ AS $$
 $$;
 
 -- The advisory-lock key serialising writers of one row of one index: equal to
--- pgmaxsim.storage.row_lock_key (the worker's claim and Python writers take the same lock).
+-- pgmaxsim.writes.row_lock_key (the worker's claim and Python writers take the same lock).
 CREATE OR REPLACE FUNCTION maxsim._row_lock_key(index_id integer, id text) RETURNS bigint
 LANGUAGE sql IMMUTABLE STRICT
 SET search_path TO pg_catalog, pg_temp
@@ -21,7 +21,7 @@ AS $$ SELECT ('x' || pg_catalog.left(pg_catalog.md5('pgmaxsim/' || index_id::tex
 
 -- Write one row's token embeddings (text key), encoded in the server: token pooling (option
 -- pool_factor), the tier's byte layout (option storage); the pooled vector and centroids are
--- computed from what is stored (the decoded bytes), as pgmaxsim.storage.write_rows does.
+-- computed from what is stored (the decoded bytes), as pgmaxsim.writes.write_rows does.
 CREATE OR REPLACE FUNCTION maxsim._write(index_id integer, id text, tokens @vector@.halfvec[]) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
@@ -132,7 +132,7 @@ END
 $$;
 
 -- ---------------------------------------------------------------- bulk writes by granted roles
--- pgmaxsim.storage.write_rows writes with binary COPY. A role with INSERT on the token table (the
+-- pgmaxsim.writes.write_rows writes with binary COPY. A role with INSERT on the token table (the
 -- schema owner: the worker) copies into it directly. Any other role that may manage the index copies
 -- into session-private stage tables instead, created here by the schema owner (so the caller cannot
 -- attach triggers, rules or policies to them) and granted to the caller for INSERT only, then

@@ -18,9 +18,9 @@ import numpy as np
 
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError
-from pgmaxsim.plpy import cpu, remote
+from pgmaxsim.kernels import quantize
+from pgmaxsim.plpy import remote, scoring
 from pgmaxsim.plpy.tokens import decode_query, row_words
-from pgmaxsim.scoring import quantize
 
 # Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
 # 1,000-token d=128 pages) while keeping the matrix product large enough to be efficient.
@@ -122,7 +122,7 @@ def _score_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: list[Any]
         groups.setdefault(row_storage(len(r["tokens"]), int(r["n"]), dim, default), []).append(r)
     for storage, part in groups.items():
         try:
-            scores = cpu.maxsim_stored(q, [r["tokens"] for r in part], dim, storage)
+            scores = scoring.maxsim_stored(q, [r["tokens"] for r in part], dim, storage)
         except quantize.StoredTokensError as e:
             _fail(plpy, f"stored tokens of index {index['name']!r} are malformed: {e}", "XX000")
         for r, s in zip(part, scores.tolist()):
@@ -138,7 +138,7 @@ def _score_centroid_rows(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: 
         parts = [row_words(None, r["tokens"], index["dim"]) for r in rows]
     except CodecError as e:
         _fail(plpy, f"centroids of index {index['name']!r} are malformed: {e}", "XX000")
-    for r, s in zip(rows, cpu.maxsim_rows(q, parts).tolist()):
+    for r, s in zip(rows, scoring.maxsim_rows(q, parts).tolist()):
         out[r["id"]] = s
 
 
@@ -223,7 +223,7 @@ def maxsim(plpy: Any, doc: bytes, query: bytes) -> float | None:
         return None
     if d.shape[1] != q.shape[1]:
         _fail(plpy, f"document vectors have {d.shape[1]} dimensions, query vectors {q.shape[1]}", "22000")
-    return cpu.maxsim_one(d, q)
+    return scoring.maxsim_one(d, q)
 
 
 def _vector_text(v: np.ndarray) -> str:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from pgmaxsim.kernels import numpy_maxsim as cpu
 from pgmaxsim.registry import IndexSpec
 from pgmaxsim.scorer.protocol import ScorerError, Snapshot
-from pgmaxsim.scoring import cpu
 
 
 class OutOfMemory(Exception):
@@ -99,7 +99,7 @@ class GpuBuffer:
     """Growable device token buffer (fp16, or int8 + per-token scales)."""
 
     def __init__(self, dim: int, backend: "GpuBackend") -> None:
-        from pgmaxsim.scoring import gpu
+        from pgmaxsim.kernels import cupy_maxsim as gpu
 
         self.gpu = gpu
         self.cp = gpu.cupy()
@@ -153,7 +153,7 @@ class GpuBackend(CpuBackend):
     name = "gpu"
 
     def __init__(self, max_memory: int | None = None, int8: bool = False, device: int = 0) -> None:
-        from pgmaxsim.scoring import gpu
+        from pgmaxsim.kernels import cupy_maxsim as gpu
 
         cp = gpu.cupy()
         cp.cuda.Device(device).use()
@@ -168,7 +168,7 @@ class GpuBackend(CpuBackend):
         return GpuBuffer(dim, self)
 
     def score(self, query: np.ndarray, view: Any, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        from pgmaxsim.scoring import gpu
+        from pgmaxsim.kernels import cupy_maxsim as gpu
 
         return gpu.cupy().asnumpy(gpu.maxsim_items(query, view, starts, lengths))
 
@@ -179,7 +179,7 @@ def make_backend(kind: str = "auto", max_memory: int | None = None, int8: bool =
         raise ValueError(f"backend must be auto, cpu or gpu, got {kind!r}")
     if kind == "cpu":
         return CpuBackend(max_memory)
-    from pgmaxsim.scoring import gpu
+    from pgmaxsim.kernels import cupy_maxsim as gpu
 
     if kind == "gpu" or gpu.available():
         return GpuBackend(max_memory, int8=int8)
@@ -387,8 +387,8 @@ def _host_tokens(view: Any) -> np.ndarray:
     """Tokens of a buffer view on the host as float (for compaction)."""
     if isinstance(view, np.ndarray):
         return view
-    from pgmaxsim.scoring import gpu
-    from pgmaxsim.scoring.quantize import dequantize_int8
+    from pgmaxsim.kernels import cupy_maxsim as gpu
+    from pgmaxsim.kernels.quantize import dequantize_int8
 
     cp = gpu.cupy()
     t = cp.asnumpy(view.tokens)[:, : view.dim]

@@ -26,10 +26,10 @@ from typing import Any
 
 from psycopg import sql
 
+from pgmaxsim.kernels import quantize
 from pgmaxsim.registry import IndexSpec, all_indexes
 from pgmaxsim.scorer.protocol import SNAPSHOT_SQL, Snapshot
 from pgmaxsim.scorer.store import IndexStore, Row
-from pgmaxsim.scoring import quantize
 
 FETCH_ROWS = 256
 CHANGES_SQL = (

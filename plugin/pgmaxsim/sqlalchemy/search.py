@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Integer, Text, cast, column, func, literal, null, select
 from sqlalchemy.sql.elements import ClauseElement
-from sqlalchemy.types import REAL, ARRAY, TypeEngine
+from sqlalchemy.types import ARRAY, REAL, TypeEngine
 
 from pgmaxsim.sqlalchemy.types import HalfvecArray
 

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pgmaxsim import storage
+from pgmaxsim import writes
 from pgmaxsim.errors import PgmaxsimError, one_line
 from pgmaxsim.registry import IndexSpec
 from pgmaxsim.worker import queue
@@ -204,6 +204,6 @@ def _write(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[tuple[Load
            encoder: Any) -> None:
     model = getattr(encoder, "name", None) or spec.model
     revision = getattr(encoder, "revision", None) or spec.model_revision
-    storage.write_rows(
+    writes.write_rows(
         conn, spec, [r.key for r, _ in rows], [t for _, t in rows], model=model, model_revision=revision,
         content_hashes=[r.content_hash for r, _ in rows])

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.registry import IndexSpec
-from pgmaxsim.storage import delete_keys, row_lock_key
+from pgmaxsim.writes import delete_keys, row_lock_key
 
 DEFAULT_BATCH_SIZE = 256  # rows; the token budget is what bounds batches of images or long texts
 DEFAULT_TOKEN_BUDGET = 32_768

@@ -156,7 +156,7 @@ def _info(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from pgmaxsim.commands._output import table
+    from pgmaxsim.display import table
 
     with _conn(args) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM maxsim.indexes ORDER BY name")]
@@ -174,7 +174,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from pgmaxsim.commands._output import human_bytes
+    from pgmaxsim.display import human_bytes
 
     with _conn(args) as conn:
         i = _info(conn, args.name)
@@ -253,7 +253,7 @@ def run_reindex(args: argparse.Namespace) -> int:
 
 
 def _retier(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
-    from pgmaxsim.commands._output import human_bytes
+    from pgmaxsim.display import human_bytes
     from pgmaxsim.retier import retier
 
     try:

@@ -15,14 +15,14 @@ with no tokens scores ``-inf``. Padding is never scored as zero: the packed
 layout has none, and padded inputs are masked with ``-inf`` before the max.
 """
 
-from pgmaxsim.scoring.cpu import (
+from pgmaxsim.kernels.numpy_maxsim import (
     maxsim,
     maxsim_batch,
     maxsim_packed,
     pack,
     topk,
 )
-from pgmaxsim.scoring.reference import maxsim_reference, maxsim_reference_many
+from pgmaxsim.kernels.reference import maxsim_reference, maxsim_reference_many
 
 __all__ = [
     "maxsim",

@@ -15,7 +15,7 @@ e.g. the worker dequeuing in the same transaction), so it is idempotent per id: 
 the same rows twice leaves one copy of each. Run it at READ COMMITTED (the default).
 Each written row gets a new ``version`` and a ``maxsim.changes`` entry from the token
 table's trigger. ``tokens`` is ONE bytea per row in the index's tier layout (option
-``storage``, ``scoring.quantize.encode_tokens``; bench/STORAGE.md), after token pooling
+``storage``, ``kernels.quantize.encode_tokens``; bench/STORAGE.md), after token pooling
 (option ``pool_factor``, ``pooling.pool_tokens``); the pooled vector and centroids are
 computed from what is stored (the decoded bytes), so every reader sees one row.
 
@@ -41,8 +41,8 @@ from psycopg.pq import Format
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
+from pgmaxsim.kernels import quantize
 from pgmaxsim.registry import IndexSpec, get_index
-from pgmaxsim.scoring import quantize
 
 #: Binary COPY column types of the key: PostgreSQL's binary format of these; any other key
 #: type (text, varchar, citext, ...) takes the text's bytes, as its binary input does.

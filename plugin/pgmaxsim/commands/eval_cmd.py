@@ -94,8 +94,8 @@ def _inputs(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, dict[st
 
 def run(args: argparse.Namespace) -> int:
     from pgmaxsim import evaluation as ev
-    from pgmaxsim.commands._output import progress
     from pgmaxsim.db.connect import connect
+    from pgmaxsim.display import progress
     from pgmaxsim.registry import require_schema
 
     if args.plot and not args.plot.lower().endswith(".png"):
@@ -168,7 +168,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _print_table(result: Any) -> None:
-    from pgmaxsim.commands._output import table
+    from pgmaxsim.display import table
     from pgmaxsim.evaluation import METRICS
 
     metrics = [m for m in METRICS if any(r.metrics[m] is not None for r in result.rows)]

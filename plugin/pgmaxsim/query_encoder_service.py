@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("pgmaxsim.query_service")
+log = logging.getLogger("pgmaxsim.query_encoder_service")
 
 DEFAULT_IDLE_S = 600.0
 READY_TIMEOUT_S = 30.0   # the socket is up long before the model is loaded
@@ -54,7 +54,7 @@ def socket_path() -> Path:
 
 
 class RemoteEncoder:
-    """The part of the Encoder interface that :func:`pgmaxsim.query.encode_query` uses for text."""
+    """The part of the Encoder interface that :func:`pgmaxsim.search.encode_query` uses for text."""
 
     def __init__(self, ask: Any, model: str) -> None:
         self._ask, self.name, self.dim = ask, model, None
@@ -109,7 +109,7 @@ def _with_fallback(ask: Any, model: str, revision: str | None) -> RemoteEncoder:
         try:
             return np.asarray(ask(text), dtype=np.float32)
         except (ScorerError, OSError, Exception):  # noqa: BLE001 - it is only a faster path
-            from pgmaxsim.query import encoder_for
+            from pgmaxsim.search import encoder_for
 
             return np.asarray(encoder_for(model, revision).encode_query(text), dtype=np.float32)
     return RemoteEncoder(encode, model)
@@ -147,7 +147,7 @@ def _answers(path: Path) -> bool:
 
 def _start(path: Path, embedded: Path | None) -> bool:
     """Start the service in its own session (it outlives this command) and wait for its socket."""
-    cmd = [sys.executable, "-m", "pgmaxsim.query_service", "--socket", str(path)]
+    cmd = [sys.executable, "-m", "pgmaxsim.query_encoder_service", "--socket", str(path)]
     if embedded is not None:
         cmd += ["--hold-embedded", str(embedded)]
     logfile = open(path.with_suffix(".log"), "ab")  # noqa: SIM115 - handed to the child
@@ -229,7 +229,7 @@ def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any]
     try:
         enc = encoders.get(key)
         if enc is None:
-            from pgmaxsim.query import encoder_for
+            from pgmaxsim.search import encoder_for
 
             enc = encoders[key] = encoder_for(*key)
         tokens = np.ascontiguousarray(np.asarray(enc.encode_query(str(head.get("text", ""))), dtype=np.float32))
@@ -241,7 +241,7 @@ def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any]
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m pgmaxsim.query_service")
+    p = argparse.ArgumentParser(prog="python -m pgmaxsim.query_encoder_service")
     p.add_argument("--socket", type=Path, default=None)
     p.add_argument("--idle", type=float,
                    default=float(os.environ.get("PGMAXSIM_QUERY_ENCODER_IDLE", DEFAULT_IDLE_S)))

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pgmaxsim.kernels import numpy_maxsim as scoring_cpu
+from pgmaxsim.kernels.quantize import decode_tokens
 from pgmaxsim.plpy.tokens import _LE_HALF_TO_F32, convert
-from pgmaxsim.scoring import cpu as scoring_cpu
-from pgmaxsim.scoring.quantize import decode_tokens
 
 
 def maxsim_packed(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -40,7 +40,7 @@ def maxsim_rows(query: np.ndarray, rows: Sequence[tuple[np.ndarray, np.ndarray]]
     (see :func:`pgmaxsim.plpy.tokens.row_words`) → scores (m,) float32.
 
     Little-endian words (``tokens_packed``) are scored as fp16 where they lie
-    (:func:`pgmaxsim.scoring.cpu.maxsim_docs`); ``array_send`` words are converted
+    (:func:`pgmaxsim.kernels.numpy_maxsim.maxsim_docs`); ``array_send`` words are converted
     through their table first.
     """
     scores = np.empty(len(rows), dtype=np.float32)
@@ -60,7 +60,7 @@ def maxsim_stored(query: np.ndarray, blobs: Sequence[bytes], dim: int, storage: 
     """MaxSim of ``query`` (nq, d) against rows' stored token bytes (tier ``storage``) → (m,) float32.
 
     Decoding makes views only; each row is scored as stored (fp16 or int8 with its
-    scales, :mod:`pgmaxsim.scoring.quantize` layouts). Raises ``StoredTokensError``
+    scales, :mod:`pgmaxsim.kernels.quantize` layouts). Raises ``StoredTokensError``
     for bytes that do not fit the layout; a row with no tokens scores ``-inf``.
     """
     if not blobs:

@@ -1,6 +1,6 @@
 """Fast MaxSim in NumPy over packed variable-length documents.
 
-All functions take the packed layout of :mod:`pgmaxsim.scoring` (``tokens``
+All functions take the packed layout of :mod:`pgmaxsim.kernels` (``tokens``
 (T, d) float16/float32, or int8 with per-token ``scales`` (T,); ``offsets``
 (n_docs + 1,)), or documents as a list of arrays (:func:`maxsim_docs`). Every
 path goes through :func:`doc_maxes`: similarities computed in float32 with BLAS
@@ -186,7 +186,7 @@ def maxsim_docs(query: np.ndarray, docs: Sequence[np.ndarray], scales: Sequence[
     """Scores ``(n,)`` float32 of one query ``(nq, d)`` against documents as stored.
 
     ``docs``: ``(n_i, d)`` arrays of one dtype (float16, float32, or int8 with
-    ``scales[i]`` (n_i,) float32), e.g. from :func:`pgmaxsim.scoring.quantize.decode_tokens`:
+    ``scales[i]`` (n_i,) float32), e.g. from :func:`pgmaxsim.kernels.quantize.decode_tokens`:
     views of the stored bytes, scored without a float32 copy of them. Empty ones score ``-inf``.
 
     >>> q = np.array([[1, 0], [0, 1]], dtype=np.float32)

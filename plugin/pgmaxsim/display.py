@@ -1,4 +1,5 @@
-"""Small helpers the subcommands share for printing: plain-text tables, sizes, snippets."""
+"""Terminal output shared by the CLI and the demo: plain-text tables, sizes, snippets,
+progress bars, and what names a result row (its label and body)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,37 @@ def progress(total: int | None, desc: str, unit: str = "it") -> Any:
 
     return tqdm(total=total, desc=desc, unit=unit, disable=None, file=sys.stderr, leave=False,
                 dynamic_ncols=True)
+
+
+def label(row: dict[str, Any] | None) -> str:
+    """What names a row in the results: the ingest table's title and page, else a title-ish column."""
+    if not row:
+        return ""
+    if row.get("document") is not None and row.get("page") is not None:
+        title = row.get("title") or row["document"]
+        if row.get("kind") == "pdf":
+            return f"{row['document']} p.{row['page']}"
+        return str(title)
+    for key in ("title", "name", "document", "filename", "path", "subject", "heading"):
+        if isinstance(row.get(key), str) and row[key].strip():
+            return row[key]
+    return ""
+
+
+def body(row: dict[str, Any] | None) -> str:
+    """A snippet of the row's text: ``body`` of ingest tables, else the first long text column."""
+    if not row:
+        return ""
+    if isinstance(row.get("body"), str):
+        text = row["body"].strip()
+        title = row.get("title")
+        if isinstance(title, str):
+            if row.get("kind") == "text" and text.startswith(title):
+                text = text[len(title):]  # the title is already in the other column
+            elif row.get("kind") == "pdf":
+                first, _, rest = text.partition("\n")
+                if first.strip() and title.startswith(first.strip()):
+                    text = rest  # the page's running header repeats the document title
+        return text
+    texts = [v for v in row.values() if isinstance(v, str)]
+    return max(texts, key=len) if texts else ""

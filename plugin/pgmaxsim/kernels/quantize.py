@@ -136,7 +136,7 @@ def encode_tokens(tokens: np.ndarray, storage: str) -> bytes:
 def decode_tokens(blob: bytes, dim: int, storage: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Stored bytes -> ``(tokens (n, dim) float16 or int8, scales (n,) float32 or None)``, views of ``blob``.
 
-    What every scorer takes (:func:`pgmaxsim.scoring.cpu.maxsim_docs`); for float
+    What every scorer takes (:func:`pgmaxsim.kernels.numpy_maxsim.maxsim_docs`); for float
     values use :func:`dequantize` on the result.
     """
     if storage == "fp16":

@@ -52,9 +52,9 @@ def _available(conn: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pgmaxsim import query as queries
-    from pgmaxsim.commands._output import snippet, table
+    from pgmaxsim import search as queries
     from pgmaxsim.db.connect import connect
+    from pgmaxsim.display import body, label, snippet, table
     from pgmaxsim.registry import require_schema
 
     if not args.query.strip():
@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _warm_encoder(conn: Any, args: argparse.Namespace, index_id: int, model: str,
                   revision: str | None) -> Any:
-    """The scorer or the warm query encoder (see pgmaxsim.query_service); None: encode here."""
+    """The scorer or the warm query encoder (see pgmaxsim.query_encoder_service); None: encode here."""
     import os
 
-    from pgmaxsim import query_service
+    from pgmaxsim import query_encoder_service as query_service
 
     embedded = None
     if not args.dsn and not os.environ.get("DATABASE_URL"):
@@ -115,35 +115,3 @@ def _warm_encoder(conn: Any, args: argparse.Namespace, index_id: int, model: str
     return query_service.remote_encoder(conn, index_id, model, revision, embedded=embedded)
 
 
-def label(row: dict[str, Any] | None) -> str:
-    """What names a row in the results: the ingest table's title and page, else a title-ish column."""
-    if not row:
-        return ""
-    if row.get("document") is not None and row.get("page") is not None:
-        title = row.get("title") or row["document"]
-        if row.get("kind") == "pdf":
-            return f"{row['document']} p.{row['page']}"
-        return str(title)
-    for key in ("title", "name", "document", "filename", "path", "subject", "heading"):
-        if isinstance(row.get(key), str) and row[key].strip():
-            return row[key]
-    return ""
-
-
-def body(row: dict[str, Any] | None) -> str:
-    """A snippet of the row's text: ``body`` of ingest tables, else the first long text column."""
-    if not row:
-        return ""
-    if isinstance(row.get("body"), str):
-        text = row["body"].strip()
-        title = row.get("title")
-        if isinstance(title, str):
-            if row.get("kind") == "text" and text.startswith(title):
-                text = text[len(title):]  # the title is already in the other column
-            elif row.get("kind") == "pdf":
-                first, _, rest = text.partition("\n")
-                if first.strip() and title.startswith(first.strip()):
-                    text = rest  # the page's running header repeats the document title
-        return text
-    texts = [v for v in row.values() if isinstance(v, str)]
-    return max(texts, key=len) if texts else ""

@@ -16,7 +16,7 @@ Kernels (see the .cu file for the fragment layouts):
 - ``maxsim_batch``: many queries stacked (up to the shared-memory budget) x
   n items; each token tile is read once and swept against every query.
 
-:mod:`pgmaxsim.scoring._emulate` replays both kernels lane by lane in NumPy
+:mod:`pgmaxsim.kernels._emulate` replays both kernels lane by lane in NumPy
 (same index arithmetic, same int8 conversion), which is how they are checked
 on machines without a GPU.
 """
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pgmaxsim.errors import MissingExtraError, PgmaxsimError
-from pgmaxsim.scoring.quantize import quantize_int8
+from pgmaxsim.kernels.quantize import quantize_int8
 
 KERNEL_SOURCE_PATH = Path(__file__).with_name("maxsim_kernels.cu")
 WARPS = 8
@@ -275,7 +275,7 @@ def maxsim_batch_gpu(queries: Sequence[np.ndarray], dev: DeviceTokens, offsets: 
 
 def topk_gpu(scores: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of device scores -> host (indices, values), best first, ties by lower index."""
-    from pgmaxsim.scoring.cpu import topk
+    from pgmaxsim.kernels.numpy_maxsim import topk
 
     cp = cupy()
     s = cp.asarray(scores)

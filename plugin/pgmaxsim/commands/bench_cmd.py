@@ -144,7 +144,7 @@ class BenchResult:
     mass10: float
 
     def print(self) -> None:
-        from pgmaxsim.commands._output import human_bytes, table
+        from pgmaxsim.display import human_bytes, table
 
         print(f"pgmaxsim bench: {self.pages} pages, {self.tokens / self.pages:.0f} tokens/page avg, d={self.dim},"
               f" pooling {self.pooling}; {self.server}")
@@ -163,10 +163,10 @@ def micro_bench(dsn: str | None, *, pages: int = 1000, tokens: tuple[int, int] =
                 queries: int = 20, query_tokens: int = 24, pooling: str = "centroids", seed: int = 0,
                 show_progress: bool = True) -> BenchResult:
     """Run the built-in benchmark (see module doc) and drop what it created."""
-    from pgmaxsim.commands._output import progress
-    from pgmaxsim.registry import require_schema
     from pgmaxsim.db.connect import connect
+    from pgmaxsim.display import progress
     from pgmaxsim.index import Index
+    from pgmaxsim.registry import require_schema
 
     data, _ = synthetic_pages(pages, tokens, dim, seed)
     rng = np.random.default_rng(seed + 1)

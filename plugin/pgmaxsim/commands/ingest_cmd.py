@@ -56,9 +56,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pgmaxsim.commands._output import progress
-    from pgmaxsim.commands.index import embed_now
+    from pgmaxsim.commands.index_cmd import embed_now
     from pgmaxsim.db.connect import connect, resolve_dsn
+    from pgmaxsim.display import progress
 
     if args.dpi <= 0:
         raise PgmaxsimError(f"--dpi must be positive, got {args.dpi}")
