@@ -419,4 +419,18 @@ def test_the_worker_runs_as_a_granted_role(dsn: str, conn: psycopg.Connection[An
         refused(other, "SELECT * FROM maxsim.queue_claim('notes', 10)", None, "only the owner of")
         refused(other, "SELECT maxsim.queue_settle('notes', 'done', ARRAY[1]::bigint[], NULL)", None,
                 "only the owner of")
+        refused(other, "SELECT * FROM maxsim.queue_totals(ARRAY['notes'])", None, "only the owner of")
+    # the idle round's counts, all served indexes in one statement: two rows backed off for a minute
+    with as_role(dsn, app) as c:
+        from pgmaxsim.registry import get_index
+        from pgmaxsim.worker import queue
+
+        add_text_rows(c, "notes", range(20, 22))
+        with c.transaction():
+            qids, rids = zip(*c.execute("SELECT qid, row_id FROM maxsim.queue_claim('notes', 10)").fetchall())
+            c.execute("SELECT maxsim.queue_settle('notes', 'retry', %s, %s, 1, 'encode', 'boom', 60)",
+                      (list(qids), list(rids)))
+        t = queue.totals(c, [get_index(c, "notes")])
+        assert (t.queued, t.retrying) == (2, 2) and t.due_in is not None and 50 < t.due_in <= 60
+        assert queue.totals(c, []) == queue.QueueTotals(0, None, 0)
     assert not rolsuper(conn, app)

@@ -145,6 +145,60 @@ BEGIN
 END
 $$;
 
+-- queue_state's counts for several indexes in one statement (the worker's idle round asks for every
+-- index it serves at once): per index of `index_ids`, in that order, queued entries, seconds until
+-- the earliest backed-off one is due, rows waiting for a retry.
+CREATE OR REPLACE FUNCTION maxsim._queue_totals(index_ids integer[], OUT queued bigint[],
+                                                OUT due_in double precision[], OUT retrying bigint[])
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_queue_totals'); END IF;
+    SELECT pg_catalog.array_agg(coalesce(s.queued, 0) ORDER BY g.o), pg_catalog.array_agg(s.due_in ORDER BY g.o),
+           pg_catalog.array_agg(coalesce(s.retrying, 0) ORDER BY g.o)
+      INTO queued, due_in, retrying
+      FROM pg_catalog.unnest(index_ids) WITH ORDINALITY AS g(index_id, o)
+      LEFT JOIN (SELECT q.index_id, count(*) AS queued,
+                        EXTRACT(epoch FROM min(q.not_before) FILTER (WHERE q.not_before > pg_catalog.now())
+                                           - pg_catalog.now())::double precision AS due_in,
+                        count(DISTINCT q.row_id) FILTER (WHERE q.attempts > 0) AS retrying
+                   FROM maxsim.queue q WHERE q.index_id = ANY (index_ids) GROUP BY q.index_id) s
+        ON s.index_id = g.index_id;
+END
+$$;
+
+-- queue_state's counts of several indexes (each one the caller manages), one row per name given.
+CREATE OR REPLACE FUNCTION maxsim.queue_totals(names text[])
+RETURNS TABLE (name text, queued bigint, due_in double precision, retrying bigint)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    ids integer[] := '{}';
+    n text;
+    res record;
+BEGIN
+    FOREACH n IN ARRAY coalesce(names, '{}') LOOP
+        r := maxsim._index(n);
+        PERFORM maxsim._check_manage(r);
+        ids := ids || r.id;
+    END LOOP;
+    IF pg_catalog.cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+    res := maxsim._queue_totals(ids);
+    RETURN QUERY SELECT u.n, u.q, u.d, u.r
+                   FROM ROWS FROM (pg_catalog.unnest(names), pg_catalog.unnest(res.queued),
+                                   pg_catalog.unnest(res.due_in), pg_catalog.unnest(res.retrying))
+                        WITH ORDINALITY AS u(n, q, d, r, o) ORDER BY u.o;
+END
+$$;
+
 -- Share-lock an index's registry row for a batch (a re-embedding switch-over or a drop waits for
 -- the batch); returns what the batch must still agree with.
 CREATE OR REPLACE FUNCTION maxsim._index_share(index_id integer, OUT model text, OUT model_revision text, OUT dim integer)

@@ -338,7 +338,7 @@ class _Worker:
         if self.conn is None or self.conn.closed or not self.specs:
             return
         with contextlib.suppress(psycopg.Error):
-            self.stats.waiting = sum(queue.state(self.conn, s).retrying for s in self.specs)
+            self.stats.waiting = queue.totals(self.conn, self.specs).retrying
 
     def _idle(self) -> bool:
         """Nothing was claimable: finish re-embeddings, then wait or (``once``) decide to exit."""

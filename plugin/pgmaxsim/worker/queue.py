@@ -7,7 +7,7 @@ locks vanish with the connection) and a commit makes the write and the
 dequeue visible together.
 
 The queue's tables belong to the schema owner: every step goes through the SQL entry points
-of sql/idempotent/055_queue.sql (``maxsim.queue_claim``, ``queue_settle``, ``queue_state``),
+of sql/idempotent/055_queue.sql (``maxsim.queue_claim``, ``queue_settle``, ``queue_state``, ``queue_totals``),
 which check that this role may manage the index, so a worker runs as the owner of the source
 table (or an admin) and needs no right on pgmaxsim's tables.
 
@@ -246,8 +246,26 @@ def state(conn: psycopg.Connection[Any], spec: IndexSpec, hash_ids: list[str] | 
                       {k: bytes(h) for k, h in zip(keys or [], hashes or [])})
 
 
+@dataclass
+class QueueTotals:
+    """What ``maxsim.queue_totals`` tells a worker about the indexes it serves, summed."""
+
+    queued: int                # entries queued
+    due_in: float | None       # seconds until the earliest backed-off entry is due
+    retrying: int              # rows waiting for a retry
+
+
+def totals(conn: psycopg.Connection[Any], specs: list[IndexSpec]) -> QueueTotals:
+    """The queue counts of ``specs``, in one statement (not one per index)."""
+    if not specs:
+        return QueueTotals(0, None, 0)
+    rows = conn.execute("SELECT queued, due_in, retrying FROM maxsim.queue_totals(%s::text[])",
+                        ([s.name for s in specs],)).fetchall()
+    dues = [float(r[1]) for r in rows if r[1] is not None]
+    return QueueTotals(sum(int(r[0]) for r in rows), min(dues) if dues else None, sum(int(r[2]) for r in rows))
+
+
 def pending(conn: psycopg.Connection[Any], specs: list[IndexSpec]) -> tuple[int, float | None]:
     """``(entries queued, seconds until the earliest backed-off entry is due or None)``."""
-    states = [state(conn, s) for s in specs]
-    dues = [st.due_in for st in states if st.due_in is not None]
-    return sum(st.queued for st in states), (min(dues) if dues else None)
+    t = totals(conn, specs)
+    return t.queued, t.due_in
