@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -217,11 +218,23 @@ def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], enc
         cur.execute("SELECT maxsim.write_commit(%s, %s)", (index.name, [tok_stage, cen_stage]))
 
 
+#: _may_insert's answers per connection, by index, token table and who the session is (its user and
+#: is_superuser, which SET ROLE changes): no write path grants or revokes rights on pgmaxsim's tables.
+_INSERT_RIGHTS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], bool]] = weakref.WeakKeyDictionary()
+
+
 def _may_insert(cur: psycopg.Cursor[Any], index: IndexSpec) -> bool:
-    """Whether this session may write the token table itself (the schema owner, a superuser)."""
-    row = cur.execute("SELECT pg_catalog.has_table_privilege(%s, 'INSERT')",
-                      (index.token_ident().as_string(cur),)).fetchone()
-    return bool(row and row[0])
+    """Whether this session may write the token table itself (the schema owner, a superuser);
+    asked once per connection and index (a reindex's new token table is asked again)."""
+    known = _INSERT_RIGHTS.setdefault(cur.connection, {})
+    info = cur.connection.info
+    key = (index.id, index.token_table, info.parameter_status("session_authorization"),
+           info.parameter_status("is_superuser"))
+    if key not in known:
+        row = cur.execute("SELECT pg_catalog.has_table_privilege(%s, 'INSERT')",
+                          (index.token_ident().as_string(cur),)).fetchone()
+        known[key] = bool(row and row[0])
+    return known[key]
 
 
 def lock_rows(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], index: IndexSpec, keys: Sequence[str]) -> None:
