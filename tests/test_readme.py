@@ -69,9 +69,6 @@ PLAN: dict[tuple[str, str], str] = {
          "score-mass@10  p50 ms  p95 ms"): "not run: printed output",
     ("sql", "-- as the role that ran `pgmaxsim migrate` (the schema owner) or another pgmaxsim admin:"): "owner",
 }
-# Commands that need the schema owner (README "Security": the scorer and re-embedding switch-overs); none
-# of the README's shell lines do.
-OWNER_COMMANDS: tuple[str, ...] = ()
 
 
 @pytest.fixture(params=["full", "embedded"])
@@ -97,9 +94,9 @@ def result_sets(conn: psycopg.Connection[Any], sql: str) -> list[list[tuple[Any,
             return out
 
 
-def run_sh(block: Block, owner: str | None, app: str | None, extra_env: dict[str, str] | None = None) -> list[str]:
-    """Each command line of ``block`` in bash; DATABASE_URL: ``owner`` for OWNER_COMMANDS, else
-    ``app`` (None: unset, the embedded server)."""
+def run_sh(block: Block, url: str | None, extra_env: dict[str, str] | None = None) -> list[str]:
+    """Each command line of ``block`` in bash with DATABASE_URL ``url`` (None: unset, the embedded
+    server). Every shell line runs as the granted role: none of them needs the schema owner."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     env.update(extra_env or {})
     outputs = []
@@ -107,7 +104,6 @@ def run_sh(block: Block, owner: str | None, app: str | None, extra_env: dict[str
         command = line.split("  #")[0].strip()
         if not command:
             continue
-        url = owner if command.startswith(OWNER_COMMANDS) else app
         if url is None:
             env.pop("DATABASE_URL", None)
         else:
@@ -179,11 +175,11 @@ def test_readme_blocks_run_as_written(servers: tuple[str, str], capsys: pytest.C
                 if not embedded:
                     continue
                 # the user's own embedded server: its data directory here, stopped by `dsn --stop`
-                out = run_sh(block, None, None, {"PGMAXSIM_DATA_DIR": str(tmp_path / "embedded")})
+                out = run_sh(block, None, {"PGMAXSIM_DATA_DIR": str(tmp_path / "embedded")})
                 out = "\n".join(out)
                 assert "Traceback" not in out, out
             elif block.lang == "sh":
-                out = run_sh(block, owner, app)
+                out = run_sh(block, app)
                 assert "Annual report" in out[1].splitlines()[2], out  # rank 1 of 'revenue by region'
             elif block.lang == "python":
                 # a real module, as a script's __main__ is (SQLAlchemy resolves Mapped[...] through it)
