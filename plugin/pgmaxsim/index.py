@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from pgmaxsim import explain as explaining
 from pgmaxsim import search as queries
 from pgmaxsim import writes
 from pgmaxsim.errors import PgmaxsimError, one_line
+from pgmaxsim.explain import Explanation
 from pgmaxsim.registry import IndexSpec, get_index
 from pgmaxsim.search import FILTER_RERANK_LIMIT, Filter, Hit, borrow
 
@@ -138,6 +140,13 @@ class Index:
         with borrow(self.conn) as c:
             return queries.rerank(c, self.name, query, ids, k, rows=rows, encoder=self.encoder,
                                   info=self._info_on(c))
+
+    def explain(self, query: Any, id: Any) -> Explanation:
+        """Why row ``id`` matched ``query`` (text, PIL image or ``(n, d)`` array): each query
+        token's best document token, its score (they sum to the row's MaxSim) and where it
+        sits (patch on the page, or characters of the text). See :mod:`pgmaxsim.explain`."""
+        with borrow(self.conn) as c:
+            return explaining.explain(c, self.name, query, id, encoder=self.encoder, info=self._info_on(c))
 
     def cache_query(self, text: str) -> np.ndarray:
         """Encode ``text`` here and keep it in ``maxsim.query_cache``, so that SQL's

@@ -81,7 +81,7 @@ def _bytes(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
     return int(row[0]) if row else 0
 
 
-_COLUMNS = "t.id::text, t.tokens, t.n_raw_tokens, t.model, t.model_revision, t.content_hash, t.version"
+_COLUMNS = "t.id::text, t.tokens, t.n_raw_tokens, t.model, t.model_revision, t.content_hash, t.version, t.layout"
 SNAPSHOT = "SELECT pg_catalog.pg_current_snapshot()::text"
 
 
@@ -136,10 +136,12 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
     n = 0
     for batch in batches:
         tok_rows, cen_rows = [], []
-        for key, blob, n_raw, model, rev, h, _v in batch:
+        for key, blob, n_raw, model, rev, h, _v, layout in batch:
             new, n_stored, raw, pooled_bin, cents = _encode(spec, shadow, repool, blob, n_raw)
             kv = shadow.key_value(key)
-            tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h)))
+            # the layout numbers raw tokens: it goes with rows stored unpooled only
+            lay = None if layout is None or n_stored != raw else bytes(layout)
+            tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h), lay))
             if cents is not None:
                 cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
         keys = [r[0] for r in batch]

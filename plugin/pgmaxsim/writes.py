@@ -41,6 +41,7 @@ from psycopg.pq import Format
 
 from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec
+from pgmaxsim.encoders.layout import Layout, encode_layout
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.kernels import quantize
 from pgmaxsim.registry import IndexSpec, get_index
@@ -48,7 +49,8 @@ from pgmaxsim.registry import IndexSpec, get_index
 #: Binary COPY column types of the key: PostgreSQL's binary format of these; any other key
 #: type (text, varchar, citext, ...) takes the text's bytes, as its binary input does.
 _KEY_COPY_TYPES = {"smallint": "int2", "integer": "int4", "bigint": "int8", "uuid": "uuid"}
-TOKEN_COLUMNS = ("id", "tokens", "n_tokens", "n_raw_tokens", "pooled", "model", "model_revision", "content_hash")
+TOKEN_COLUMNS = ("id", "tokens", "n_tokens", "n_raw_tokens", "pooled", "model", "model_revision", "content_hash",
+                 "layout")
 CENTROID_COLUMNS = ("row_id", "c", "vec")
 
 
@@ -113,16 +115,21 @@ def write_rows(
     model: str | None = None,
     model_revision: str | None = None,
     content_hashes: Sequence[bytes | None] | None = None,
+    layouts: Sequence[Layout | None] | None = None,
 ) -> int:
     """Write (insert or replace) the token embeddings of rows ``ids``; returns rows written.
 
     ``embeddings[i]`` is an ``(n_i, dim)`` float array for ``ids[i]``. A key given twice
-    keeps its last embeddings. Raises PgmaxsimError for bad input before writing anything.
+    keeps its last embeddings. ``layouts[i]``: where row i's tokens came from
+    (:mod:`pgmaxsim.encoders.layout`, one entry per token; kept only for rows stored without
+    token pooling). Raises PgmaxsimError for bad input before writing anything.
     """
     if len(ids) != len(embeddings):
         raise PgmaxsimError(f"{len(ids)} ids but {len(embeddings)} embeddings")
     if content_hashes is not None and len(content_hashes) != len(ids):
         raise PgmaxsimError(f"{len(ids)} ids but {len(content_hashes)} content hashes")
+    if layouts is not None and len(layouts) != len(ids):
+        raise PgmaxsimError(f"{len(ids)} ids but {len(layouts)} layouts")
     latest: dict[str, int] = {}
     for i, key in enumerate(ids):
         latest[index.key_text(key)] = i
@@ -130,7 +137,7 @@ def write_rows(
         return 0
     def encode(spec: IndexSpec) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         with _one_blas_thread():
-            return encode_rows(spec, latest, embeddings, content_hashes, model, model_revision)
+            return encode_rows(spec, latest, embeddings, content_hashes, model, model_revision, layouts)
 
     keys = list(latest)
     _write(conn, index, keys, encode)
@@ -139,7 +146,8 @@ def write_rows(
 
 def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[Any],
                 content_hashes: Sequence[bytes | None] | None, model: str | None,
-                model_revision: str | None) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+                model_revision: str | None, layouts: Sequence[Layout | None] | None = None,
+                ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The COPY rows (:data:`TOKEN_COLUMNS`, :data:`CENTROID_COLUMNS`) of ``embeddings``
     by key text (``latest``: key -> position); halfvec values already in their binary form."""
     tok_rows: list[tuple[Any, ...]] = []
@@ -159,11 +167,21 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
             raise PgmaxsimError(f"row {key}: {e}") from None
         kv = index.key_value(key)
         h = None if content_hashes is None else content_hashes[i]
+        lay = None if layouts is None or len(stored) != len(arr) else _layout_bytes(key, layouts[i], len(arr))
         tok_rows.append((kv, blob, len(stored), len(arr), pooled_bin, model, model_revision,
-                         None if h is None else bytes(h)))
+                         None if h is None else bytes(h), lay))
         if cents is not None:
             cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
     return tok_rows, cen_rows
+
+
+def _layout_bytes(key: str, layout: Layout | None, n_tokens: int) -> bytes | None:
+    """The stored form of a row's layout, which must describe each of its ``n_tokens`` tokens."""
+    if layout is None:
+        return None
+    if layout.n_tokens != n_tokens:
+        raise PgmaxsimError(f"row {key}: layout describes {layout.n_tokens} tokens, the row has {n_tokens}")
+    return encode_layout(layout)
 
 
 def _encoded(type_oid: int) -> type[Dumper]:
@@ -185,7 +203,7 @@ def copy_types(cur: psycopg.Cursor[Any], index: IndexSpec) -> tuple[list[int | s
     for oid in (index.halfvec_oid, index.halfvec_array_oid):
         cur.adapters.register_dumper(None, _encoded(oid))
     key = _KEY_COPY_TYPES.get(index.id_type, "text")
-    return ([key, "bytea", "int4", "int4", index.halfvec_oid, "text", "text", "bytea"],
+    return ([key, "bytea", "int4", "int4", index.halfvec_oid, "text", "text", "bytea", "bytea"],
             [key, "int2", index.halfvec_oid])
 
 

@@ -139,6 +139,8 @@ BEGIN
     -- then n x dim codes), out of line and uncompressed (STORAGE EXTERNAL: token noise does not
     -- compress, and fetching is a plain copy; bench/STORAGE.md). n_tokens counts the stored
     -- vectors, n_raw_tokens the vectors written before token pooling (option pool_factor).
+    -- layout: where each token came from (patches / character spans; pgmaxsim.encoders.layout),
+    -- written by the worker, NULL for rows written by the application.
     EXECUTE pg_catalog.format(
         'CREATE TABLE maxsim.%I ('
         '  id %s PRIMARY KEY,'
@@ -151,6 +153,7 @@ BEGIN
         '  content_hash bytea,'
         '  version bigint NOT NULL DEFAULT pg_catalog.nextval(''maxsim.version_seq''),'
         '  updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),'
+        '  layout bytea,'
         '  CONSTRAINT tokens_valid CHECK (pg_catalog.length(tokens) = n_tokens * %s),'
         '  CONSTRAINT n_tokens_valid CHECK (n_tokens >= 1 AND n_raw_tokens >= n_tokens))',
         v_tok, v_type_sql, v_dim, maxsim._token_bytes(v_opts ->> 'storage', v_dim));

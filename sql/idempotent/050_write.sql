@@ -61,7 +61,7 @@ BEGIN
         'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, n_raw_tokens, pooled) VALUES ($1::%s, $2, $3, $4, $5)'
         ' ON CONFLICT (id) DO UPDATE SET tokens = EXCLUDED.tokens, n_tokens = EXCLUDED.n_tokens,'
         ' n_raw_tokens = EXCLUDED.n_raw_tokens, pooled = EXCLUDED.pooled, model = NULL, model_revision = NULL,'
-        ' content_hash = NULL',
+        ' content_hash = NULL, layout = NULL',
         r.token_table, r.id_type)
         USING id, blob, n, pg_catalog.cardinality(tokens), pooled[1];
     IF r.pooling = 'centroids' THEN
