@@ -339,8 +339,13 @@ def test_the_scorer_serves_the_stored_tier(dsn: str, storage: str, factor: int) 
                 snap = db.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
                 rep = c.search(iid, q, 10, snap)
             assert [int(i) for i in rep.ids] == [k for _, k in ref[:10]]
-            # the CPU store holds fp16: int8 rows as their dequantized values rounded to fp16
-            assert rep.scores.tolist() == pytest.approx([s for s, _ in ref[:10]], rel=2e-3, abs=2e-3)
+            # the store holds the tier it reads: int8 codes + scales (half the bytes), or fp16
+            buf = svc.scorer.stores[iid].buf
+            n_tok = sum(len(got[k][0]) for k in docs)
+            assert buf.tokens.dtype == (np.int8 if storage == "int8" else np.float16)
+            assert buf.size == n_tok
+            assert (buf.scales is not None) == (storage == "int8")
+            assert rep.scores.tolist() == pytest.approx([s for s, _ in ref[:10]], rel=1e-3, abs=1e-3)
             use_scorer(db, svc.address)
             before = svc.scorer.served["search"]
             res = db.execute("SELECT id, score FROM maxsim.search('t_idx', %s, 10, 1000)", (Tokens(q),)).fetchall()

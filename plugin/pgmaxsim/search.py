@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.db.adapters import Tokens, tokens_cursor
-from pgmaxsim.errors import PgmaxsimError, one_line
+from pgmaxsim.errors import SERVER_PREFIX, PgmaxsimError, one_line
 from pgmaxsim.registry import IndexSpec, get_index
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -291,7 +291,7 @@ def _pending_rows_warned(conn: psycopg.Connection[Any]) -> Iterator[None]:
     def handler(d: psycopg.errors.Diagnostic) -> None:
         msg = d.message_primary or ""
         if "not embedded yet" in msg:
-            seen.append(msg.removeprefix("pgmaxsim: "))
+            seen.append(msg.removeprefix(SERVER_PREFIX))
 
     conn.add_notice_handler(handler)
     try:

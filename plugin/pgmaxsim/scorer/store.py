@@ -39,37 +39,59 @@ class OutOfMemory(Exception):
 # ------------------------------------------------------------------ backends
 
 class CpuBuffer:
-    """Growable host token buffer, fp16 (converted to fp32 per chunk when scoring)."""
+    """Growable host token buffer in the index's stored tier: fp16, or int8 codes + one
+    float32 scale per token (scored as stored: the kernels dequantize per chunk)."""
 
-    def __init__(self, dim: int, backend: "CpuBackend") -> None:
+    def __init__(self, dim: int, backend: "CpuBackend", int8: bool = False) -> None:
         self.dim = dim
         self.backend = backend
-        self.tokens = np.empty((0, dim), dtype=np.float16)
+        self.int8 = int8
+        self.tokens = np.empty((0, dim), dtype=np.int8 if int8 else np.float16)
+        self.scales = np.empty(0, dtype=np.float32) if int8 else None
         self.size = 0
 
     @property
     def nbytes(self) -> int:
-        return int(self.tokens.nbytes)
+        return int(self.tokens.nbytes) + (int(self.scales.nbytes) if self.scales is not None else 0)
 
-    def append(self, t: np.ndarray) -> int:
+    def append(self, t: np.ndarray, scales: np.ndarray | None = None) -> int:
+        t, scales = _as_tier(t, scales, self.int8)
         n = t.shape[0]
         if self.size + n > self.tokens.shape[0]:
             cap = max(1024, int((self.size + n) * 1.5))
-            self.backend.reserve(cap * self.dim * 2 - self.nbytes)
-            new = np.empty((cap, self.dim), dtype=np.float16)
+            per = self.dim * self.tokens.itemsize + (4 if self.int8 else 0)
+            self.backend.reserve(cap * per - self.nbytes)
+            new = np.empty((cap, self.dim), dtype=self.tokens.dtype)
             new[: self.size] = self.tokens[: self.size]
             self.tokens = new
+            if self.scales is not None:
+                ns = np.empty(cap, dtype=np.float32)
+                ns[: self.size] = self.scales[: self.size]
+                self.scales = ns
         start = self.size
         self.tokens[start: start + n] = t
+        if self.scales is not None:
+            self.scales[start: start + n] = scales
         self.size += n
         return start
 
     def release(self) -> None:
         self.backend.reserve(-self.nbytes)
-        self.tokens = np.empty((0, self.dim), dtype=np.float16)
+        self.tokens = self.tokens[:0].copy()
+        self.scales = None if self.scales is None else self.scales[:0].copy()
 
     def view(self) -> Any:
-        return self.tokens
+        return self.tokens if self.scales is None else (self.tokens, self.scales)
+
+
+def _as_tier(t: np.ndarray, scales: np.ndarray | None, int8: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Tokens in a buffer's tier: int8 codes + scales stay as read (never re-quantized);
+    float rows are quantized for an int8 buffer; int8 rows are dequantized for an fp16 one."""
+    from pgmaxsim.kernels.quantize import dequantize_int8, quantize_int8
+
+    if int8:
+        return (t, np.asarray(scales, dtype=np.float32)) if scales is not None else quantize_int8(t)
+    return (dequantize_int8(t, scales) if scales is not None else t), None
 
 
 class CpuBackend:
@@ -87,25 +109,26 @@ class CpuBackend:
                                   f"{self.max_memory / 2**20:.1f} MiB")
             self.used += nbytes
 
-    def buffer(self, dim: int) -> CpuBuffer:
-        return CpuBuffer(dim, self)
+    def buffer(self, dim: int, int8: bool = False) -> CpuBuffer:
+        return CpuBuffer(dim, self, int8)
 
     def score(self, query: np.ndarray, view: Any, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return cpu.maxsim_ranges(query, view, starts, lengths)
+        tokens, scales = view if isinstance(view, tuple) else (view, None)
+        return cpu.maxsim_ranges(query, tokens, starts, lengths, scales)
 
 
 
 class GpuBuffer:
     """Growable device token buffer (fp16, or int8 + per-token scales)."""
 
-    def __init__(self, dim: int, backend: "GpuBackend") -> None:
+    def __init__(self, dim: int, backend: "GpuBackend", int8: bool = False) -> None:
         from pgmaxsim.kernels import cupy_maxsim as gpu
 
         self.gpu = gpu
         self.cp = gpu.cupy()
         self.dim = dim
         self.backend = backend
-        self.int8 = backend.int8
+        self.int8 = backend.int8 or int8
         self.dp = gpu.padded_dim(dim, self.int8)
         self.tokens = self.cp.empty((0, self.dp), dtype=self.cp.int8 if self.int8 else self.cp.float16)
         self.scales = self.cp.empty(0, dtype=self.cp.float32) if self.int8 else None
@@ -115,8 +138,9 @@ class GpuBuffer:
     def nbytes(self) -> int:
         return int(self.tokens.nbytes) + (int(self.scales.nbytes) if self.scales is not None else 0)
 
-    def append(self, t: np.ndarray) -> int:
+    def append(self, t: np.ndarray, scales: np.ndarray | None = None) -> int:
         cp = self.cp
+        t, scales = _as_tier(t, scales, self.int8)
         n = t.shape[0]
         try:
             if self.size + n > self.tokens.shape[0]:
@@ -131,6 +155,7 @@ class GpuBuffer:
                     ns[: self.size] = self.scales[: self.size]
                     self.scales = ns
             host, sc = self.gpu.pad_tokens(t, self.int8)
+            sc = scales if scales is not None else sc
             start = self.size
             self.tokens[start: start + n] = cp.asarray(host)
             if self.scales is not None:
@@ -164,8 +189,8 @@ class GpuBackend(CpuBackend):
         self.int8 = int8
         self.device = device
 
-    def buffer(self, dim: int) -> GpuBuffer:  # type: ignore[override]
-        return GpuBuffer(dim, self)
+    def buffer(self, dim: int, int8: bool = False) -> GpuBuffer:  # type: ignore[override]
+        return GpuBuffer(dim, self, int8)
 
     def score(self, query: np.ndarray, view: Any, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         from pgmaxsim.kernels import cupy_maxsim as gpu
@@ -192,7 +217,8 @@ def make_backend(kind: str = "auto", max_memory: int | None = None, int8: bool =
 class Row:
     id: str
     version: int
-    tokens: np.ndarray      # (n, dim)
+    tokens: np.ndarray      # (n, dim): fp16/float, or int8 codes with ``scales``
+    scales: np.ndarray | None = None  # (n,) float32 per-token scales of int8 codes
 
 
 @dataclass
@@ -208,7 +234,7 @@ class IndexStore:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.buf = self.backend.buffer(self.meta.dim)
+        self.buf = self.backend.buffer(self.meta.dim, int8=self.meta.storage == "int8")
         self.slot_of: dict[str, int] = {}
         self.slot_id: list[str | None] = []
         self.starts = np.zeros(0, dtype=np.int64)
@@ -242,7 +268,7 @@ class IndexStore:
             t = np.asarray(r.tokens)
             if t.ndim != 2 or (t.shape[0] and t.shape[1] != self.meta.dim):
                 raise ValueError(f"row {r.id!r} has tokens of shape {t.shape}, index dim is {self.meta.dim}")
-            start = self.buf.append(t) if t.shape[0] else 0
+            start = self.buf.append(t, r.scales) if t.shape[0] else 0
             placed.append((r, start))
         with self.lock:
             self._grow(len(placed))
@@ -294,11 +320,12 @@ class IndexStore:
             starts, lengths = self.starts[alive].copy(), self.lengths[alive].copy()
             ids = [self.slot_id[s] for s in alive]
             versions = self.versions[alive].copy()
-        new = self.backend.buffer(self.meta.dim)
-        host = _host_tokens(old_view)
+        new = self.backend.buffer(self.meta.dim, int8=self.meta.storage == "int8")
+        host, host_scales = _host_tokens(old_view)
         new_starts = np.zeros(len(alive), dtype=np.int64)
         for j, (s, n) in enumerate(zip(starts, lengths)):
-            new_starts[j] = new.append(host[s: s + n]) if n else 0
+            sc = None if host_scales is None else host_scales[s: s + n]
+            new_starts[j] = new.append(host[s: s + n], sc) if n else 0
         with self.lock:
             # rows changed meanwhile are not possible: compact runs on the sync thread
             old_buf = self.buf
@@ -383,15 +410,14 @@ class IndexStore:
                 "exhausted": int(alive.size) <= k, "dirty": dirty, "rows": int(alive.size)}
 
 
-def _host_tokens(view: Any) -> np.ndarray:
-    """Tokens of a buffer view on the host as float (for compaction)."""
+def _host_tokens(view: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A buffer view's tokens on the host as held: (fp16, None) or (int8 codes, scales)."""
     if isinstance(view, np.ndarray):
+        return view, None
+    if isinstance(view, tuple):
         return view
     from pgmaxsim.kernels import cupy_maxsim as gpu
-    from pgmaxsim.kernels.quantize import dequantize_int8
 
     cp = gpu.cupy()
     t = cp.asnumpy(view.tokens)[:, : view.dim]
-    if view.scales is not None:
-        return dequantize_int8(t, cp.asnumpy(view.scales))
-    return t
+    return t, (None if view.scales is None else cp.asnumpy(view.scales))

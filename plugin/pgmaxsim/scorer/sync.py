@@ -56,13 +56,12 @@ def _select(meta: IndexSpec, where: sql.Composable | None = None) -> sql.Compose
 
 
 def _rows(records: list[tuple[str, int, bytes]], meta: IndexSpec) -> list[Row]:
-    """Stored bytes -> rows: fp16 as stored; int8 dequantized once here (a GPU store with
-    ``--int8`` re-derives the same codes and scales at load, never per request)."""
+    """Stored bytes -> rows as stored: fp16, or int8 codes with their scales (the store
+    keeps an int8 index as int8, on the CPU and on the GPU, never re-quantized)."""
     out = []
     for rid, version, blob in records:
         tokens, scales = quantize.decode_tokens(bytes(blob), meta.dim, meta.storage)
-        t = tokens.copy() if scales is None else quantize.dequantize(tokens, scales)
-        out.append(Row(rid, int(version), t))
+        out.append(Row(rid, int(version), tokens.copy(), None if scales is None else scales.copy()))
     return out
 
 
