@@ -163,6 +163,11 @@ def test_layouts_give_patches_and_spans(db: psycopg.Connection[Any]) -> None:
     assert "".join(s for s, _ in segs) == text and [s for s, v in segs if v is not None] == [text[12:14]]
     with pytest.raises(PgmaxsimError, match="no patch grid"):
         ex2.patch_map()
+    # read-only, as on a hot standby (no writes, no transaction id)
+    with db.transaction():
+        db.execute("SET TRANSACTION READ ONLY")
+        assert len(explain_rows(db, "lay", q, 1)) == 3
+        assert db.execute("SELECT pg_current_xact_id_if_assigned()").fetchone()[0] is None
     # upsert without a layout removes the row's old one
     db.execute("SELECT maxsim.upsert('lay', 1::bigint, %s)", (Tokens(docs[0]),))
     assert db.execute("SELECT count(*) FROM maxsim.layout('lay', 1)").fetchone()[0] == 0

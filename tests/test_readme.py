@@ -58,6 +58,8 @@ PLAN: dict[tuple[str, str], str] = {
     ("sh", "pgmaxsim worker --once                                  # embed the queued rows, then exit"): "app",
     ("sql", "SELECT d.title, s.score                                    -- top 10 by MaxSim"): "app",
     ("python", "import os, psycopg, pgmaxsim"): "app",
+    ("sql", "SELECT e.query_token, e.doc_token, round(e.score::numeric, 3) AS score,"): "app",
+    ("python", "import os, psycopg"): "app",
     ("python", "from sqlalchemy import select"): "app",
     ("", "pgmaxsim migrate [--downgrade base]          install / upgrade / remove the maxsim schema"):
         "not run: the command synopsis (each command has its own tests)",
@@ -163,6 +165,8 @@ def test_readme_blocks_run_as_written(servers: tuple[str, str], capsys: pytest.C
                 sets = result_sets(conn, block.text)
                 if first.startswith("CREATE TABLE docs"):
                     assert any("default text model sentence-transformers/all-MiniLM-L6-v2" in n for n in notices)
+                if first.startswith("SELECT e.query_token"):   # explain cuts the query's words out of row 2
+                    assert [r[3] for r in sets[0]] == ["Revenue", "by", "region"], sets
                 if first.startswith("SELECT d.title"):
                     assert sets[0][0][0] == "Annual report", sets  # 'revenue by region'
                     assert [r[0] for r in sets[1]] == [1], sets   # only row 1 mentions the moon
@@ -186,7 +190,12 @@ def test_readme_blocks_run_as_written(servers: tuple[str, str], capsys: pytest.C
                 module = types.ModuleType(f"readme_line_{block.line}")
                 monkeypatch.setitem(sys.modules, module.__name__, module)
                 namespace: dict[str, Any] = module.__dict__
-                if first == "import os, psycopg, pgmaxsim":
+                if first == "import os, psycopg":        # explain from Python
+                    capsys.readouterr()
+                    exec(compile(block.text, f"README.md:{block.line}", "exec"), namespace)  # noqa: S102
+                    printed = capsys.readouterr().out.splitlines()
+                    assert "('Revenue', 0." in printed[1] and "('region', 0." in printed[1], printed
+                elif first == "import os, psycopg, pgmaxsim":
                     rng = np.random.default_rng(3)  # (n_i, d) float arrays for the index's 384 dims
                     namespace.update(tokens_1=rng.standard_normal((5, 384)), tokens_2=rng.standard_normal((7, 384)))
                     capsys.readouterr()

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..errors import PgmaxsimError
+from .layout import Layout
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image as PILImage
@@ -151,7 +152,13 @@ class Encoder(abc.ABC):
         Returns one entry per input, in input order: a float32 array
         ``(n_tokens, dim)`` with L2-normalised rows, or an :class:`ItemError`.
         """
-        results: list[np.ndarray | ItemError | None] = [None] * len(items)
+        return [r if isinstance(r, ItemError) else r[0] for r in self.encode_documents_laid_out(items)]
+
+    def encode_documents_laid_out(self, items: Sequence[object]) -> list[tuple[np.ndarray, Layout | None] | ItemError]:
+        """:meth:`encode_documents`, each array with the :class:`~.layout.Layout` of its tokens
+        (image patches on the processor's grid, or character spans of the text) when the
+        family knows it, else None."""
+        results: list[tuple[np.ndarray, Layout | None] | ItemError | None] = [None] * len(items)
         prepared: dict[int, object] = {}
         for i, item in enumerate(items):
             try:
@@ -162,7 +169,7 @@ class Encoder(abc.ABC):
             idx = [i for i, p in prepared.items() if _modality(p) == modality]
             if not idx:
                 continue
-            encode = self._encode_text_documents if modality == "text" else self._encode_images
+            encode = self._laid_out_text_documents if modality == "text" else self._laid_out_images
             costs = [self._cost(prepared[i]) for i in idx]
             out = self._run_batched([prepared[i] for i in idx], costs, encode, items, idx)
             for i, r in zip(idx, out):
@@ -216,6 +223,19 @@ class Encoder(abc.ABC):
 
     def _encode_text_documents(self, texts: list[str]) -> list[np.ndarray]:
         raise PgmaxsimError(f"model {self.name!r} does not encode text documents")
+
+    def _laid_out_text_documents(self, texts: list[str]) -> list[tuple[np.ndarray, Layout | None]]:
+        """Text documents with their token layouts; families that know them override this."""
+        return [(e, None) for e in self._encode_text_documents(texts)]
+
+    def _laid_out_images(self, images: list[PILImage.Image]) -> list[tuple[np.ndarray, Layout | None]]:
+        """Images with their token layouts; families that know them override this."""
+        return [(e, None) for e in self._encode_images(images)]
+
+    def query_token_strings(self, text: str) -> list[str] | None:
+        """The query's tokens as text, one per vector :meth:`encode_query` gives, when the
+        family can tell (explain shows them); else None."""
+        return None
 
     def _encode_images(self, images: list[PILImage.Image]) -> list[np.ndarray]:
         raise PgmaxsimError(f"model {self.name!r} does not encode images")
@@ -281,26 +301,35 @@ class Encoder(abc.ABC):
             raise PgmaxsimError(f"{pre}model gave non-finite values")
         return l2_normalise(arr)
 
+    def _finish_laid_out(self, emb: Any, layout: Layout | None) -> tuple[np.ndarray, Layout | None]:
+        """:meth:`_finish`, and the layout kept only when it describes every token."""
+        arr = self._finish(emb)
+        if layout is not None and layout.n_tokens != arr.shape[0]:
+            log.warning("%s: layout of %d tokens for %d token vectors: not kept", self.name, layout.n_tokens,
+                        arr.shape[0])
+            layout = None
+        return arr, layout
+
     def _run_batched(
         self,
         prepared: list[Any],
         costs: list[int],
-        encode: Callable[[list[Any]], list[np.ndarray]],
+        encode: Callable[[list[Any]], list[tuple[np.ndarray, Layout | None]]],
         originals: Sequence[object],
         idx: list[int],
-    ) -> list[np.ndarray | ItemError]:
-        out: list[np.ndarray | ItemError | None] = [None] * len(prepared)
+    ) -> list[tuple[np.ndarray, Layout | None] | ItemError]:
+        out: list[tuple[np.ndarray, Layout | None] | ItemError | None] = [None] * len(prepared)
         for batch in plan_batches(costs, self.batch_tokens, self.max_batch_items):
             try:
                 embs = encode([prepared[j] for j in batch])
-                for j, e in zip(batch, embs):
-                    out[j] = self._finish(e)
+                for j, (e, lay) in zip(batch, embs):
+                    out[j] = self._finish_laid_out(e, lay)
                 continue
             except Exception as exc:  # noqa: BLE001 - retried one by one below
                 log.debug("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for j in batch:  # isolate the bad item(s); the others still encode
                 try:
-                    out[j] = self._finish(encode([prepared[j]])[0])
+                    out[j] = self._finish_laid_out(*encode([prepared[j]])[0])
                 except Exception as exc:  # noqa: BLE001 - reported per item
                     msg = str(exc).strip().splitlines()
                     out[j] = ItemError(idx[j], describe_item(originals[idx[j]]),

@@ -39,6 +39,8 @@ import numpy as np
 
 from ..errors import PgmaxsimError, one_line
 from .base import Encoder, resolve_device, resolve_dtype
+from .layout import Layout, text_layout
+from .patch_grids import idefics3_layout, paligemma_layout, qwen_layout
 from .prompts import prompt_format as get_prompt_format
 
 log = logging.getLogger(__name__)
@@ -291,14 +293,76 @@ class ColVisionEncoder(Encoder):
     def _encode_images(self, images: list[Any]) -> list[np.ndarray]:
         return self._forward(self._processor.process_images(images))
 
-    def _encode_text_documents(self, texts: list[str]) -> list[np.ndarray]:
+    def _laid_out_images(self, images: list[Any]) -> list[tuple[np.ndarray, Layout | None]]:
+        batch = self._processor.process_images(images)
+        layouts = [self._page_layout(batch, i) for i in range(len(images))]
+        return list(zip(self._forward(batch), layouts))
+
+    def _page_layout(self, batch: Any, i: int) -> Layout | None:
+        """Item ``i``'s patch grid (:mod:`.patch_grids`) over its kept positions; None for
+        the single-vector family, whose one vector is no patch."""
+        if self.kind == "single":
+            return None
+        keep = batch["attention_mask"][i].bool().numpy()
+        ids = batch["input_ids"][i].numpy()[keep]
+        proc, tok = self._processor, self._processor.tokenizer
+        if self.family in ("colqwen2_5", "colqwen2"):
+            return qwen_layout(ids, tok.convert_tokens_to_ids("<|image_pad|>"), batch["image_grid_thw"][i].tolist(),
+                               int(proc.image_processor.merge_size))
+        if self.family == "colpali":
+            size = proc.image_processor.size
+            patch = int(self._model.config.vision_config.patch_size)
+            return paligemma_layout(ids, tok.convert_tokens_to_ids("<image>"), int(size["height"]) // patch,
+                                    int(size["width"]) // patch)
+        if self.family == "colidefics3":
+            return idefics3_layout(tok.convert_ids_to_tokens(ids.tolist()), "<image>", int(proc.image_seq_len))
+        return None
+
+    def _text_batch(self, texts: list[str]) -> tuple[list[str], Any]:
         bos = self._processor.tokenizer.bos_token or ""
-        return self._forward(self._tokenize([self.format.document_text(t, bos=bos) for t in texts]))
+        strings = [self.format.document_text(t, bos=bos) for t in texts]
+        return strings, self._tokenize(strings)
+
+    def _encode_text_documents(self, texts: list[str]) -> list[np.ndarray]:
+        return self._forward(self._text_batch(texts)[1])
+
+    def _laid_out_text_documents(self, texts: list[str]) -> list[tuple[np.ndarray, Layout | None]]:
+        strings, batch = self._text_batch(texts)
+        spans = self._text_spans(texts, strings, batch)
+        return list(zip(self._forward(batch), spans))
+
+    def _text_spans(self, texts: list[str], strings: list[str], batch: Any) -> list[Layout | None]:
+        """Character spans in each text of its kept tokens: the same strings tokenized again with
+        offsets (the prompt around a text is cut off: its tokens get none)."""
+        tok = self._processor.tokenizer
+        if not getattr(tok, "is_fast", False):
+            return [None] * len(texts)
+        again = tok(strings, padding="longest", return_offsets_mapping=True, return_tensors="np")
+        out: list[Layout | None] = []
+        for i, (text, s) in enumerate(zip(texts, strings)):
+            keep = batch["attention_mask"][i].bool().numpy()
+            if not s.endswith(text) or not np.array_equal(again["input_ids"][i], batch["input_ids"][i].numpy()):
+                out.append(None)
+                continue
+            start = len(s) - len(text)
+            off = again["offset_mapping"][i][keep].astype(np.int64) - start
+            none = (off[:, 0] < 0) | (off[:, 1] <= off[:, 0])
+            off[none] = -1
+            out.append(text_layout(off))
+        return out
 
     def query_strings(self, texts: list[str]) -> list[str]:
         """The exact strings handed to the tokenizer for these queries."""
         tok = self._processor.tokenizer
         return [self.format.query(t, bos=tok.bos_token or "", pad=tok.pad_token or "") for t in texts]
+
+    def query_token_strings(self, text: str) -> list[str] | None:
+        """Each query vector's token, decoded (prompt and augmentation tokens included)."""
+        if self.kind == "single":
+            return None
+        batch = self._tokenize(self.query_strings([text]))
+        ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+        return [self._processor.tokenizer.decode([t]) for t in ids]
 
     def _encode_queries(self, texts: list[str]) -> list[np.ndarray]:
         return self._forward(self._tokenize(self.query_strings(texts)))

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import MissingExtraError, PgmaxsimError
 from .base import Encoder, resolve_device, resolve_dtype
+from .layout import Layout, text_layout
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 _MAX_LENGTH_CAP = 512
@@ -102,32 +103,48 @@ class TextEncoder(Encoder):
         # Word pieces: roughly 1.3 per word; exact counting would tokenize twice.
         return min(self.max_length, max(3, int(len(text.split()) * 1.3) + 2))
 
-    def _embed(self, texts: list[str]) -> list[np.ndarray]:
-        torch = self._torch
+    def _tokenize(self, texts: list[str], *, spans: bool = False) -> tuple[dict[str, Any], np.ndarray, Any]:
+        """The model's inputs, which positions are kept (real, not special), and the character
+        offsets of every position (fast tokenizers; None otherwise or unless ``spans``)."""
+        fast = spans and getattr(self._tokenizer, "is_fast", False)
         enc = self._tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length,
-            return_tensors="pt", return_special_tokens_mask=True,
+            return_tensors="pt", return_special_tokens_mask=True, return_offsets_mapping=fast,
         )
         special = enc.pop("special_tokens_mask")
-        keep = enc["attention_mask"].bool() & ~special.bool()
+        offsets = enc.pop("offset_mapping").numpy() if fast else None
+        keep = (enc["attention_mask"].bool() & ~special.bool()).numpy()
+        return dict(enc), keep, offsets
+
+    def _embed(self, texts: list[str], *, spans: bool = False) -> list[tuple[np.ndarray, Layout | None]]:
+        torch = self._torch
+        enc, keep, offsets = self._tokenize(texts, spans=spans)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         with torch.inference_mode():
             hidden = self._model(**enc).last_hidden_state
         hidden = hidden.float().cpu().numpy()
-        keep_np = keep.numpy()
-        out: list[np.ndarray] = []
+        out: list[tuple[np.ndarray, Layout | None]] = []
         for i in range(len(texts)):
-            tokens = hidden[i][keep_np[i]]
+            tokens = hidden[i][keep[i]]
             if tokens.shape[0] == 0:
                 raise PgmaxsimError("text has no tokens after tokenization")
-            out.append(tokens)
+            out.append((tokens, None if offsets is None else text_layout(offsets[i][keep[i]])))
         return out
 
     def _encode_text_documents(self, texts: list[str]) -> list[np.ndarray]:
-        return self._embed(texts)
+        return [e for e, _ in self._embed(texts)]
+
+    def _laid_out_text_documents(self, texts: list[str]) -> list[tuple[np.ndarray, Layout | None]]:
+        return self._embed(texts, spans=True)
 
     def _encode_queries(self, texts: list[str]) -> list[np.ndarray]:
-        return self._embed(texts)
+        return [e for e, _ in self._embed(texts)]
+
+    def query_token_strings(self, text: str) -> list[str] | None:
+        """The word pieces of the query (``##`` continuation marks kept), one per query vector."""
+        enc, keep, _ = self._tokenize([text])
+        ids = enc["input_ids"][0].tolist()
+        return [str(t) for t, k in zip(self._tokenizer.convert_ids_to_tokens(ids), keep[0]) if k]
 
 
 def load_default(**kwargs: Any) -> TextEncoder:

@@ -130,7 +130,8 @@ def process_batch(
                 gone = [r.row_id for r, _ in written if r.row_id not in present]
                 missing += gone
                 written = [(r, t) for r, t in written if r.row_id in present]
-                ok, bad = write_embeddings(conn, spec, written, encoder)
+                layouts = {enc.row.row_id: enc.layout for enc in encoded if getattr(enc, "layout", None) is not None}
+                ok, bad = write_embeddings(conn, spec, written, encoder, layouts)
                 failures += [Failure(by_id[r.row_id], "write", msg) for r, msg in bad]
                 finished += [by_id[r.row_id] for r in ok]
                 result.done = len(ok)
@@ -172,14 +173,15 @@ def lock_present(conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: list[s
 
 
 def write_embeddings(
-    conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[tuple[Loaded, np.ndarray]], encoder: Any
+    conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[tuple[Loaded, np.ndarray]], encoder: Any,
+    layouts: dict[str, Any] | None = None,
 ) -> tuple[list[Loaded], list[tuple[Loaded, str]]]:
     """Write all rows with one binary COPY; if that fails, row by row to isolate the bad ones."""
     if not rows:
         return [], []
     try:
         with conn.transaction():
-            _write(conn, spec, rows, encoder)
+            _write(conn, spec, rows, encoder, layouts)
         return [r for r, _ in rows], []
     except psycopg.OperationalError:
         raise  # connection trouble: the whole batch is retried after reconnecting
@@ -191,7 +193,7 @@ def write_embeddings(
     for r, t in rows:
         try:
             with conn.transaction():
-                _write(conn, spec, [(r, t)], encoder)
+                _write(conn, spec, [(r, t)], encoder, layouts)
             ok.append(r)
         except psycopg.OperationalError:
             raise
@@ -201,9 +203,10 @@ def write_embeddings(
 
 
 def _write(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[tuple[Loaded, np.ndarray]],
-           encoder: Any) -> None:
+           encoder: Any, layouts: dict[str, Any] | None = None) -> None:
     model = getattr(encoder, "name", None) or spec.model
     revision = getattr(encoder, "revision", None) or spec.model_revision
     writes.write_rows(
         conn, spec, [r.key for r, _ in rows], [t for _, t in rows], model=model, model_revision=revision,
-        content_hashes=[r.content_hash for r, _ in rows])
+        content_hashes=[r.content_hash for r, _ in rows],
+        layouts=[(layouts or {}).get(r.row_id) for r, _ in rows])

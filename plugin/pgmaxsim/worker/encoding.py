@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pgmaxsim.encoders.layout import Layout
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.registry import IndexSpec
 from pgmaxsim.worker.load import Loaded
@@ -71,31 +72,38 @@ class Encoded:
     row: Loaded
     tokens: np.ndarray | None = None  # (n_tokens, dim) float32
     error: str | None = None
+    layout: Layout | None = None      # where the tokens came from (one-item rows whose encoder tells)
 
 
 def encode_rows(encoder: Any, spec: IndexSpec, rows: list[Loaded]) -> list[Encoded]:
     """Encode every row's items in one call; a row's token matrix is its items' matrices stacked.
 
     Per-item errors of the encoder (and a dim that disagrees with the index)
-    become that row's error; the other rows are unaffected.
+    become that row's error; the other rows are unaffected. A row of one item keeps
+    the item's layout when the encoder gives one (``encode_documents_laid_out``); the
+    tokens of a several-item row (a PDF's pages) have none.
     """
     flat: list[Any] = []
     owner: list[int] = []
     for i, r in enumerate(rows):
         flat.extend(r.items)
         owner.extend([i] * len(r.items))
-    results = encoder.encode_documents(flat) if flat else []
+    laid_out = getattr(encoder, "encode_documents_laid_out", None)
+    results = (laid_out(flat) if laid_out else encoder.encode_documents(flat)) if flat else []
     parts: list[list[np.ndarray]] = [[] for _ in rows]
+    layouts: list[Layout | None] = [None] * len(rows)
     errors: list[str | None] = [None] * len(rows)
     for i, res in zip(owner, results):
         if errors[i] is not None:
             continue
+        if isinstance(res, tuple):
+            res, layouts[i] = res
         if isinstance(res, np.ndarray):
             parts[i].append(res)
         else:
             errors[i] = getattr(res, "message", None) or str(res)
     out: list[Encoded] = []
-    for r, p, err in zip(rows, parts, errors):
+    for r, p, err, lay in zip(rows, parts, errors, layouts):
         if err is None and not p:
             err = "the model gave no tokens"
         if err is not None:
@@ -109,5 +117,5 @@ def encode_rows(encoder: Any, spec: IndexSpec, rows: list[Loaded]) -> list[Encod
         if not np.isfinite(tokens).all():
             out.append(Encoded(r, error="the model gave non-finite values"))
             continue
-        out.append(Encoded(r, tokens=tokens))
+        out.append(Encoded(r, tokens=tokens, layout=lay if len(p) == 1 else None))
     return out
