@@ -65,6 +65,9 @@ PLAN: dict[tuple[str, str], str] = {
         "not run: the command synopsis (each command has its own tests)",
     ("sh", "pgmaxsim psql                                  # psql on the embedded server (its own psql 18)"):
         "embedded",
+    ("sh", "pip install 'pgmaxsim[web]'                    # Starlette, Jinja2, uvicorn; the page's assets are in the"
+           " package"):
+        "not run: a pip install and servers that run until stopped (tests/test_web.py runs pgmaxsim serve in a browser)",
     ("sh", "pip install 'pgmaxsim[eval]'       # pytrec_eval-terrier (trec_eval's code) and matplotlib"):
         "not run: a pip install and the reader's own judgement files (`pgmaxsim eval`: tests/test_eval.py)",
     ("", "setting            ndcg@5  ndcg@10  recall@5  recall@10  mrr@10  top1=exact  recall@10 vs exact  "

@@ -27,7 +27,7 @@ from typing import Any
 from pgmaxsim.errors import PgmaxsimError, one_line
 
 # Modules under pgmaxsim.commands, in --help order (a module may register several subcommands).
-COMMANDS = ["migrate", "index", "ingest", "worker", "scorer", "search", "status", "dsn", "bench", "demo", "eval"]
+COMMANDS = ["migrate", "index", "ingest", "worker", "scorer", "search", "status", "serve", "dsn", "bench", "demo", "eval"]
 
 EXIT_SIGPIPE = 128 + 13
 EXIT_SIGTERM = 128 + 15

@@ -166,7 +166,7 @@ def run_demo(
         first = result.sql.split(";")[0]
         result.sql_rows = [tuple(r) for r in conn.execute(first).fetchall()]
     out("\n[6/6] next: paste this SQL "
-        + ("(`pgmaxsim demo --psql` opens psql on this database):" if _embedded(dsn)
+        + ("(`pgmaxsim demo --psql` opens psql on this database; `--serve` a web search page):" if _embedded(dsn)
            else f"(psql \"{redact(target)}\"):"))
     out("")
     out(result.sql)

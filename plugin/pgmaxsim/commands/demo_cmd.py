@@ -10,6 +10,7 @@ examples:
   pgmaxsim demo                                  # embedded PostgreSQL, offline, CPU (about a minute)
   pgmaxsim demo --query "volcanoes" --query "git rebase"
   pgmaxsim demo --psql                           # then open psql on the demo's database
+  pgmaxsim demo --serve                          # then the web search page on it (127.0.0.1:8000)
   pgmaxsim --dsn postgresql://u@host/db demo     # on your own server (needs pgvector)
 
 The demo creates (and replaces on every run) table demo_documents and index demo.
@@ -30,6 +31,11 @@ def register(sub: Any) -> None:
     p.add_argument("--query", action="append", metavar="TEXT", help="search these instead (repeatable)")
     p.add_argument("-k", type=int, default=3, help="results per query (default: 3)")
     p.add_argument("--psql", action="store_true", help="open psql on the demo's database afterwards")
+    p.add_argument("--serve", action="store_true", help="then serve the web search page on the demo's index"
+                   " (pgmaxsim serve; needs the web extra)")
+    from pgmaxsim.commands.serve_cmd import add_arguments
+
+    add_arguments(p, index=False)  # --host, --port of --serve
     p.set_defaults(func=run)
 
 
@@ -39,7 +45,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k <= 0:
         raise PgmaxsimError(f"-k must be positive, got {args.k}")
+    if args.psql and args.serve:
+        raise PgmaxsimError("--psql and --serve both take over the terminal: choose one")
+    if args.serve:
+        from pgmaxsim.commands.serve_cmd import check
+        from pgmaxsim.web.server import require_extra
+
+        check(args)
+        require_extra()  # before the demo's minute of work, not after it
     run_demo(args.dsn, table=args.table, index=args.index, queries=args.query or DEMO_QUERIES, k=args.k)
     if args.psql:
         return open_psql(args.dsn)
+    if args.serve:
+        from pgmaxsim.web.server import serve
+
+        print()
+        serve(args.dsn, index=args.index, host=args.host, port=args.port)
     return 0
