@@ -43,6 +43,16 @@ def explain_here() -> bool:
     return overlay.available()
 
 
+def layouts_stored(dsn: str) -> bool:
+    """Whether the worker stored the rows' token layouts (character spans), so there are words to mark."""
+    if not explain_here():
+        return False
+    from pgmaxsim.index import Index
+
+    with psycopg.connect(dsn) as c:
+        return Index(c, "demo").explain(BEES, 1).kind == "text"
+
+
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
@@ -64,6 +74,11 @@ def corpus(pg_server: LocalPostgres) -> Iterator[tuple[str, str]]:
                   " WHERE name = 'demo'")
     yield owner, make_conninfo(owner, user=ROLE)
     fresh.close()
+
+
+@pytest.fixture(scope="module")
+def marks(corpus: tuple[str, str]) -> bool:
+    return layouts_stored(corpus[0])
 
 
 class Server:
@@ -187,7 +202,7 @@ def query_of(url: str) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- the page
 
-def test_type_a_query_press_enter_see_ranked_pages(server: Server, browser: Any) -> None:
+def test_type_a_query_press_enter_see_ranked_pages(server: Server, browser: Any, marks: bool) -> None:
     browser.get(server.url + "/")
     assert http_status(browser) == 200
     assert by_css(browser, "#index option[selected]")[0].text == "demo"
@@ -207,14 +222,15 @@ def test_type_a_query_press_enter_see_ranked_pages(server: Server, browser: Any)
     timings = by_css(browser, "#timings")[0].text
     for stage in ("encode", "ANN prefilter", "rescoring", "scoring", "rows", "page"):
         assert stage in timings, timings
-    if explain_here():  # text rows: the snippet marks the words that matched
+    if marks:  # text rows: the snippets mark the words that matched (static/marks.js asks /marks)
+        wait(browser, lambda d: by_css(d, "#results .snippet.marked"), "the matched words")
         assert by_css(browser, "#results .snippet mark")
     shot = screenshot(browser, "web-search.png")
     if os.environ.get("PGMAXSIM_UPDATE_DOCS") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "web-search.png")
 
 
-def test_open_a_result_and_see_its_matches(server: Server, browser: Any) -> None:
+def test_open_a_result_and_see_its_matches(server: Server, browser: Any, marks: bool) -> None:
     browser.get(server.url + "/?" + urlencode({"index": "demo", "q": BEES}))
     first = by_css(browser, "#results .result .label")[0]
     assert "honeybees" in first.text.lower()
@@ -224,7 +240,7 @@ def test_open_a_result_and_see_its_matches(server: Server, browser: Any) -> None
     assert query_of(browser.current_url)["q"] == [BEES]
     assert "honeybees" in by_css(browser, "#row-title")[0].text.lower()
     assert float(by_css(browser, "#row-score")[0].text) > 0
-    if explain_here():
+    if marks:
         tokens = by_css(browser, "#tokens a")
         assert tokens[0].text == "all tokens" and len(tokens) > 2
         assert by_css(browser, "#row-body mark"), "no word of the row is marked"
@@ -233,6 +249,8 @@ def test_open_a_result_and_see_its_matches(server: Server, browser: Any) -> None
         wait(browser, lambda d: "token=1" in d.current_url and loaded(d), "one token's matches")
         assert by_css(browser, "#tokens a.on")[0].text == tokens_text(browser)[2]
         assert {m.text for m in by_css(browser, "#row-body mark")} <= marked_all | {""}
+    elif explain_here():
+        assert "no layout to explain" in by_css(browser, "main")[0].text
     else:
         assert "pgmaxsim.explain" in by_css(browser, "main")[0].text
     screenshot(browser, "web-row-text.png")
@@ -241,7 +259,7 @@ def test_open_a_result_and_see_its_matches(server: Server, browser: Any) -> None
     by_css(browser, "#results .result .label")[0].click()
     wait(browser, lambda d: "/row?" in d.current_url and loaded(d), "the page's row")
     wait(browser, lambda d: images_loaded(d, "#page-image"), "the page image")
-    if explain_here() and by_css(browser, "#tokens"):
+    if marks:
         assert by_css(browser, "#row-body mark")
     screenshot(browser, "web-row-page.png")
 

@@ -41,9 +41,8 @@ def test_the_page_cannot_write_even_as_the_owner(dsn: str) -> None:
 
     db = Database(dsn)
     try:
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            with db.transaction() as conn:
-                conn.execute("CREATE TABLE written_by_the_page (x int)")
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction), db.transaction() as conn:
+            conn.execute("CREATE TABLE written_by_the_page (x int)")
         with db.transaction() as conn:  # the connection is still usable, and still read-only
             row: Any = conn.execute("SELECT current_setting('transaction_read_only')").fetchone()
             assert row[0] == "on"

@@ -6,6 +6,7 @@ Routes (all GET; every URL is bookmarkable):
 ``/?index=NAME&q=TEXT[&k=N]``               search box, index picker, ranked results
 ``/row?index=NAME&id=ID[&q=TEXT&token=N]``  one row: full page, per-query-token heatmap
 ``/image?index=NAME&id=ID[&q=&token=&w=]``  the row's image (PNG), with the heatmap when asked
+``/marks?index=NAME&id=ID&q=TEXT``          a snippet's matched words (JSON, for static/marks.js)
 ``/status``                                 indexes, queue, failed rows, workers, scorer
 ``/healthz``                                ``ok`` when the database answers (503 otherwise)
 ``/static/...``                             the stylesheet (no CDN: the page works offline)
@@ -14,7 +15,8 @@ Routes (all GET; every URL is bookmarkable):
 Outcomes are HTTP statuses with a readable page: an empty query 400, an unknown index or row
 404, a role without the right 403, the database down 503. Templates autoescape everything
 (query text, row contents, error messages). Only the Host names the server was started for
-are answered (a page on another site cannot reach it by DNS rebinding).
+are answered (a page on another site cannot reach it by DNS rebinding). The page works without
+script; its one script (static/marks.js) marks the matched words of the snippets once they come.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -53,9 +55,9 @@ MAX_QUERY_CHARS = 2000
 THUMB_WIDTH = 360
 SNIPPET_CHARS = 320
 SECURITY_HEADERS = {
-    # no script at all; styles and images from this server only
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
-                               " base-uri 'none'; frame-ancestors 'none'",
+    # styles, images and the one script (static/marks.js) from this server only; no inline script or style
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self';"
+                               " img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -140,21 +142,13 @@ def search_page(request: Request) -> Response:
             raise NotFound("there are no indexes to search yet (pgmaxsim index create …, or pgmaxsim demo)")
         info = data.index_spec(conn, index)
         found = data.search(conn, info, q, k)
-        t = time.perf_counter()
-        marks = 0
         for r in found.results:
             r.label = display.label(r.row) or f"{info.id_column} {r.key}"
             r.body = display.body(r.row)
-            if info.text_column and overlay.available():  # text rows: the snippet around the matched words
-                explanation = overlay.explain(conn, info, found.tokens, r.key)
-                pieces = overlay.marked(r.row.get(info.text_column), explanation, None)
-                if pieces:
-                    r.marked = overlay.excerpt(pieces, SNIPPET_CHARS)
-                    marks += 1
-        if info.text_column and overlay.available():
-            found.timings.add("explain", (time.perf_counter() - t) * 1000, f"matched words of {marks} rows"
-                              " (maxsim.explain)")
-        context.update(found=found, info=info, explained=overlay.available())
+        # matched words: each snippet asks /marks after the page has come (an explanation costs a
+        # statement per row: ten of them would double the page's time)
+        context.update(found=found, info=info, explained=overlay.available(),
+                       marks=bool(info.text_column) and overlay.available())
     total = (time.perf_counter() - t0) * 1000
     response = _page(request, "search.html", **context, total_ms=total)
     response.headers["Server-Timing"] = found.timings.server_timing() + f", total;dur={total:.1f}"
@@ -174,11 +168,14 @@ def row_page(request: Request) -> Response:
             raise NotFound(f"index {index!r} has no row {key!r} that role {_role(conn)} may read")
         has_image = bool(row.pop("pgmaxsim has image", False))
         score = token_names = pieces = explanation = None
+        no_layout = False
         text = row.get(info.text_column) if info.text_column else None
         if q and q.strip():
             tokens = data.encode(info, q)
             score = data.score_of(conn, info, tokens, key)
             explanation = overlay.explain(conn, info, tokens, key)
+            if explanation is not None and explanation.kind is None:  # no layout stored for this row
+                explanation, no_layout = None, True
             if explanation is not None:
                 token_names = overlay.token_names(data.encoder(info), q, len(tokens))
                 if token is not None and token >= len(token_names):
@@ -188,7 +185,26 @@ def row_page(request: Request) -> Response:
                  label=display.label(row) or f"{info.id_column} {key}", body=text if pieces else display.body(row),
                  has_image=has_image, score=score, token_names=token_names, names=names, pieces=pieces,
                  heatmap=overlay.has_patches(explanation), explained=overlay.available(),
-                 layout=getattr(explanation, "kind", None))
+                 layout=getattr(explanation, "kind", None), no_layout=no_layout)
+
+
+def marks(request: Request) -> Response:
+    """A result's snippet with its matched words, as JSON ``{"pieces": [[text, strength | null], ...]}``
+    (``null``: nothing to mark); static/marks.js puts it in place of the plain snippet."""
+    db: Database = request.app.state.settings.database
+    index, key, q = _required(request, "index"), _required(request, "id"), _required(request, "q")
+    if len(q) > MAX_QUERY_CHARS:
+        raise BadRequest(f"the query is longer than {MAX_QUERY_CHARS} characters")
+    pieces = None
+    with db.transaction() as conn:
+        info = data.index_spec(conn, index)
+        if info.text_column:
+            row = data.fetch_rows(conn, info, data.columns(conn, info), [key]).get(key)
+            text = row.get(info.text_column) if row else None
+            explanation = overlay.explain(conn, info, data.encode(info, q), key) if isinstance(text, str) else None
+            found = overlay.marked(text, explanation, None)
+            pieces = [[p.text, p.weight] for p in overlay.excerpt(found, SNIPPET_CHARS)] if found else None
+    return JSONResponse({"pieces": pieces}, headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=60"})
 
 
 def image(request: Request) -> Response:
@@ -299,6 +315,7 @@ def create_app(database: Database, *, default_index: str | None = None, k: int =
             Route("/", search_page),
             Route("/row", row_page),
             Route("/image", image),
+            Route("/marks", marks),
             Route("/status", status_page),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -74,7 +74,6 @@ class Result:
     has_image: bool
     label: str = ""                   # what names the row (title and page, ...)
     body: str = ""                    # its text, for the snippet
-    marked: list[Any] | None = None   # the snippet as overlay.Piece's, matched words marked
 
 
 @dataclass
