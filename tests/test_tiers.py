@@ -315,6 +315,50 @@ def test_cli_show_and_reindex_storage(dsn: str, capsys: pytest.CaptureFixture[st
     assert code != 0 and "do not hold the fp16 values" in err
 
 
+def test_the_owner_of_the_source_reindexes_as_a_granted_role(dsn: str) -> None:
+    """reindex --storage needs no schema owner: every read, write and the switch go through entry
+    points that check the caller manages the index; a role that does not is refused."""
+    import uuid
+
+    from pgmaxsim.retier import retier
+    from psycopg.conninfo import make_conninfo
+
+    tag = uuid.uuid4().hex[:8]
+    owner, other = f"rt_owner_{tag}", f"rt_other_{tag}"
+    docs = corpus(30, seed=41)
+    with psycopg.connect(dsn, autocommit=True) as su:
+        for role in (owner, other):
+            su.execute(f'CREATE ROLE "{role}" LOGIN')
+            su.execute("SELECT maxsim.grant_usage(%s)", (role,))
+        su.execute(f'GRANT CREATE ON SCHEMA public TO "{owner}"')
+        try:
+            with psycopg.connect(make_conninfo(dsn, user=owner), autocommit=True) as app, \
+                    psycopg.connect(make_conninfo(dsn, user=other), autocommit=True) as out:
+                register_tokens(app)
+                create(app, "fp16", 1, name="g_idx")
+                Index(app, "g_idx").upsert(list(docs), list(docs.values()))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                    retier(out, "g_idx", storage_tier="int8")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                    out.execute("SELECT maxsim.read_rows('g_idx', 0, 10)")
+                done = retier(app, "g_idx", storage_tier="int8", pool_factor=2)
+                assert (done.rows, done.storage, done.pool_factor) == (30, "int8", 2)
+                got = stored(su, "g_idx", "int8")
+                for k, d in docs.items():
+                    expect = quantize.encode_tokens(pooling.pool_tokens(d, 2), "int8")
+                    assert np.array_equal(got[k][0], quantize.dequantize(*quantize.decode_tokens(expect, DIM, "int8")))
+                assert su.execute("SELECT count(*) FROM maxsim.indexes WHERE name LIKE 'g_idx%'").fetchone() == (1,)
+                q = fp16(unit(np.random.default_rng(5).standard_normal((4, DIM))))
+                ref = sorted(((maxsim_reference(q, got[k][0]), k) for k in docs), key=lambda t: (-t[0], t[1]))
+                res = app.execute("SELECT id, score FROM maxsim.search('g_idx', %s, 5, 1000)", (Tokens(q),)).fetchall()
+                assert [int(i) for i, _ in res] == [k for _, k in ref[:5]]
+        finally:
+            su.execute("SELECT maxsim.drop_index(name) FROM maxsim.indexes WHERE name LIKE 'g_idx%'")
+            for role in (owner, other):
+                su.execute(f'DROP OWNED BY "{role}" CASCADE')
+                su.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
 @pytest.mark.parametrize(("storage", "factor"), [("int8", 1), ("fp16", 2)])
 def test_the_scorer_serves_the_stored_tier(dsn: str, storage: str, factor: int) -> None:
     from pgmaxsim.scorer.client import ScorerClient

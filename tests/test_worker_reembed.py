@@ -145,3 +145,62 @@ def test_cancel_and_drop_remove_the_shadow(dsn: str, conn: psycopg.Connection[An
     conn.execute("SELECT maxsim.drop_index('rc')")
     assert conn.execute("SELECT count(*) FROM maxsim.indexes").fetchone() == (0,)
     assert leftovers(conn, s2.shadow_id) == [] and leftovers(conn, iid) == []
+
+
+def test_a_granted_role_reembeds_and_cancels_on_a_table_it_owns(
+        dsn: str, conn: psycopg.Connection[Any], tiny_colqwen: str) -> None:
+    """Re-embedding needs no schema owner: start, worker switch-over and cancel run as the role that
+    owns the source (granted usage); a role that does not manage the index is refused at each step."""
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    tag = uuid.uuid4().hex[:8]
+    owner, other = f"re_owner_{tag}", f"re_other_{tag}"
+    for role in (owner, other):
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute("SELECT maxsim.grant_usage(%s)", (role,))
+    conn.execute(f'GRANT CREATE ON SCHEMA public TO "{owner}"')
+    owner_dsn, other_dsn = make_conninfo(dsn, user=owner), make_conninfo(dsn, user=other)
+    try:
+        with psycopg.connect(owner_dsn, autocommit=True) as app, psycopg.connect(other_dsn, autocommit=True) as out:
+            make_text_table(app, "rg", 12)
+            iid = create_index(app, "rg", "rg")
+            run_once(owner_dsn)
+            assert len(tok_rows(conn, iid)) == 12
+
+            state = start_reembed(app, "rg", tiny_colqwen)
+            assert (state.shadow, state.pending) == ("rg#reembed", 12)
+            for stmt, args in (("SELECT * FROM maxsim.reembed_state(%s)", ("rg",)),
+                               ("SELECT maxsim.switch_index(%s, %s)", ("rg", "rg#reembed")),
+                               ("SELECT maxsim.reembed_cancel(%s)", ("rg",)),
+                               ("SELECT maxsim.read_rows(%s, 0, 10)", ("rg",))):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                    out.execute(stmt, args)
+            assert out.execute("SELECT count(*) FROM maxsim.reembeds()").fetchone() == (0,)  # not its index
+            # the switch is refused while the shadow still has queued rows
+            assert app.execute("SELECT maxsim.switch_index('rg', 'rg#reembed')").fetchone() == (False,)
+
+            stats = run_once(owner_dsn, batch_size=8)
+            assert stats.reembeds_finished == ["rg"]
+            reg = conn.execute("SELECT id, model, dim FROM maxsim.indexes WHERE name = 'rg'").fetchone()
+            assert reg == (iid, tiny_colqwen, 128)
+            assert reembed_status(app, "rg") is None and leftovers(conn, state.shadow_id) == []
+            rows = tok_rows(conn, iid)
+            assert len(rows) == 12 and all(r[2] == tiny_colqwen for r in rows.values())
+            register_tokens(app)
+            q = np.random.default_rng(3).standard_normal((3, 128)).astype(np.float32)
+            assert len(app.execute("SELECT * FROM maxsim.search('rg', %s, 5)", (Tokens(q),)).fetchall()) == 5
+
+            again = start_reembed(app, "rg", MINILM)
+            assert cancel_reembed(app, "rg") is True and cancel_reembed(app, "rg") is False
+            assert leftovers(conn, again.shadow_id) == []
+            assert conn.execute("SELECT model FROM maxsim.indexes WHERE name = 'rg'").fetchone() == (tiny_colqwen,)
+            for stmt in ("SELECT maxsim._switch_index(1, 2, true)", "SELECT maxsim._read_stage(1, 'x', NULL, 0, 1)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    app.execute(stmt)
+    finally:
+        conn.execute("SELECT maxsim.drop_index(name) FROM maxsim.indexes WHERE name LIKE 'rg%'")
+        for role in (owner, other):
+            conn.execute(f'DROP OWNED BY "{role}" CASCADE')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')

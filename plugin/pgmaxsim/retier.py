@@ -18,6 +18,10 @@
    EXCLUSIVE for the few milliseconds of the renames: searches wait, never fail),
    swap their options, tell the scorer to reload; then drop the shadow (the old tables).
 
+Every step goes through SQL entry points that check the caller manages the index
+(``maxsim.read_rows``, ``write_stage``/``write_commit``, ``switch_lock``, ``switch_index``), so the
+owner of the source table reindexes as a granted role, without the schema owner.
+
 A statement that started before the switch reads the registry as it was and the
 token table as it is now; the PL/Python scorer therefore takes each row's tier from
 its byte length (:func:`pgmaxsim.plpy.api.row_storage`), not from the registry.
@@ -75,25 +79,29 @@ def plan(old_storage: str, old_factor: int, new_storage: str, new_factor: int) -
 
 
 def _bytes(conn: psycopg.Connection[Any], spec: IndexSpec) -> int:
-    row = conn.execute("SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%s)), 0)"
-                       " + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(%s)), 0)",
-                       (f"maxsim.{spec.token_table}", f"maxsim.cen_{spec.id}")).fetchone()
-    return int(row[0]) if row else 0
+    row = conn.execute("SELECT bytes FROM maxsim.index_info(%s)", (spec.name,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 _COLUMNS = "t.id::text, t.tokens, t.n_raw_tokens, t.model, t.model_revision, t.content_hash, t.version, t.layout"
 SNAPSHOT = "SELECT pg_catalog.pg_current_snapshot()::text"
 
 
+def _staged(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]:
+    """The rows ``maxsim.read_rows`` / ``read_changed_rows`` put in temp table ``table``."""
+    q = sql.SQL("SELECT " + _COLUMNS + " FROM {} t ORDER BY t.version").format(sql.Identifier("pg_temp", table))
+    with conn.cursor(binary=True) as cur:
+        return cur.execute(q).fetchall()
+
+
 def _all_rows(conn: psycopg.Connection[Any], spec: IndexSpec) -> Iterator[list[tuple[Any, ...]]]:
     """Batches of every row of the main index, in version order (rows rewritten meanwhile
-    come again later, under their new version)."""
-    q = sql.SQL("SELECT " + _COLUMNS + " FROM {} t WHERE t.version > %s ORDER BY t.version LIMIT %s").format(
-        spec.token_ident())
+    come again later, under their new version). Read through ``maxsim.read_rows``, which any
+    role that manages the index may call."""
     version = 0
     while True:
-        with conn.cursor(binary=True) as cur:
-            batch = cur.execute(q, (version, BATCH)).fetchall()
+        table = conn.execute("SELECT maxsim.read_rows(%s, %s, %s)", (spec.name, version, BATCH)).fetchone()[0]
+        batch = _staged(conn, table)
         if not batch:
             return
         yield batch
@@ -102,21 +110,13 @@ def _all_rows(conn: psycopg.Connection[Any], spec: IndexSpec) -> Iterator[list[t
 
 def _changed_rows(conn: psycopg.Connection[Any], spec: IndexSpec, snap: str) -> Iterator[list[tuple[Any, ...]]]:
     """Batches of the rows written by transactions that snapshot ``snap`` did not see."""
-    changed = conn.execute(
-        "SELECT DISTINCT row_id FROM maxsim.changes WHERE index_id = %s"
-        " AND xid >= pg_catalog.pg_snapshot_xmin(%s::pg_snapshot)"
-        " AND NOT pg_catalog.pg_visible_in_snapshot(xid, %s::pg_snapshot)", (spec.id, snap, snap)).fetchall()
-    if any(r[0] is None for r in changed):   # truncated meanwhile: everything again
+    table = conn.execute("SELECT maxsim.read_changed_rows(%s, %s)", (spec.name, snap)).fetchone()[0]
+    if table is None:   # truncated meanwhile: everything again
         yield from _all_rows(conn, spec)
         return
-    ids = [r[0] for r in changed]
-    q = sql.SQL("SELECT " + _COLUMNS + " FROM {} t WHERE t.id = ANY (%s::text[]::{}[])").format(
-        spec.token_ident(), spec.id_type_sql())
-    for start in range(0, len(ids), BATCH):
-        with conn.cursor(binary=True) as cur:
-            batch = cur.execute(q, (ids[start:start + BATCH],)).fetchall()
-        if batch:
-            yield batch
+    rows = _staged(conn, table)
+    for start in range(0, len(rows), BATCH):
+        yield rows[start:start + BATCH]
 
 
 def _encode(spec: IndexSpec, shadow: IndexSpec, repool: bool, blob: bytes,
@@ -144,16 +144,9 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
             tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h), lay))
             if cents is not None:
                 cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
-        keys = [r[0] for r in batch]
-        with conn.transaction(), conn.cursor() as cur:
-            writes.lock_rows(cur, shadow, keys)
-            cur.execute(sql.SQL("DELETE FROM {} WHERE id = ANY (%s::text[]::{}[])").format(
-                shadow.token_ident(), shadow.id_type_sql()), (keys,))
-            tok_types, cen_types = writes.copy_types(cur, shadow)
-            writes._copy(cur, shadow.token_ident(), writes.TOKEN_COLUMNS, tok_types, tok_rows)
-            if cen_rows and shadow.centroid_table:
-                writes._copy(cur, sql.Identifier("maxsim", shadow.centroid_table), writes.CENTROID_COLUMNS,
-                              cen_types, cen_rows)
+        keys = [str(r[0]) for r in batch]
+        # the one write path (its stage tables when the caller is not the schema owner)
+        writes._write(conn, shadow, keys, lambda _index, t=tok_rows, c=cen_rows: (t, c))
         n += len(batch)
     return n
 
@@ -165,8 +158,6 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
     ``conn`` must be in autocommit mode: each copied batch commits on its own, so writers and
     searches go on while the shadow is filled, and only the switch holds locks.
     """
-    from pgmaxsim.worker.reembed import _repoint_triggers, _swap_names
-
     if not conn.autocommit:
         raise PgmaxsimError("changing an index's storage needs an autocommit connection (each step commits)")
 
@@ -176,11 +167,11 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
     repool = plan(spec.storage, spec.pool_factor, new_storage, new_factor)
     if name.endswith(SUFFIX):
         raise PgmaxsimError(f"index {name!r} is itself a storage switch in progress")
-    busy = conn.execute("SELECT 1 FROM maxsim.reembeds WHERE index_id = %s", (spec.id,)).fetchone()
+    busy = conn.execute("SELECT 1 FROM maxsim.reembeds() WHERE index_id = %s", (spec.id,)).fetchone()
     if busy:
         raise PgmaxsimError(f"index {name!r} is being re-embedded; change its storage after that switched over")
     shadow_name = name + SUFFIX
-    if conn.execute("SELECT 1 FROM maxsim.indexes WHERE name = %s", (shadow_name,)).fetchone():
+    if conn.execute("SELECT 1 FROM maxsim.list_indexes() WHERE name = %s", (shadow_name,)).fetchone():
         conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))   # left by an interrupted switch
     opts = dict(spec.options)
     opts.update(storage=new_storage, pool_factor=new_factor, pooling=spec.pooling)
@@ -196,7 +187,7 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
             if _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, prev)) < BATCH:
                 break
         with conn.transaction():
-            _switch(conn, spec, shadow, repool, snap, _swap_names, _repoint_triggers)
+            _switch(conn, spec, shadow, repool, snap)
         # The shadow (now holding the old tables) goes in its own transaction: dropping its
         # triggers locks the source table, which a writer deleting source rows holds while it
         # waits for the token table; inside the switch that would be a deadlock.
@@ -206,32 +197,16 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
             conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))
         raise
     after = get_index(conn, name)
-    rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(after.token_ident())).fetchone()
-    return Retiered(name, int(rows[0]) if rows else 0, after.storage, after.pool_factor, before, _bytes(conn, after))
+    info = conn.execute("SELECT rows, bytes FROM maxsim.index_info(%s)", (name,)).fetchone()
+    return Retiered(name, int(info[0] or 0), after.storage, after.pool_factor, before, int(info[1] or 0))
 
 
-def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, snap: str,
-            swap_names: Any, repoint: Any) -> None:
-    tables = [spec.token_table, shadow.token_table]
-    cen = [f"cen_{spec.id}", f"cen_{shadow.id}"] if spec.centroid_table else []
-    ident = [sql.Identifier("maxsim", t) for t in tables + cen]
+def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, snap: str) -> None:
     # writers wait from here on (readers go on; every writer that started has committed once the
-    # lock is granted): the last changes, then the rows deleted meanwhile
-    conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(ident[0]))
+    # lock is granted): the last changes; then maxsim.switch_index drops the rows deleted meanwhile,
+    # swaps the tables and options and tells the scorer (sql/idempotent/045_switch.sql)
+    conn.execute("SELECT maxsim.switch_lock(%s)", (spec.name,))
     _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, snap))
-    conn.execute(sql.SQL("DELETE FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} m WHERE m.id = s.id)").format(
-        shadow.token_ident(), spec.token_ident()))
-    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.SQL(", ").join(ident)))
-    swap_names(conn, tables[0], tables[1])
-    if cen:
-        swap_names(conn, cen[0], cen[1])
-    repoint(conn, tables[0], shadow.id, spec.id)
-    repoint(conn, tables[1], spec.id, shadow.id)
-    conn.execute("UPDATE maxsim.indexes m SET options = s.options FROM maxsim.indexes s"
-                 " WHERE (m.id, s.id) IN ((%s, %s), (%s, %s))", (spec.id, shadow.id, shadow.id, spec.id))
-    # the scorer reloads the index (a truncate entry), callers see every row as changed
-    conn.execute("INSERT INTO maxsim.changes (index_id, row_id, version, deleted) VALUES (%s, NULL, NULL, true)",
-                 (spec.id,))
-    conn.execute(sql.SQL("INSERT INTO maxsim.changes (index_id, row_id, version, deleted)"
-                         " SELECT %s, id::text, version, false FROM {}").format(spec.token_ident()), (spec.id,))
-    conn.execute("SELECT pg_catalog.pg_notify('maxsim_changes', %s)", (str(spec.id),))
+    row = conn.execute("SELECT maxsim.switch_index(%s, %s)", (spec.name, shadow.name)).fetchone()
+    if not (row and row[0]):
+        raise PgmaxsimError(f"index {spec.name!r} could not be switched to its new storage (switched meanwhile?)")
