@@ -115,6 +115,42 @@ def test_search_and_rerank_return_only_rows_the_caller_can_see(
     assert conn.execute("SELECT rows FROM maxsim.index_info('docs')").fetchone()[0] == ROWS
 
 
+@pytest.mark.parametrize("analyzed", [False, True], ids=["no-row-estimate", "row-estimate"])
+def test_search_fills_k_when_few_rows_are_visible(dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str],
+                                                  analyzed: bool) -> None:
+    """A policy showing 1 row in 25 of 400: the first prefilter round finds about one visible row.
+    Without a row estimate (the token table never analyzed) the prefilter is widened in proportion
+    to the share it saw; with one, the caller's 16 rows are few and are all taken at once."""
+    from pgmaxsim import Index
+
+    register_tokens(conn)
+    app = roles["app"]
+    conn.execute("CREATE TABLE sparse (id bigint PRIMARY KEY)")
+    conn.execute("INSERT INTO sparse SELECT generate_series(1, 400)")
+    conn.execute("ALTER TABLE sparse ENABLE ROW LEVEL SECURITY")
+    conn.execute(f'CREATE POLICY few ON sparse FOR SELECT TO "{app}" USING (id % 25 = 0)')
+    conn.execute(f'GRANT SELECT ON sparse TO "{app}"')
+    rng = np.random.default_rng(11)
+    Index.create(conn, "sparse", "sparse", "id", dim=DIM).upsert(
+        list(range(1, 401)), [unit(rng.standard_normal((6, DIM))) for _ in range(400)])
+    table = conn.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'sparse'").fetchone()[0]
+    if analyzed:
+        conn.execute(f'ANALYZE maxsim."{table}"')
+    conn.execute("SELECT maxsim.grant_usage(%s)", (app,))
+    with as_role(dsn, app) as c:
+        notices: list[str] = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        c.execute("SET pgmaxsim.timing = on")
+        got = [int(r[0]) for r in c.execute("SELECT id FROM maxsim.search('sparse', %s, 6, 4)",
+                                             (Tokens(unit(rng.standard_normal((4, DIM)))),)).fetchall()]
+    assert len(got) == 6 and all(i % 25 == 0 for i in got), got
+    prefilter = next(n for n in notices if "row-level security" in n)
+    if analyzed:
+        assert "candidates 16 " in prefilter and "prefilter rounds 1)" in prefilter, prefilter
+    else:
+        assert "prefilter rounds 1)" not in prefilter, prefilter
+
+
 def test_a_role_without_select_on_the_source_gets_a_permission_error(
         dsn: str, conn: psycopg.Connection[Any], roles: dict[str, str], docs: dict[str, Any]) -> None:
     conn.execute("SELECT maxsim.grant_usage(%s)", (roles["outsider"],))
