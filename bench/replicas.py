@@ -13,9 +13,11 @@ call, the index's default candidates: ANN prefilter + exact MaxSim in the backen
 Prints queries/s of each and the ratio. Each search runs in the backend that received it, so
 a standby adds its backends' CPUs to the pool; on one machine both servers share its cores, so
 the ratio is bounded by (cores busy in phase 2) / (cores busy in phase 1), about 1 when phase 1
-already kept every core busy. A scorer per replica is not measured here: the scorer's
-address is a replicated admin setting (maxsim.settings), so on one host both servers' backends
-would reach the same socket; in a deployment each replica's host runs its own scorer at that path.
+already kept every core busy.
+
+``--scorers`` runs both phases again with a scorer per server (CPU backend, in this process): the
+admin sets one replicated address with ``{port}`` in it (``maxsim.set_scorer('.../scorer-{port}.sock')``),
+so each server's backends reach their own scorer on this one host, as each replica's own host would.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +110,54 @@ def run_clients(dsns: list[str], seconds: float, dim: int, qtokens: int) -> tupl
     return sum(counts) / (time.perf_counter() - t0), counts
 
 
+def phases(p: str, s: str, args: argparse.Namespace, what: str) -> None:
+    n = args.clients
+    alone, c1 = run_clients([p] * n, args.seconds, args.dim, args.query_tokens)
+    both, c2 = run_clients([p, s] * (n // 2) + [p] * (n % 2), args.seconds, args.dim, args.query_tokens)
+    on_primary = sum(c for i, c in enumerate(c2) if i % 2 == 0)
+    print(f"\n{what}\n\n| setup | clients | queries/s | per client (min-max) |\n|---|---:|---:|---|\n"
+          f"| primary alone | {n} on the primary | {alone:.1f} | {min(c1)}-{max(c1)} |\n"
+          f"| primary + standby | {n - n // 2} on the primary, {n // 2} on the standby | {both:.1f} "
+          f"| {min(c2)}-{max(c2)} ({on_primary} vs {sum(c2) - on_primary} queries) |")
+    print(f"ratio (primary + standby) / primary alone: {both / alone:.2f}; load after {os.getloadavg()[0]:.1f}",
+          flush=True)
+
+
+@contextmanager
+def scorer_per_server(primary: LocalPostgres, standby: LocalPostgres, root: Path) -> Iterator[None]:
+    """A ``pgmaxsim scorer`` process (CPU backend) per server, each at its server's ``{port}`` path."""
+    import subprocess
+    import sys
+
+    folder = root / "scorers"
+    folder.mkdir()
+    os.chmod(folder, 0o755)
+    with psycopg.connect(primary.dsn(DB), autocommit=True) as conn:
+        conn.execute("SELECT maxsim.set_scorer(%s)", (str(folder / "scorer-{port}.sock"),))
+        lsn = conn.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").fetchone()[0]
+    with psycopg.connect(standby.dsn(DB), autocommit=True) as c:
+        while not c.execute("SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+            time.sleep(0.1)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT / "plugin"))
+    cmd = [sys.executable, "-m", "pgmaxsim.cli", "scorer", "--backend", "cpu", "--poll-interval", "0.5"]
+    procs = [subprocess.Popen(cmd + ["--dsn", primary.dsn(DB), "--socket", str(folder / f"scorer-{primary.port}.sock")],
+                              env=env, stderr=subprocess.DEVNULL),
+             subprocess.Popen(cmd + ["--dsn", standby.dsn(DB), "--socket", str(folder / f"scorer-{standby.port}.sock"),
+                                     "--report-dsn", primary.dsn(DB)], env=env, stderr=subprocess.DEVNULL)]
+    try:
+        with psycopg.connect(primary.dsn(DB), autocommit=True) as conn:   # both report their sync here
+            deadline = time.monotonic() + 180
+            while conn.execute("SELECT count(*) FROM maxsim.scorers").fetchone()[0] < 2:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError("the scorers did not start and sync")
+                time.sleep(0.5)
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=400)
@@ -114,6 +166,7 @@ def main() -> int:
     ap.add_argument("--query-tokens", type=int, default=24)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--scorers", action="store_true", help="also measure with a scorer per server")
     args = ap.parse_args()
     t0 = time.perf_counter()
     primary, standby, root = build(args.pages, args.tokens, args.dim)
@@ -121,15 +174,10 @@ def main() -> int:
           f"{time.perf_counter() - t0:.0f} s; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}", flush=True)
     try:
         p, s = primary.dsn(DB), standby.dsn(DB)
-        n = args.clients
-        alone, c1 = run_clients([p] * n, args.seconds, args.dim, args.query_tokens)
-        both, c2 = run_clients([p, s] * (n // 2) + [p] * (n % 2), args.seconds, args.dim, args.query_tokens)
-        on_primary = sum(c for i, c in enumerate(c2) if i % 2 == 0)
-        print(f"| setup | clients | queries/s | per client (min-max) |\n|---|---:|---:|---|\n"
-              f"| primary alone | {n} on the primary | {alone:.1f} | {min(c1)}-{max(c1)} |\n"
-              f"| primary + standby | {n - n // 2} on the primary, {n // 2} on the standby | {both:.1f} "
-              f"| {min(c2)}-{max(c2)} ({on_primary} vs {sum(c2) - on_primary} queries) |")
-        print(f"ratio (primary + standby) / primary alone: {both / alone:.2f}; load after {os.getloadavg()[0]:.1f}")
+        phases(p, s, args, "in-backend scoring (PL/Python)")
+        if args.scorers:
+            with scorer_per_server(primary, standby, root):
+                phases(p, s, args, "a scorer per server (CPU backend), reached through '{port}'")
     finally:
         standby.stop()
         primary.stop()

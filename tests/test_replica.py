@@ -268,6 +268,32 @@ def test_scorer_on_the_standby_polls_and_stays_exact(pair: Pair) -> None:
             conn.execute("SELECT maxsim.set_scorer(NULL)")
 
 
+def test_a_scorer_per_server_on_one_host_through_the_port_placeholder(pair: Pair) -> None:
+    """The scorer address is replicated; '{port}' in it makes each server's backends reach their own
+    scorer: the primary's searches go to the primary's scorer, the standby's to the standby's."""
+    sdsn, pdsn = pair.standby.dsn(DB), pair.primary.dsn(DB)
+    with psycopg.connect(pdsn, autocommit=True) as conn:
+        docs = make_index(conn, "per_server", 30)
+        folder = os.path.dirname(_sock())
+        conn.execute("SELECT maxsim.set_scorer(%s)", (os.path.join(folder, "scorer-{port}.sock"),))
+        pair.wait_replay()
+        at = {p.port: os.path.join(folder, f"scorer-{p.port}.sock") for p in (pair.primary, pair.standby)}
+        on_primary = ScorerService(Scorer(pdsn, CpuBackend(), poll_interval=0.1), at[pair.primary.port]).start()
+        on_standby = ScorerService(Scorer(sdsn, CpuBackend(), poll_interval=0.1, report_dsn=pdsn),
+                                   at[pair.standby.port]).start()
+        try:
+            assert on_primary.scorer.wait_synced(30) and on_standby.scorer.wait_synced(30)
+            q = _vec(11)
+            for dsn, mine, other in ((pdsn, on_primary, on_standby), (sdsn, on_standby, on_primary)):
+                before = (mine.scorer.served["search"], other.scorer.served["search"])
+                close(search(dsn, "per_server", q, 10), reference(q, docs, 10))
+                assert (mine.scorer.served["search"], other.scorer.served["search"]) == (before[0] + 1, before[1])
+        finally:
+            on_primary.stop()
+            on_standby.stop()
+            conn.execute("SELECT maxsim.set_scorer(NULL)")
+
+
 class HashEncoder:
     """A tiny deterministic text encoder (one unit vector per word, from its md5): no model load.
     Each batch takes a little while, so that the primary can be stopped mid-queue."""

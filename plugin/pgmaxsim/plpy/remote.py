@@ -63,7 +63,12 @@ SET_SCORER_HINT = "an admin sets the scorer's address with SELECT maxsim.set_sco
 
 #: Whether maxsim.settings exists yet (revisions before it: no scorer) and the ignored setting.
 PROBE_SQL = (f"SELECT pg_catalog.to_regclass('maxsim.settings') IS NOT NULL AS present, "
-             f"pg_catalog.current_setting('{IGNORED_SETTING}', true) AS ignored")
+             f"pg_catalog.current_setting('{IGNORED_SETTING}', true) AS ignored, "
+             f"pg_catalog.current_setting('port') AS port")
+#: In the scorer's address, replaced by this server's port: the setting is replicated, so one
+#: address such as ``/run/pgmaxsim/scorer-{port}.sock`` gives each server of a primary and its hot
+#: standbys on one host its own scorer (on separate hosts a fixed path does the same).
+PORT_PLACEHOLDER = "{port}"
 SETTINGS_SQL = ("SELECT s.key, s.value FROM maxsim.settings s "
                 "WHERE s.key IN ('scorer', 'scorer_timeout_ms', 'scorer_secret_file', 'scorer_user')")
 
@@ -120,7 +125,8 @@ def config(plpy: Any) -> Config | None:
         timeout_ms = float(values["scorer_timeout_ms"]) if values.get("scorer_timeout_ms") else None
     except ValueError:
         timeout_ms = None
-    return Config(values["scorer"], timeout_ms, values.get("scorer_secret_file") or None,
+    address = values["scorer"].replace(PORT_PLACEHOLDER, str(probe["port"]))
+    return Config(address, timeout_ms, values.get("scorer_secret_file") or None,
                   values.get("scorer_user") or None)
 
 
