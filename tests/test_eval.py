@@ -186,6 +186,12 @@ def test_settings_drop_exact_duplicates() -> None:
         ["default (30)", "10", "20", "exact"]
 
 
+def test_the_latency_axis_turns_logarithmic_when_exact_is_far_slower() -> None:
+    assert not ev.log_latency_axis([13.5, 14.8, 20.5, 23.5])      # the quickstart: every setting alike
+    assert ev.log_latency_axis([380.0, 920.0, 2070.0, 29500.0])   # 10,000 pages: exact 30 s
+    assert not ev.log_latency_axis([math.nan, 0.0])
+
+
 # ---------------------------------------------------------------- through a real server
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

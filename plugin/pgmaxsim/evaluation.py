@@ -483,6 +483,14 @@ def report(results: Sequence[SettingResult], qrels: Qrels | None, k: int) -> lis
     return rows
 
 
+def log_latency_axis(p50s: Sequence[float]) -> bool:
+    """Whether the plot's latency axis is logarithmic: when the slowest setting (on a large index,
+    exact search) takes more than 10x the fastest, a linear axis would crowd every other setting
+    into its left edge and hide the knee."""
+    shown = [v for v in p50s if v > 0 and not math.isnan(v)]
+    return bool(shown) and max(shown) > 10 * min(shown)
+
+
 def plot(rows: Sequence[Row], path: str | Path, title: str) -> None:
     """Quality (left) and fidelity (right) against p50 latency, one point per setting, so the knee
     (where more candidates stop buying quality) is visible. Points are joined in order of
@@ -518,8 +526,11 @@ def plot(rows: Sequence[Row], path: str | Path, title: str) -> None:
                                         *(r.metrics.get(m) for m in ("ndcg@10", "recall@10", "mrr@10")))
              if v is not None and not math.isnan(v)]
     low = max(0.0, math.floor((min(shown, default=0.0) - 0.05) * 10) / 10)  # zoom in so the knee shows
+    log_x = log_latency_axis(x)
     for ax in (ax_q, ax_f):
-        ax.set_xlabel("latency p50 (ms, client-side)")
+        ax.set_xlabel("latency p50 (ms, client-side" + (", log scale)" if log_x else ")"))
+        if log_x:
+            ax.set_xscale("log")
         ax.set_ylim(low - 0.01, 1.01)
         ax.grid(alpha=0.3)
         for r in order:
