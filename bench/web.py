@@ -11,7 +11,7 @@ For each query, in turn and on the same database (so both see the same load):
 
 - search: ``pgmaxsim.search.search(conn, index, text, k, rows=True)`` in this process, what the
   Python API and ``pgmaxsim search`` do: encode the text with the index's model, maxsim.search,
-  read the source rows;
+  read the source rows; torch on one thread, as the page encodes (pgmaxsim.web.data);
 - page: ``GET /?index=&q=`` from a ``pgmaxsim serve`` process: its Server-Timing ``total`` (the
   handler from the request's arrival to the rendered page) and the client's wall time.
 
@@ -96,7 +96,9 @@ def run(dsn: str, index: str, table: str, n: int, k: int) -> None:
     import psycopg
 
     from pgmaxsim import search
+    from pgmaxsim.web import data
 
+    data._one_cpu_thread()  # encode as the page does (one torch thread), so the difference is the page's own
     with psycopg.connect(dsn, autocommit=True) as conn:
         qs = queries_from(conn, table, n + 1)
         proc, url = start_page(dsn, index)
@@ -132,6 +134,8 @@ def run(dsn: str, index: str, table: str, n: int, k: int) -> None:
     names = [s for s in stages[0] if s != "total"]
     print("page stages, p50 ms: " + ", ".join(
         f"{s} {statistics.median([st.get(s, 0.0) for st in stages]):.1f}" for s in names))
+    rest = [st["total"] - sum(v for s, v in st.items() if s != "total") for st in stages]
+    print(f"page beyond its stages (connection, template, response), p50: {statistics.median(rest):.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,6 +81,28 @@ def marks(corpus: tuple[str, str]) -> bool:
     return layouts_stored(corpus[0])
 
 
+@pytest.fixture(scope="module")
+def pages(corpus: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Index ``pages``: the corpus's PDF pages embedded from their images by a tiny random ColQwen2.5
+    (tests/encoders_tiny.py): its rankings mean nothing, its patch grids and heatmaps are real."""
+    from encoders_tiny import build_colqwen2_5
+
+    from pgmaxsim.registry import create_index
+    from pgmaxsim.worker.loop import run_worker
+
+    owner = corpus[0]
+    model = f"colqwen2_5:{build_colqwen2_5(tmp_path_factory.mktemp('tiny') / 'colqwen2_5')}"
+    with psycopg.connect(owner, autocommit=True) as c:
+        c.execute("CREATE TABLE demo_pages AS SELECT id, document, page, title, image, mime FROM demo_documents"
+                  " WHERE kind = 'pdf'")
+        c.execute("ALTER TABLE demo_pages ADD PRIMARY KEY (id)")
+        create_index(c, "pages", "demo_pages", "id", image_column="image", model=model)
+        c.execute(f"GRANT SELECT ON demo_pages TO {ROLE}")
+    stats = run_worker(owner, indexes=["pages"], once=True, install_signals=False)
+    assert stats.done == 5 and not stats.failed, stats.errors
+    return "pages"
+
+
 class Server:
     """A ``pgmaxsim serve`` process on a free port (its output in ``log``)."""
 
@@ -223,7 +245,8 @@ def test_type_a_query_press_enter_see_ranked_pages(server: Server, browser: Any,
     for stage in ("encode", "ANN prefilter", "rescoring", "scoring", "rows", "page"):
         assert stage in timings, timings
     if marks:  # text rows: the snippets mark the words that matched (static/marks.js asks /marks)
-        wait(browser, lambda d: by_css(d, "#results .snippet.marked"), "the matched words")
+        wait(browser, lambda d: len(by_css(d, "[data-marks-done]")) == 10, "the matched words")
+        assert len(by_css(browser, "#results .snippet.marked")) >= 5
         assert by_css(browser, "#results .snippet mark")
     shot = screenshot(browser, "web-search.png")
     if os.environ.get("PGMAXSIM_UPDATE_DOCS") == "1":
@@ -262,6 +285,65 @@ def test_open_a_result_and_see_its_matches(server: Server, browser: Any, marks: 
     if marks:
         assert by_css(browser, "#row-body mark")
     screenshot(browser, "web-row-page.png")
+
+
+def colourful(png: bytes) -> float:
+    """The share of clearly coloured pixels (a page is black on white; the heatmap's colormap is not)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).mean())
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=WAIT_S) as r:
+        return r.read()
+
+
+def test_page_images_carry_their_heatmaps(server: Server, browser: Any, pages: str) -> None:
+    if not layouts_stored_for(pages, server):
+        pytest.skip("the worker stored no patch grid for the page images (pgmaxsim.explain layouts)")
+    browser.get(server.url + "/?" + urlencode({"index": pages, "q": "revenue by region"}))
+    assert http_status(browser) == 200
+    assert len(by_css(browser, "#results .result")) == 5
+    wait(browser, lambda d: images_loaded(d, "#results .thumb img"), "the heatmap thumbnails")
+    thumb = by_css(browser, "#results .thumb img")[0].get_attribute("src")
+    plain = thumb.replace("&q=revenue+by+region", "")
+    assert plain != thumb
+    assert colourful(fetch(thumb)) > colourful(fetch(plain)) + 0.05  # the map lies over the page
+    screenshot(browser, "web-pages-search.png")
+
+    by_css(browser, "#results .result .label")[0].click()
+    wait(browser, lambda d: "/row?" in d.current_url and loaded(d), "the page's row")
+    wait(browser, lambda d: images_loaded(d, "#page-image.heatmap"), "the page's heatmap")
+    tokens = by_css(browser, "#tokens a")
+    assert tokens[0].text == "all tokens" and len(tokens) >= 3
+    every = fetch(by_css(browser, "#page-image")[0].get_attribute("src"))
+    tokens[1].click()  # the first query token's own map
+    wait(browser, lambda d: "token=0" in d.current_url and loaded(d), "one token's heatmap")
+    wait(browser, lambda d: images_loaded(d, "#page-image.heatmap"), "one token's heatmap")
+    one = fetch(by_css(browser, "#page-image")[0].get_attribute("src"))
+    assert one != every and colourful(one) > 0.05
+    shot = screenshot(browser, "web-pages-heatmap.png")
+    if os.environ.get("PGMAXSIM_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "web-heatmap.png")
+
+
+def layouts_stored_for(index: str, server: Server) -> bool:
+    html = fetch(server.url + "/row?" + urlencode({"index": index, "id": _first_id(server, index), "q": "x"}))
+    return b'class="heatmap"' in html
+
+
+def _first_id(server: Server, index: str) -> str:
+    import re
+
+    html = fetch(server.url + "/?" + urlencode({"index": index, "q": "revenue by region"})).decode()
+    m = re.search(r'data-id="([^"]+)"', html)
+    assert m, html[:2000]
+    return m.group(1)
 
 
 def tokens_text(browser: Any) -> list[str]:

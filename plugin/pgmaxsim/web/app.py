@@ -144,7 +144,7 @@ def search_page(request: Request) -> Response:
         found = data.search(conn, info, q, k)
         for r in found.results:
             r.label = display.label(r.row) or f"{info.id_column} {r.key}"
-            r.body = display.body(r.row)
+            r.body = _unless_same(display.body(r.row), r.label)
         # matched words: each snippet asks /marks after the page has come (an explanation costs a
         # statement per row: ten of them would double the page's time)
         context.update(found=found, info=info, explained=overlay.available(),
@@ -181,8 +181,9 @@ def row_page(request: Request) -> Response:
                 if token is not None and token >= len(token_names):
                     raise BadRequest(f"the query has {len(token_names)} tokens; there is no token {token}")
                 pieces = overlay.marked(text if isinstance(text, str) else None, explanation, token)
+    label = display.label(row) or f"{info.id_column} {key}"
     return _page(request, "row.html", index=index, key=key, q=q or "", token=token, row=row, info=info,
-                 label=display.label(row) or f"{info.id_column} {key}", body=text if pieces else display.body(row),
+                 label=label, body=text if pieces else _unless_same(display.body(row), label),
                  has_image=has_image, score=score, token_names=token_names, names=names, pieces=pieces,
                  heatmap=overlay.has_patches(explanation), explained=overlay.available(),
                  layout=getattr(explanation, "kind", None), no_layout=no_layout)
@@ -228,6 +229,11 @@ def image(request: Request) -> Response:
     elif width:
         content, mime = _shrunk(content, int(width)), "image/png"
     return Response(content, media_type=mime, headers={**SECURITY_HEADERS, "Cache-Control": "private, max-age=60"})
+
+
+def _unless_same(body: str, label: str) -> str:
+    """A row's text, or nothing when it only repeats the label (a page image with a title column)."""
+    return "" if " ".join(body.split()) == " ".join(label.split()) else body
 
 
 def _shrunk(content: bytes, width: int) -> bytes:

@@ -33,6 +33,7 @@ _RESCORED = re.compile(r"rescored to (\d+) by centroid interaction \(([\d.]+) ms
 _encode_lock = threading.Lock()  # one encode at a time: the model is shared by the handler threads
 #: Encoded queries kept (least recently used dropped first): a page's thumbnails reuse its query.
 ENCODED_KEPT = 64
+_threads_set = False
 _encoded: dict[tuple[Any, ...], np.ndarray] = {}
 
 
@@ -129,7 +130,24 @@ def encoder(info: IndexSpec) -> Any:
     if not info.model:
         raise BadRequest(f"index {info.name!r} has no model (its embeddings come from the application):"
                          " it can be searched from SQL or Python with query token arrays, not from this page")
+    _one_cpu_thread()
     return pgsearch.encoder_for(info.model, info.model_revision)
+
+
+def _one_cpu_thread() -> None:
+    """Encode queries on one CPU thread. A query is a few tokens: torch's intra-op threads buy
+    nothing there and, on a busy machine, spin against everything else (MiniLM, 2 cores at load 18:
+    1,350 ms per query on torch's 2 threads, 78 ms on one). The handler threads still encode one
+    query each in turn; a GPU model is not affected."""
+    global _threads_set
+    if _threads_set:
+        return
+    _threads_set = True
+    try:
+        import torch
+    except ImportError:  # an encoder without torch: nothing to set
+        return
+    torch.set_num_threads(1)
 
 
 def encode(info: IndexSpec, text: str) -> np.ndarray:

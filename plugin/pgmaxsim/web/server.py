@@ -92,11 +92,11 @@ def _check(db: Any, index: str | None, out: Callable[[str], None]) -> tuple[str 
 
 def _warm(info: Any) -> None:
     """Load the default index's model in the background, so the first search does not wait for it."""
-    from pgmaxsim import search
+    from pgmaxsim.web import data
 
     def load() -> None:
         try:
-            search.encoder_for(info.model, info.model_revision)
+            data.encoder(info)
         except Exception:  # noqa: BLE001, S110 - the first search reports it, as one line
             pass
 

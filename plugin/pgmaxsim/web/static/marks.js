@@ -17,5 +17,6 @@ document.querySelectorAll("[data-marks]").forEach((el) => {
       el.replaceChildren(...parts);
       el.classList.add("marked");
     })
-    .catch(() => {});  // the plain snippet stays
+    .catch(() => {})  // the plain snippet stays
+    .finally(() => { el.dataset.marksDone = "1"; });
 });
