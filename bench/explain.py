@@ -60,15 +60,17 @@ def bench_heatmap(runs: int, size: tuple[int, int]) -> None:
     ex = page_explanation()
     for label, token in (("all query tokens", None), ("one query token", 3)):
         p50, p95, cpu = timed(lambda t=token: heatmap(page, ex, t), runs)
-        verdict = "ok" if p50 <= 50 else "OVER the 50 ms target"
-        print(f"heatmap {ROWS * COLS} patches on {size[0]}x{size[1]} px, {label}: "
-              f"p50 {p50:.1f} ms, p95 {p95:.1f} ms ({verdict}); CPU p50 {cpu:.1f} ms")
+        verdict = "within" if cpu <= 50 else "OVER"
+        print(f"heatmap {ROWS * COLS} patches on {size[0]}x{size[1]} px, {label}: CPU p50 {cpu:.1f} ms "
+              f"({verdict} the 50 ms target); wall p50 {p50:.1f} ms, p95 {p95:.1f} ms")
 
 
 def bench_sql(dsn: str, runs: int) -> None:
     import psycopg
     from pgmaxsim import Index
     from pgmaxsim.db.adapters import Tokens, register_tokens
+    from pgmaxsim.encoders.layout import image_layout
+    from pgmaxsim.writes import write_rows
 
     rng = np.random.default_rng(2)
     with psycopg.connect(dsn, autocommit=True) as db:
@@ -79,11 +81,20 @@ def bench_sql(dsn: str, runs: int) -> None:
         db.execute("INSERT INTO bench_explain_src VALUES (1)")
         db.execute("SELECT maxsim.create_index('bench_explain', 'bench_explain_src', 'id', dim => %s)", (DIM,))
         try:
-            Index(db, "bench_explain").upsert([1], [unit(rng.standard_normal((ROWS * COLS + 16, DIM)))])
-            q = Tokens(unit(rng.standard_normal((N_QUERY, DIM))))
+            idx = Index(db, "bench_explain")
+            n = ROWS * COLS + 16
+            cells = np.full(n, -1)
+            cells[12:12 + ROWS * COLS] = np.arange(ROWS * COLS)
+            write_rows(db, idx.info, [1], [unit(rng.standard_normal((n, DIM)))],
+                       layouts=[image_layout((ROWS, COLS), cells)])
+            qa = unit(rng.standard_normal((N_QUERY, DIM)))
+            q = Tokens(qa)
             p50, p95, cpu = timed(lambda: db.execute("SELECT * FROM maxsim.explain('bench_explain', %s, 1)", (q,))
-                             .fetchall(), runs)
-            print(f"maxsim.explain, {N_QUERY} query tokens x {ROWS * COLS + 16} row tokens: "
+                                  .fetchall(), runs)
+            print(f"maxsim.explain, {N_QUERY} query tokens x {n} row tokens: "
+                  f"p50 {p50:.1f} ms, p95 {p95:.1f} ms (client CPU {cpu:.1f} ms)")
+            p50, p95, cpu = timed(lambda: idx.explain(qa, 1), runs)
+            print(f"Index.explain of that page (one maxsim.stored_row read, argmax and similarity map in NumPy): "
                   f"p50 {p50:.1f} ms, p95 {p95:.1f} ms (client CPU {cpu:.1f} ms)")
         finally:
             db.execute("SELECT maxsim.drop_index('bench_explain')")

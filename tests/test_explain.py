@@ -83,6 +83,9 @@ def test_scores_sum_to_the_rows_maxsim_on_every_path(db: psycopg.Connection[Any]
         assert [r[2] for r in rows] == pytest.approx(sim.max(axis=1).tolist(), **TOL)
         assert all(sim[r[0], r[1]] == pytest.approx(sim[r[0]].max(), **TOL) for r in rows)
         assert all(r[3:] == (None, None, None, None) for r in rows)   # upsert: no layout
+        cast = "::text" if key == "text" else "::bigint"
+        direct = db.execute(f"SELECT maxsim.maxsim(maxsim.tokens('ex', %s{cast}), %s)", (sid, Tokens(q))).fetchone()[0]
+        assert sum(r[2] for r in rows) == pytest.approx(direct, **TOL)
     # typed key through the Python API too, equal to rerank's score
     typed = ids[3]
     ex = Index(db, "ex").explain(q, typed)
@@ -90,6 +93,10 @@ def test_scores_sum_to_the_rows_maxsim_on_every_path(db: psycopg.Connection[Any]
                                 (Tokens(q), typed)).fetchall()
     assert ex.id == typed == rid and ex.score == pytest.approx(rscore, **TOL)
     assert ex.kind is None and ex.matches[0].text is None
+    # Python explains the row as SQL does
+    rows = explain_rows(db, "ex", q, typed)
+    assert [m.doc_token for m in ex.matches] == [r[1] for r in rows]
+    assert [m.score for m in ex.matches] == pytest.approx([r[2] for r in rows], **TOL)
 
 
 def test_int8_and_pooled_rows_explain_their_stored_tokens(dsn: str) -> None:
@@ -108,14 +115,15 @@ def test_int8_and_pooled_rows_explain_their_stored_tokens(dsn: str) -> None:
         assert any("token pooling (pool_factor 2)" in m for m in notices), notices
 
 
-def test_the_scorer_path_agrees(dsn: str) -> None:
+@pytest.mark.parametrize("storage", ["fp16", "int8"])
+def test_the_scorer_path_agrees(dsn: str, storage: str) -> None:
     from pgmaxsim.scorer.server import Limits, Scorer, ScorerService
     from pgmaxsim.scorer.store import CpuBackend
     from test_scorer import _sock, _wait_sync, use_scorer
 
     with psycopg.connect(dsn, autocommit=True) as db:
         register_tokens(db)
-        make(db, "sc", "text")
+        make(db, "sc", "text", storage=storage)
         svc = ScorerService(Scorer(dsn, CpuBackend(), Limits(max_ids=500, max_query_tokens=64, max_k=100),
                                    poll_interval=0.2), _sock()).start()
         try:
@@ -154,10 +162,12 @@ def test_layouts_give_patches_and_spans(db: psycopg.Connection[Any]) -> None:
     # the Python view: similarity map on the grid, text segments
     ex = Index(db, "lay").explain(q, 1)
     assert ex.kind == "image" and ex.grid == (3, 4)
+    assert [(m.query_token, m.doc_token, m.patch_row, m.patch_col, m.char_start) for m in ex.matches] == \
+        [(r[0], r[1], r[3], r[4], r[5]) for r in explain_rows(db, "lay", q, 1)]
     m = ex.patch_map(0)
     assert m.shape == (3, 4) and m[0, 3] == pytest.approx(1.0, abs=2e-3) and np.nanargmax(m) == 3
     ex2 = Index(db, "lay").explain(docs[1][[4]] + 0.0, 2)
-    assert ex2.kind == "text"
+    assert ex2.kind == "text" and (ex2.matches[0].char_start, ex2.matches[0].char_end) == (12, 14)
     text = "".join(chr(97 + i % 26) * 3 for i in range(n1))
     segs = explaining.text_segments(text, ex2)
     assert "".join(s for s, _ in segs) == text and [s for s, v in segs if v is not None] == [text[12:14]]
@@ -209,8 +219,12 @@ def test_hidden_rows_are_refused_like_missing_ones(dsn: str) -> None:
                     explain_rows(db, name, q, id)
                 errors.append(str(e.value).replace(str(id), "N"))
             assert errors[0] == errors[1]
-            with pytest.raises(psycopg.errors.NoDataFound):
-                db.execute("SELECT * FROM maxsim.layout('rls', 2::bigint)").fetchall()
+            for fn in ("layout", "stored_row"):
+                with pytest.raises(psycopg.errors.NoDataFound):
+                    db.execute(f"SELECT * FROM maxsim.{fn}('rls', 2::bigint)").fetchall()
+            with pytest.raises(PgmaxsimError, match="has no row 2"):
+                Index(db, "rls").explain(q, 2)
+            assert Index(db, "rls").explain(q, 3).score > 0
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="may not SELECT"):
                 explain_rows(db, "secret", q, 1)
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="internal"):
@@ -240,3 +254,19 @@ def test_heatmap_lights_the_matching_patches() -> None:
     assert tint(both, 1, 3) > 100 and tint(both, 3, 0) > 50
     with pytest.raises(PgmaxsimError, match="out of range"):
         explaining.heatmap(page, ex, token=2)
+
+
+def test_reindex_keeps_layouts_unless_it_pools(dsn: str) -> None:
+    from pgmaxsim.retier import retier
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        register_tokens(db)
+        ids, docs = make(db, "re", "bigint", n=2)
+        spans = np.array([[2 * i, 2 * i + 1] for i in range(len(docs[0]))])
+        write_rows(db, Index(db, "re").info, ids[:1], docs[:1], layouts=[text_layout(spans)])
+        q = docs[0][[3]] + 0.0
+        retier(db, "re", storage_tier="int8")
+        assert explain_rows(db, "re", q, 1)[0][1] == 3
+        assert explain_rows(db, "re", q, 1)[0][5:] == (6, 7)
+        retier(db, "re", pool_factor=2)
+        assert db.execute("SELECT count(*) FROM maxsim.layout('re', 1)").fetchone()[0] == 0

@@ -7,13 +7,13 @@
 >>> text_segments(row_text, ex)                                               # doctest: +SKIP
 [('The quick ', None), ('fox', 0.83), (' jumps over the ', None), ('lazy', 0.71), ...]
 
-:func:`explain` asks SQL (``maxsim.explain``: the same rights, row-level security and
-stored tokens as search; the scores are the terms of the row's MaxSim and sum to it) and,
-for page images, reads the row's tokens (``maxsim.tokens``) and patch grid
-(``maxsim.layout``) to compute each query token's similarity to every patch: the
-similarity map :func:`heatmap` draws (colours from a matplotlib colormap, compositing
-by Pillow). Text rows get character spans instead; :func:`text_segments` cuts the text
-at them. Positions are 0-based, as in the model's output.
+:func:`explain` reads the row's stored tokens and layout in one round trip
+(``maxsim.stored_row``: search's rights and row-level security) and explains it in NumPy
+as ``maxsim.explain`` does in SQL: each query token's best stored token, whose scores are
+the terms of the row's MaxSim and sum to it. For page images it keeps each query token's
+similarity to every patch: the similarity map :func:`heatmap` draws (colours from a
+matplotlib colormap, compositing by Pillow). Text rows get character spans instead;
+:func:`text_segments` cuts the text at them. Positions are 0-based, as in the model's output.
 
 Needs Pillow and matplotlib only for :func:`heatmap` (``pip install 'pgmaxsim[explain]'``).
 """
@@ -25,12 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import psycopg
-from psycopg.adapt import Buffer, Loader
-from psycopg.pq import Format
 
-from pgmaxsim.db.adapters import Tokens, tokens_cursor
-from pgmaxsim.db.codec import decode_halfvec_array
+from pgmaxsim.encoders.layout import Layout, decode_layout
 from pgmaxsim.errors import MissingExtraError, PgmaxsimError, one_line
+from pgmaxsim.kernels import quantize
 from pgmaxsim.registry import IndexSpec, get_index
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,69 +101,58 @@ class Explanation:
 def explain(conn: psycopg.Connection[Any], name: str, query: Any, id: Any, *,
             encoder: Encoder | None = None, info: IndexSpec | None = None) -> Explanation:
     """Explain row ``id`` of index ``name`` for ``query`` (text, a PIL image or an ``(n, d)``
-    array; text and images are encoded by the index's model or ``encoder``)."""
+    array; text and images are encoded by the index's model or ``encoder``).
+
+    The row comes from ``maxsim.stored_row`` (search's rights and row-level security; a row
+    the role may not see is refused like a missing one) and is explained here, in NumPy,
+    exactly as ``maxsim.explain`` does on the server (tests/test_explain.py checks they agree).
+    """
     from pgmaxsim.search import encode_query, encoder_for
 
     info = info if info is not None else get_index(conn, name)
-    q = encode_query(info, query, encoder)
+    q = np.asarray(encode_query(info, query, encoder), dtype=np.float32)
     strings = None
     if isinstance(query, str):
         enc = encoder if encoder is not None else encoder_for(info.model, info.model_revision)
         strings = query_token_strings(enc, query, len(q))
     key = info.key_text(id)
     try:
-        with tokens_cursor(conn, info.halfvec_oid, what="query") as cur:
-            rows = cur.execute(
-                "SELECT query_token, doc_token, score, patch_row, patch_col, char_start, char_end"
-                " FROM maxsim.explain(%s, %s, %s::text)", (info.name, Tokens(q), key)).fetchall()
-            layout = cur.execute(
-                "SELECT doc_token, token_kind, patch_row, patch_col FROM maxsim.layout(%s, %s::text)",
-                (info.name, key)).fetchall()
+        with conn.cursor(binary=True) as cur:
+            row = cur.execute("SELECT storage, dim, n_tokens, tokens, layout, pooled"
+                              " FROM maxsim.stored_row(%s, %s::text)", (info.name, key)).fetchone()
     except psycopg.Error as e:
         raise PgmaxsimError(one_line(e)) from None
-    matches = [TokenMatch(r[0], strings[r[0]] if strings else None, r[1], float(r[2]), *r[3:]) for r in rows]
-    ex = Explanation(info.key_from_text(key), matches)
-    kinds = {r[1] for r in layout}
-    if "patch" in kinds:
-        ex.kind = "image"
-        _attach_grid(conn, info, key, q, ex, layout)
-    elif "text" in kinds:
-        ex.kind = "text"
-    elif not layout:
-        ex.pooled = info.pool_factor > 1
+    assert row is not None
+    storage, dim, n_tokens, blob, layout_bytes, pooled = row
+    doc = _stored_tokens(bytes(blob), int(dim), int(n_tokens), storage)
+    # the query as the server sees it: fp16 (halfvec) values
+    sim = q.astype(np.float16).astype(np.float32) @ doc.T
+    layout = decode_layout(layout_bytes) if layout_bytes is not None and not pooled else None
+    if layout is not None and layout.n_tokens != len(doc):
+        layout = None
+    best = sim.argmax(axis=1)
+    matches = [_match(i, strings, int(j), float(sim[i, j]), layout) for i, j in enumerate(best)]
+    ex = Explanation(info.key_from_text(key), matches, pooled=bool(pooled))
+    if layout is not None:
+        ex.kind = layout.kind
+        if layout.kind == "image":
+            ex.grid, ex.cells, ex.similarity = layout.grid, layout.cells, sim
     return ex
 
 
-def _attach_grid(conn: psycopg.Connection[Any], info: IndexSpec, key: str, q: np.ndarray, ex: Explanation,
-                 layout: list[tuple[Any, ...]]) -> None:
-    """The grid and the query-by-document similarity of an image row (its stored tokens)."""
-    try:
-        with conn.cursor(binary=True) as cur:
-            # this cursor's own loader: the connection may have register_tokens' (or none)
-            cur.adapters.register_loader(info.halfvec_array_oid, _HalfvecArrayLoader)
-            row = cur.execute("SELECT maxsim.tokens(%s, %s::text)", (info.name, key)).fetchone()
-    except psycopg.Error as e:
-        raise PgmaxsimError(one_line(e)) from None
-    if row is None or row[0] is None:
-        return
-    doc = np.asarray(row[0], dtype=np.float32)
-    if len(layout) != len(doc):  # rewritten between the two reads: no grid rather than a wrong one
-        return
-    patches = [(r[0], r[2], r[3]) for r in layout if r[1] == "patch"]
-    rows = 1 + max(p[1] for p in patches)
-    cols = 1 + max(p[2] for p in patches)
-    cells = np.full(len(doc), -1, dtype=np.int64)
-    for j, pr, pc in patches:
-        cells[j] = pr * cols + pc
-    ex.grid, ex.cells = (rows, cols), cells
-    ex.similarity = np.asarray(q, dtype=np.float32) @ doc.T
+def _stored_tokens(blob: bytes, dim: int, n_tokens: int, storage: str) -> np.ndarray:
+    """The stored tokens as the float32 values they stand for (the tier told by their length:
+    a row read across a storage switch may be in the other one)."""
+    tiers = [t for t in quantize.STORAGE_TIERS if len(blob) == quantize.stored_nbytes(n_tokens, dim, t)]
+    tier = storage if len(tiers) != 1 else tiers[0]
+    return quantize.dequantize(*quantize.decode_tokens(blob, dim, tier)).astype(np.float32)
 
 
-class _HalfvecArrayLoader(Loader):
-    format = Format.BINARY
-
-    def load(self, data: Buffer) -> np.ndarray:
-        return decode_halfvec_array(data)
+def _match(i: int, strings: list[str] | None, j: int, score: float, layout: Layout | None) -> TokenMatch:
+    patch = layout.patch_of(j) if layout is not None else None
+    span = layout.span_of(j) if layout is not None else None
+    return TokenMatch(i, strings[i] if strings else None, j, score,
+                      *(patch if patch else (None, None)), *(span if span else (None, None)))
 
 
 def query_token_strings(encoder: Any, text: str, n_tokens: int) -> list[str] | None:

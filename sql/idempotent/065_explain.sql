@@ -11,8 +11,9 @@
 -- Privileges: like search. The entry points run as the caller, check SELECT on the source's key,
 -- and read the source as the caller when row-level security filters it; a row the caller cannot
 -- see gets the same answer as a row that is not in the index. Only the row's stored tokens come
--- from the privileged layer (_explain_row). Read-only: works on a hot standby, and without
--- plpython3u (the tokens are decoded by maxsim._decode of either 030 file; int8 needs plpython3u).
+-- from the privileged layer (_explain_row). Read-only: works on a hot standby. Each query token's
+-- best document token is maxsim._best_tokens (065_explain_best.plpython.sql: NumPy over the stored
+-- bytes; .nopython.sql: pure SQL over maxsim._decode, slower, fp16 only, like the rest of that path).
 
 -- The rows of a stored layout (format: pgmaxsim.encoders.layout): one per token position.
 -- token_kind: 'patch' (image token on the grid), 'thumbnail' (image token off the grid: Idefics3's
@@ -63,10 +64,10 @@ AS $$
          | (pg_catalog.get_byte(b, 4 * i + 2) << 8) | pg_catalog.get_byte(b, 4 * i + 3)
 $$;
 
--- One row's stored tokens (decoded from its tier), its layout, and whether its tokens are pooled
--- (then the layout does not apply); tokens NULL when the row is not in the index. Privileged: reads
--- the token table.
-CREATE OR REPLACE FUNCTION maxsim._explain_row(index_id integer, id text, OUT tokens @vector@.halfvec[],
+-- One row's stored token bytes (tier layout, pgmaxsim.kernels.quantize), their count, its layout, and
+-- whether its tokens are pooled (then the layout does not apply); blob NULL when the row is not in
+-- the index. Privileged: reads the token table.
+CREATE OR REPLACE FUNCTION maxsim._explain_row(index_id integer, id text, OUT blob bytea, OUT n_tokens integer,
                                                OUT layout bytea, OUT pooled boolean)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
@@ -79,18 +80,18 @@ BEGIN
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_explain_row'); END IF;
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
     EXECUTE pg_catalog.format(
-        'SELECT maxsim._decode(t.tokens, %s, %L), t.layout, t.n_tokens <> t.n_raw_tokens FROM maxsim.%I t WHERE t.id = $1::%s',
-        r.dim, coalesce(r.options ->> 'storage', 'fp16'), r.token_table, r.id_type)
-        INTO tokens, layout, pooled USING id;
+        'SELECT t.tokens, t.n_tokens, t.layout, t.n_tokens <> t.n_raw_tokens FROM maxsim.%I t WHERE t.id = $1::%s',
+        r.token_table, r.id_type)
+        INTO blob, n_tokens, layout, pooled USING id;
 END
 $$;
 
--- Index `name` and its row `id` as the caller may see it: tokens, layout and pooling, or an error
--- that reads the same whether the row is missing or hidden from the caller (row-level security).
--- Takes the index by name, never a registry row from its caller: a caller-made row could name
--- one index and another's source table.
-CREATE OR REPLACE FUNCTION maxsim._explained_row(name text, id text, OUT r maxsim.indexes,
-                                                 OUT tokens @vector@.halfvec[], OUT layout bytea, OUT pooled boolean)
+-- Index `name` and its row `id` as the caller may see it: stored bytes, token count, layout and
+-- pooling, or an error that reads the same whether the row is missing or hidden from the caller
+-- (row-level security). Takes the index by name, never a registry row from its caller: a
+-- caller-made row could name one index and another's source table.
+CREATE OR REPLACE FUNCTION maxsim._explained_row(name text, id text, OUT r maxsim.indexes, OUT blob bytea,
+                                                 OUT n_tokens integer, OUT layout bytea, OUT pooled boolean)
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -104,9 +105,9 @@ BEGIN
     END IF;
     IF NOT pg_catalog.row_security_active(r.source) OR pg_catalog.cardinality(maxsim._visible(r, ARRAY[id])) > 0 THEN
         res := maxsim._explain_row(r.id, id);
-        tokens := res.tokens; layout := res.layout; pooled := res.pooled;
+        blob := res.blob; n_tokens := res.n_tokens; layout := res.layout; pooled := res.pooled;
     END IF;
-    IF tokens IS NULL THEN
+    IF blob IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: index "%" has no row % (or role % may not see it)', r.name, id, current_user
             USING ERRCODE = 'no_data_found';
     END IF;
@@ -134,16 +135,11 @@ BEGIN
             id, r.name, coalesce(r.options ->> 'pool_factor', '1');
     END IF;
     RETURN QUERY
-        SELECT (q.i - 1)::integer, b.j, b.s, l.patch_row, l.patch_col, l.char_start, l.char_end
-          FROM pg_catalog.unnest(query) WITH ORDINALITY AS q(v, i)
-         CROSS JOIN LATERAL (
-               SELECT (d.j - 1)::integer AS j, (-(d.v OPERATOR(@vector@.<#>) q.v))::real AS s
-                 FROM pg_catalog.unnest(row_.tokens) WITH ORDINALITY AS d(v, j)
-                ORDER BY d.v OPERATOR(@vector@.<#>) q.v, d.j
-                LIMIT 1) b
+        SELECT b.query_token, b.doc_token, b.score, l.patch_row, l.patch_col, l.char_start, l.char_end
+          FROM maxsim._best_tokens(row_.blob, r.dim, coalesce(r.options ->> 'storage', 'fp16'), row_.n_tokens, query) b
           LEFT JOIN maxsim._layout_rows(CASE WHEN row_.pooled THEN NULL ELSE row_.layout END) l
-            ON l.doc_token = b.j
-         ORDER BY q.i;
+            ON l.doc_token = b.doc_token
+         ORDER BY b.query_token;
 END
 $$;
 
@@ -163,6 +159,31 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY SELECT l.* FROM maxsim._layout_rows(row_.layout) l
-                  WHERE l.doc_token < pg_catalog.cardinality(row_.tokens) ORDER BY l.doc_token;
+                  WHERE l.doc_token < row_.n_tokens ORDER BY l.doc_token;
+END
+$$;
+
+-- A row's stored token bytes (in its tier's layout, pgmaxsim.kernels.quantize) and layout (format:
+-- pgmaxsim.encoders.layout), for clients that explain and draw on their side (pgmaxsim.explain:
+-- one round trip, decoded by NumPy, where maxsim.tokens would decode in SQL). The same rights as
+-- explain; the values are what maxsim.tokens returns.
+CREATE OR REPLACE FUNCTION maxsim.stored_row(name text, id anyelement)
+RETURNS TABLE (storage text, dim integer, n_tokens integer, tokens bytea, layout bytea, pooled boolean)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    row_ record;
+    r maxsim.indexes;
+BEGIN
+    row_ := maxsim._explained_row(name, id::text);
+    r := row_.r;
+    storage := coalesce(r.options ->> 'storage', 'fp16');
+    dim := r.dim;
+    n_tokens := row_.n_tokens;
+    tokens := row_.blob;
+    layout := row_.layout;
+    pooled := row_.pooled;
+    RETURN NEXT;
 END
 $$;
