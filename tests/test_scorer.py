@@ -348,7 +348,8 @@ def test_encode_query_op_serves_sql_encode_query(conn: psycopg.Connection[Any], 
     svc = ScorerService(Scorer(dsn, CpuBackend(), poll_interval=0.2), _sock()).start()
     try:
         _wait_sync(svc.scorer)
-        use_scorer(conn, svc.address)
+        # the scorer loads the model on the first request: give it longer than a search's default
+        use_scorer(conn, svc.address, scorer_timeout_ms="120000")
         got = conn.execute("SELECT array_length(maxsim.encode_query('notes', 'opening rules of chess'), 1)").fetchone()[0]
         want = load_encoder("default", device="cpu").encode_query("opening rules of chess")
         assert got == want.shape[0]

@@ -40,15 +40,28 @@ class OutOfMemory(Exception):
 
 class CpuBuffer:
     """Growable host token buffer in the index's stored tier: fp16, or int8 codes + one
-    float32 scale per token (scored as stored: the kernels dequantize per chunk)."""
+    float32 scale per token (scored as stored: the kernels dequantize per chunk).
+
+    Subclasses hold the buffer elsewhere (:class:`GpuBuffer`): ``xp`` is its array module,
+    ``width`` its row width, ``_rows`` lays host rows out for it."""
+
+    xp: Any = np
 
     def __init__(self, dim: int, backend: "CpuBackend", int8: bool = False) -> None:
         self.dim = dim
         self.backend = backend
         self.int8 = int8
-        self.tokens = np.empty((0, dim), dtype=np.int8 if int8 else np.float16)
-        self.scales = np.empty(0, dtype=np.float32) if int8 else None
+        self.width = self._width()
+        self.tokens = self.xp.empty((0, self.width), dtype=np.int8 if int8 else np.float16)
+        self.scales = self.xp.empty(0, dtype=np.float32) if int8 else None
         self.size = 0
+
+    def _width(self) -> int:
+        return self.dim
+
+    def _rows(self, t: np.ndarray) -> np.ndarray:
+        """Host rows ``(n, dim)`` in the buffer's dtype -> ``(n, width)`` as the buffer holds them."""
+        return t
 
     @property
     def nbytes(self) -> int:
@@ -56,24 +69,27 @@ class CpuBuffer:
 
     def append(self, t: np.ndarray, scales: np.ndarray | None = None) -> int:
         t, scales = _as_tier(t, scales, self.int8)
-        n = t.shape[0]
+        rows = self._rows(np.asarray(t, dtype=self.tokens.dtype))
+        n = rows.shape[0]
         if self.size + n > self.tokens.shape[0]:
-            cap = max(1024, int((self.size + n) * 1.5))
-            per = self.dim * self.tokens.itemsize + (4 if self.int8 else 0)
-            self.backend.reserve(cap * per - self.nbytes)
-            new = np.empty((cap, self.dim), dtype=self.tokens.dtype)
-            new[: self.size] = self.tokens[: self.size]
-            self.tokens = new
-            if self.scales is not None:
-                ns = np.empty(cap, dtype=np.float32)
-                ns[: self.size] = self.scales[: self.size]
-                self.scales = ns
+            self._grow(max(1024, int((self.size + n) * 1.5)))
         start = self.size
-        self.tokens[start: start + n] = t
+        self.tokens[start: start + n] = self.xp.asarray(rows)
         if self.scales is not None:
-            self.scales[start: start + n] = scales
+            self.scales[start: start + n] = self.xp.asarray(scales)
         self.size += n
         return start
+
+    def _grow(self, cap: int) -> None:
+        per = self.width * self.tokens.itemsize + (4 if self.int8 else 0)
+        self.backend.reserve(cap * per - self.nbytes)
+        new = self.xp.empty((cap, self.width), dtype=self.tokens.dtype)
+        new[: self.size] = self.tokens[: self.size]
+        self.tokens = new
+        if self.scales is not None:
+            ns = self.xp.empty(cap, dtype=np.float32)
+            ns[: self.size] = self.scales[: self.size]
+            self.scales = ns
 
     def release(self) -> None:
         self.backend.reserve(-self.nbytes)
@@ -118,57 +134,29 @@ class CpuBackend:
 
 
 
-class GpuBuffer:
-    """Growable device token buffer (fp16, or int8 + per-token scales)."""
+class GpuBuffer(CpuBuffer):
+    """The token buffer on the GPU: rows zero-padded to the kernels' chunk width."""
 
     def __init__(self, dim: int, backend: "GpuBackend", int8: bool = False) -> None:
         from pgmaxsim.kernels import cupy_maxsim as gpu
 
         self.gpu = gpu
-        self.cp = gpu.cupy()
-        self.dim = dim
-        self.backend = backend
-        self.int8 = backend.int8 or int8
-        self.dp = gpu.padded_dim(dim, self.int8)
-        self.tokens = self.cp.empty((0, self.dp), dtype=self.cp.int8 if self.int8 else self.cp.float16)
-        self.scales = self.cp.empty(0, dtype=self.cp.float32) if self.int8 else None
-        self.size = 0
+        self.xp = gpu.cupy()
+        super().__init__(dim, backend, backend.int8 or int8)
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.tokens.nbytes) + (int(self.scales.nbytes) if self.scales is not None else 0)
+    def _width(self) -> int:
+        return self.gpu.padded_dim(self.dim, self.int8)
+
+    def _rows(self, t: np.ndarray) -> np.ndarray:
+        out = np.zeros((t.shape[0], self.width), dtype=t.dtype)
+        out[:, : self.dim] = t
+        return out
 
     def append(self, t: np.ndarray, scales: np.ndarray | None = None) -> int:
-        cp = self.cp
-        t, scales = _as_tier(t, scales, self.int8)
-        n = t.shape[0]
         try:
-            if self.size + n > self.tokens.shape[0]:
-                cap = max(1024, int((self.size + n) * 1.5))
-                per = self.dp * (1 if self.int8 else 2) + (4 if self.int8 else 0)
-                self.backend.reserve(cap * per - self.nbytes)
-                new = cp.empty((cap, self.dp), dtype=self.tokens.dtype)
-                new[: self.size] = self.tokens[: self.size]
-                self.tokens = new
-                if self.scales is not None:
-                    ns = cp.empty(cap, dtype=cp.float32)
-                    ns[: self.size] = self.scales[: self.size]
-                    self.scales = ns
-            host, sc = self.gpu.pad_tokens(t, self.int8)
-            sc = scales if scales is not None else sc
-            start = self.size
-            self.tokens[start: start + n] = cp.asarray(host)
-            if self.scales is not None:
-                self.scales[start: start + n] = cp.asarray(sc)
-        except cp.cuda.memory.OutOfMemoryError as exc:
+            return super().append(t, scales)
+        except self.xp.cuda.memory.OutOfMemoryError as exc:
             raise OutOfMemory(f"GPU out of memory ({exc})") from None
-        self.size += n
-        return start
-
-    def release(self) -> None:
-        self.backend.reserve(-self.nbytes)
-        self.tokens = self.tokens[:0].copy()
-        self.scales = None if self.scales is None else self.scales[:0].copy()
 
     def view(self) -> Any:
         return self.gpu.DeviceTokens(self.tokens, self.scales, self.dim)
