@@ -317,7 +317,7 @@ def test_search_through_the_warm_query_encoder(dsn: str, tmp_path: Path) -> None
 
 
 def test_the_query_encoder_holds_the_embedded_server_until_it_exits(embedded_dir: Path, tmp_path: Path) -> None:
-    env = {**_embedded_env(embedded_dir), **_service_env(tmp_path, idle=3)}
+    env = {**_embedded_env(embedded_dir), **_service_env(tmp_path, idle=20)}  # outlasts a psql run under load
     sock = tmp_path / "q.sock"
     proc = subprocess.Popen([sys.executable, "-m", "pgmaxsim.query_encoder_service", "--socket", str(sock),
                              "--hold-embedded", str(embedded_dir)], env=env,

@@ -28,6 +28,8 @@ from pgmaxsim.errors import PgmaxsimError, one_line
 
 # Modules under pgmaxsim.commands, in --help order (a module may register several subcommands).
 COMMANDS = ["migrate", "index", "ingest", "worker", "scorer", "search", "status", "serve", "dsn", "bench", "demo", "eval"]
+# Subcommands registered by a module of another name.
+MODULE_OF = {"psql": "dsn"}
 
 EXIT_SIGPIPE = 128 + 13
 EXIT_SIGTERM = 128 + 15
@@ -73,7 +75,35 @@ def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPa
                 yield from _subparsers(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand ``argv`` names (after any global options), None when it names none we know.
+
+    Only that command's module is imported: a search need not import alembic, the worker or the
+    scorer (a warm ``pgmaxsim search`` is mostly interpreter start-up and imports).
+    """
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--dsn")
+    pre.add_argument("-v", "--verbose", action="count")
+    pre.add_argument("command", nargs="?")
+    pre.error = _raise  # type: ignore[method-assign]  # anything odd: the full parser says what
+    try:
+        found, _ = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    except (_PreParseError, SystemExit):
+        return None
+    name = found.command
+    return name if name in COMMANDS or name in MODULE_OF else None
+
+
+class _PreParseError(Exception):
+    pass
+
+
+def _raise(message: str) -> None:
+    raise _PreParseError(message)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI; with ``only``, just that subcommand (the others' modules are not imported)."""
     parser = argparse.ArgumentParser(
         prog="pgmaxsim",
         description="Late-interaction (ColBERT/ColPali) MaxSim retrieval inside PostgreSQL.",
@@ -84,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in [MODULE_OF.get(only, only)] if only else COMMANDS:
         try:
             module = importlib.import_module(f"pgmaxsim.commands.{name}_cmd")
         except ModuleNotFoundError as e:
@@ -127,7 +157,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(only=chosen_command(argv))
     args = parser.parse_args(argv)
     quiet_libraries(args.verbose)
     in_main = _is_main_thread()

