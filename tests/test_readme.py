@@ -73,6 +73,9 @@ PLAN: dict[tuple[str, str], str] = {
     ("", "setting            ndcg@5  ndcg@10  recall@5  recall@10  mrr@10  top1=exact  recall@10 vs exact  "
          "score-mass@10  p50 ms  p95 ms"): "not run: printed output",
     ("sql", "-- as the role that ran `pgmaxsim migrate` (the schema owner) or another pgmaxsim admin:"): "owner",
+    ("sh", "pgmaxsim eval --index pages --queries q.jsonl --qrels q.tsv --tokens q.npz --candidates 8,16,32,64,128,256"
+           " --plot docs/eval-tuning.png --json"):
+        "not run: the command bench/eval_tuning.py runs on the 10,000 pages it builds (~25 min)",
 }
 
 
