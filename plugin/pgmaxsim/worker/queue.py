@@ -14,7 +14,7 @@ table (or an admin) and needs no right on pgmaxsim's tables.
 Claims use ``FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint
 queue entries. The queue may hold several entries for one source row (a row
 changed while a worker encoded it is queued again, on purpose); a
-transaction-scoped advisory lock per (index, row) (``storage.row_lock_key``, the lock every
+transaction-scoped advisory lock per (index, row) (``writes.row_lock_key``, the lock every
 writer takes) makes sure two workers
 never encode the same row at the same time even when they claimed two
 different entries of it. An entry whose row is busy elsewhere is left in the
