@@ -56,13 +56,24 @@ def layouts_stored(dsn: str) -> bool:
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def corpus(pg_server: LocalPostgres) -> Iterator[tuple[str, str]]:
-    """(owner DSN, reader DSN) of a database holding the quickstart corpus, embedded."""
-    from pgmaxsim.demo import run_demo
-
+def demo_page(pg_server: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Server]]:
+    """``pgmaxsim demo --serve`` as the schema owner: the quickstart corpus, then the page on it.
+    Yields (owner DSN, that page)."""
     fresh = _fresh_db(pg_server, TEMPLATE)
     owner = next(fresh)
-    run_demo(owner, queries=(), out=lambda _line: None)
+    page = Server(owner, "--query", "git branches", "-k", "1", tmp=tmp_path_factory.mktemp("demo"),
+                  command=("demo", "--serve"), wait_s=600)  # the demo runs first (ingest, worker)
+    try:
+        yield owner, page
+    finally:
+        page.stop()
+        fresh.close()
+
+
+@pytest.fixture(scope="module")
+def corpus(demo_page: tuple[str, Server]) -> tuple[str, str]:
+    """(owner DSN, reader DSN) of a database holding the quickstart corpus, embedded."""
+    owner = demo_page[0]
     with psycopg.connect(owner, autocommit=True) as c:
         if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone():
             c.execute(f"CREATE ROLE {ROLE} LOGIN NOSUPERUSER")
@@ -72,8 +83,7 @@ def corpus(pg_server: LocalPostgres) -> Iterator[tuple[str, str]]:
         c.execute("INSERT INTO maxsim.failed (index_id, row_id, step, error, attempts)"
                   " SELECT id, '999', 'encode', 'text too long: <b>42</b> tokens', 3 FROM maxsim.indexes"
                   " WHERE name = 'demo'")
-    yield owner, make_conninfo(owner, user=ROLE)
-    fresh.close()
+    return owner, make_conninfo(owner, user=ROLE)
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +116,17 @@ def pages(corpus: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 class Server:
     """A ``pgmaxsim serve`` process on a free port (its output in ``log``)."""
 
-    def __init__(self, dsn: str, *args: str, tmp: Path) -> None:
+    def __init__(self, dsn: str, *args: str, tmp: Path, command: tuple[str, ...] = ("serve",),
+                 wait_s: float = WAIT_S) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"serve-{self.port}.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pgmaxsim.cli", "--dsn", dsn, "serve", "--port", str(self.port), *args],
+                [sys.executable, "-m", "pgmaxsim.cli", "--dsn", dsn, *command, "--port", str(self.port), *args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        deadline = time.monotonic() + WAIT_S
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"pgmaxsim serve exited {self.proc.returncode}:\n{self.log.read_text()}")
@@ -127,7 +138,7 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise AssertionError(f"pgmaxsim serve did not answer in {WAIT_S} s:\n{self.log.read_text()}")
+        raise AssertionError(f"pgmaxsim serve did not answer in {wait_s} s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
         """SIGTERM; once the server has stopped serving (its last line), the interpreter's own
@@ -392,26 +403,30 @@ def test_script_and_quotes_in_the_query_are_shown_as_text(server: Server, browse
     screenshot(browser, "web-escaped.png")
 
 
-def test_status_page_for_the_reader_and_the_owner(server: Server, corpus: tuple[str, str], browser: Any,
-                                                  tmp_path: Path) -> None:
+def test_demo_serve_opens_the_quickstart_on_the_page(demo_page: tuple[str, Server]) -> None:
+    page = demo_page[1]
+    out = page.log.read_text()
+    assert "[6/6]" in out and "pgmaxsim serve: http://127.0.0.1:" in out and "?index=demo" in out
+    html = fetch(page.url + "/?" + urlencode({"q": "git branches"})).decode()  # the demo's index by default
+    assert "Working with branches in git" in html
+
+
+def test_status_page_for_the_reader_and_the_owner(server: Server, demo_page: tuple[str, Server],
+                                                  browser: Any) -> None:
     browser.get(server.url + "/status")
     assert http_status(browser) == 200
     row = by_css(browser, "#indexes tbody tr")[0].text
     assert row.startswith("demo") and " 41 " in f" {row} "
     assert "not the schema owner" in by_css(browser, "main")[0].text  # says what it cannot show
 
-    owner = Server(corpus[0], tmp=tmp_path)
-    try:
-        browser.get(owner.url + "/status")
-        assert http_status(browser) == 200
-        text = by_css(browser, "main")[0].text
-        assert "Failed rows of demo" in text
-        assert "text too long: <b>42</b> tokens" in text  # the error as text, not markup
-        assert by_css(browser, "#workers tbody tr"), "the demo's worker heartbeat"
-        assert "no scorer configured" in by_css(browser, "#scorer")[0].text
-        screenshot(browser, "web-status.png")
-    finally:
-        owner.stop()
+    browser.get(demo_page[1].url + "/status")  # the demo's page, as the owner: everything
+    assert http_status(browser) == 200
+    text = by_css(browser, "main")[0].text
+    assert "Failed rows of demo" in text
+    assert "text too long: <b>42</b> tokens" in text  # the error as text, not markup
+    assert by_css(browser, "#workers tbody tr"), "the demo's worker heartbeat"
+    assert "no scorer configured" in by_css(browser, "#scorer")[0].text
+    screenshot(browser, "web-status.png")
 
 
 def test_database_down_then_back(browser: Any, tmp_path: Path) -> None:
@@ -440,3 +455,4 @@ def test_database_down_then_back(browser: Any, tmp_path: Path) -> None:
             page.stop()
     finally:
         db.stop()
+

@@ -53,3 +53,30 @@ def test_the_page_cannot_write_even_as_the_owner(dsn: str) -> None:
         db.close()
     with psycopg.connect(dsn) as c:
         assert c.execute("SELECT to_regclass('written_by_the_page')").fetchone() == (None,)
+
+
+def test_stage_timings_read_maxsim_search_s_own_notices(conn: psycopg.Connection[Any]) -> None:
+    """The page's ANN and rescoring figures are parsed from maxsim.search's timing NOTICEs: a search
+    that prefilters (more rows than candidates, centroid pooling) reports both, as the page reads them."""
+    import numpy as np
+
+    from pgmaxsim import Index
+    from pgmaxsim.web.data import Timings, _stage_timings
+
+    rng = np.random.default_rng(5)
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    conn.execute("INSERT INTO t SELECT generate_series(1, 300)")
+    idx = Index.create(conn, "t", "t", "id", dim=16)
+    idx.upsert(list(range(1, 301)), [rng.standard_normal((8, 16)) for _ in range(300)])
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append((d.message_primary or "").removeprefix("pgmaxsim: ")))
+    with conn.transaction():
+        conn.execute("SELECT set_config('pgmaxsim.timing', 'on', true)")
+        assert len(idx.search(rng.standard_normal((4, 16)), k=5, candidates=16)) == 5
+    timings = Timings()
+    _stage_timings(timings, notices, 100.0)
+    stages = {s.name: s for s in timings.stages}
+    assert stages["ANN prefilter"].ms is not None and "candidates" in stages["ANN prefilter"].note, notices
+    assert stages["rescoring"].ms is not None and "centroid interaction" in stages["rescoring"].note, notices
+    assert 0 <= stages["scoring"].ms <= 100.0
+    assert timings.server_timing().startswith("ann;dur=")
