@@ -14,6 +14,7 @@ SET search_path TO pg_catalog, pg_temp
 AS $$
 DECLARE
     v_id integer;
+    done boolean;
 BEGIN
     IF source IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: source table is required' USING ERRCODE = '22023';
@@ -32,7 +33,11 @@ BEGIN
         model := 'sentence-transformers/all-MiniLM-L6-v2';
         RAISE NOTICE 'pgmaxsim: index "%" uses the default text model %', name, model;
     END IF;
+    options := maxsim._citus_options(source, options);   -- a distributed source (Citus): 085_citus.sql
     v_id := maxsim._create_index(name, source, id_column, text_column, image_column, model, dim, options);
+    IF maxsim._citus_distributed(source) THEN
+        done := maxsim._citus_distribute(v_id);
+    END IF;
     RETURN v_id;
 END
 $$;
@@ -280,6 +285,7 @@ BEGIN
     EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS maxsim.%I() CASCADE', 'src_' || r.id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'cen_' || r.id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', r.token_table);
+    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'q_' || r.id);   -- outbox on Citus (085_citus.sql)
     DELETE FROM maxsim.indexes WHERE id = r.id;  -- cascades to queue, failed, changes
     PERFORM pg_catalog.pg_notify('maxsim_changes', r.id::text);
     RETURN true;

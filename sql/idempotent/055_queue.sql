@@ -34,9 +34,13 @@ AS $$
 DECLARE
     r maxsim.indexes;
     res record;
+    moved bigint;
 BEGIN
     r := maxsim._index(name);
     PERFORM maxsim._check_manage(r);
+    IF among IS NULL THEN
+        moved := maxsim._citus_collect(r.id);   -- a distributed index's outbox (085_citus.sql)
+    END IF;
     res := maxsim._queue_claim(r.id, n, among);
     RETURN QUERY SELECT u.q, u.r, u.a
                    FROM ROWS FROM (pg_catalog.unnest(res.qids), pg_catalog.unnest(res.row_ids),

@@ -111,6 +111,9 @@ DECLARE
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_candidates'); END IF;
+    IF maxsim._citus_index(r) THEN
+        RETURN maxsim._citus_candidates(r, query, n);   -- per shard, merged (085_citus.sql)
+    END IF;
     -- A budget >= the row count means exact search: count at most n + 1 rows to know.
     EXECUTE pg_catalog.format('SELECT count(*) FROM (SELECT 1 FROM maxsim.%I LIMIT $1) s', r.token_table)
         INTO present USING n::bigint + 1;
@@ -181,9 +184,17 @@ SET search_path TO pg_catalog, pg_temp
 AS $$
 DECLARE
     ctx text;
+    r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_scores'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    IF maxsim._citus_index(r) THEN   -- per shard, merged (085_citus.sql)
+        SELECT pg_catalog.array_agg(s.id ORDER BY s.o), pg_catalog.array_agg(s.score ORDER BY s.o)
+          INTO ranked_ids, ranked_scores
+          FROM maxsim._citus_score_ids(r, query, ids, k) WITH ORDINALITY AS s(id, score, o);
+        RETURN;
+    END IF;
     SELECT pg_catalog.array_agg(s.id ORDER BY s.o), pg_catalog.array_agg(s.score ORDER BY s.o)
       INTO ranked_ids, ranked_scores
       FROM maxsim._score(index_id, query, ids, k) WITH ORDINALITY AS s(id, score, o);
@@ -223,6 +234,9 @@ BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_unembedded'); END IF;
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _unembedded.index_id;
+    IF maxsim._citus_index(r) THEN
+        RETURN maxsim._citus_unembedded(r);   -- queue and outbox against the shards (085_citus.sql)
+    END IF;
     EXECUTE pg_catalog.format(
         'SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM maxsim.%I t WHERE t.id = q.row_id::%s)), count(*)'
         ' FROM (SELECT row_id FROM maxsim.queue WHERE index_id = $1 ORDER BY qid LIMIT 100000) q',

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pgmaxsim import writes
+from pgmaxsim import citus, writes
 from pgmaxsim.errors import PgmaxsimError, one_line
 from pgmaxsim.registry import IndexSpec
 from pgmaxsim.worker import queue
@@ -164,12 +164,14 @@ def _unchanged(conn: psycopg.Connection[Any], spec: IndexSpec, rows: list[Loaded
 
 
 def lock_present(conn: psycopg.Connection[Any], spec: IndexSpec, row_ids: list[str]) -> set[str]:
-    """Lock the source rows ``row_ids`` against delete/key change until commit; the ones that exist."""
-    rows = conn.execute(
-        sql.SQL("SELECT s.{id}::text FROM {src} s WHERE s.{id} = ANY(CAST(%s AS {typ}[])) FOR KEY SHARE OF s")
-        .format(id=sql.Identifier(spec.id_column), src=spec.source_ident(), typ=spec.id_type_sql()),
-        (row_ids,)).fetchall()
-    return {r[0] for r in rows}
+    """Lock the source rows ``row_ids`` against delete/key change until commit; the ones that exist.
+    On a Citus distributed source, one statement per shard (:func:`pgmaxsim.citus.shard_groups`)."""
+    statement = sql.SQL("SELECT s.{id}::text FROM {src} s WHERE s.{id} = ANY(CAST(%s AS {typ}[])) FOR KEY SHARE OF s"
+                        ).format(id=sql.Identifier(spec.id_column), src=spec.source_ident(), typ=spec.id_type_sql())
+    present: set[str] = set()
+    for ids in citus.shard_groups(conn, spec.source, row_ids):
+        present.update(r[0] for r in conn.execute(statement, (ids,)).fetchall())
+    return present
 
 
 def write_embeddings(

@@ -1,0 +1,287 @@
+-- pgmaxsim functions: indexes over Citus distributed tables (README "Sharding on Citus",
+-- docs/SCALING.md). Idempotent file (see 010_registry.sql for the privilege layering). Every
+-- function here also installs on a server without Citus: Citus's catalogs and functions are only
+-- reached through EXECUTE, after maxsim._citus_distributed said they exist.
+--
+-- Layout of an index whose source table is distributed (hash, by its key):
+--   * maxsim.tok_N (tokens, and the pooled vector with its HNSW index per shard) is distributed by
+--     id and colocated with the source: a row and its tokens live in shards of the same node.
+--   * maxsim.q_N, the index's outbox, likewise. Triggers on distributed tables run on the shard,
+--     on its node, and may touch only colocated shards there (Citus refuses remote work from a
+--     trigger), so the source's triggers queue a changed row into the outbox next to it; the
+--     coordinator's maxsim.queue (the worker's queue) takes the outbox in when a worker claims
+--     (maxsim._citus_collect), in the worker's own transaction: a claim that is rolled back, or
+--     a worker killed mid-batch, leaves the rows in the outbox.
+--   * The registry, queue, failures and settings stay ordinary tables on the coordinator: every
+--     client (the worker included) talks to the coordinator.
+--   * The first stage is the pooled vector (pooling "mean"): it lives in the token row, so it is
+--     colocated by construction. Search fans out in two pushed-down statements: each shard's HNSW
+--     gives its best `candidates` rows by pooled similarity and the coordinator keeps the best
+--     `candidates` of all (the single-node candidate set); then each shard computes the exact
+--     MaxSim of its own candidates next to their tokens and returns its top k, which the
+--     coordinator merges. Tokens never leave their node; only ids and scores travel.
+
+-- Whether `rel` is a Citus hash-distributed table (false where Citus is not installed).
+CREATE OR REPLACE FUNCTION maxsim._citus_distributed(rel regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF rel IS NULL OR pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1 AND p.partmethod = ''h'')'
+        INTO found USING rel;
+    RETURN found;
+END
+$$;
+
+-- Whether an index's token table is distributed (the index was created over a distributed source).
+CREATE OR REPLACE FUNCTION maxsim._citus_index(r maxsim.indexes) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT maxsim._citus_distributed(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', r.token_table))) $$;
+
+-- create_index's options for `source`: unchanged for a local table. For a distributed one the
+-- first stage is the pooled vector (pooling "mean", the one that lives in the token row); any other
+-- pooling asked for is refused. Also allows the triggers create_index puts on the source (Citus
+-- creates them on every shard; they touch only colocated shards, see the header).
+CREATE OR REPLACE FUNCTION maxsim._citus_options(source regclass, options jsonb) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT maxsim._citus_distributed(source) THEN
+        RETURN options;
+    END IF;
+    IF coalesce(options ->> 'pooling', 'mean') <> 'mean' THEN
+        RAISE EXCEPTION 'pgmaxsim: % is distributed (Citus): its index uses pooling "mean", not %',
+            source, options -> 'pooling' USING ERRCODE = 'feature_not_supported',
+            HINT = 'leave option pooling out, or give "mean"';
+    END IF;
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    RETURN coalesce(options, '{}') || '{"pooling": "mean"}';
+END
+$$;
+
+-- BEFORE ROW trigger of a distributed token table's shards: a new version per write (the sequence
+-- gives each node its own range). No change log: a scorer does not serve distributed indexes.
+CREATE OR REPLACE FUNCTION maxsim._citus_tok_row() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.version := pg_catalog.nextval('maxsim.version_seq');
+    NEW.updated_at := pg_catalog.now();
+    RETURN NEW;
+END
+$$;
+
+-- Distribute a freshly created index over a distributed source: its token table and outbox become
+-- distributed tables colocated with the source, and the source's trigger function is replaced by
+-- one that queues into the outbox. Called by create_index in the same transaction.
+CREATE OR REPLACE FUNCTION maxsim._citus_distribute(index_id integer) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+    v_type text;
+    v_key text;
+    v_changed text := '';
+    v_body text;
+    col text;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_citus_distribute'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    v_type := pg_catalog.format_type(r.id_type, NULL);
+    v_key := pg_catalog.format('%I', r.id_column);
+
+    -- Token table: the change-log triggers write maxsim.changes, a coordinator table a shard
+    -- cannot reach; a shard keeps only the versioning.
+    EXECUTE pg_catalog.format('DROP TRIGGER maxsim_row ON maxsim.%I', r.token_table);
+    EXECUTE pg_catalog.format('DROP TRIGGER maxsim_truncate ON maxsim.%I', r.token_table);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER maxsim_row BEFORE INSERT OR UPDATE ON maxsim.%I FOR EACH ROW EXECUTE FUNCTION maxsim._citus_tok_row()',
+        r.token_table);
+    EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => $3)'
+        USING pg_catalog.format('maxsim.%I', r.token_table), 'id', r.source::text;
+
+    -- The outbox (duplicates allowed, as in maxsim.queue). No key, so its whole row identifies a row
+    -- to logical replication, which is how Citus moves shards while they stay writable (rebalancing).
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE maxsim.%I (row_id %s NOT NULL, queued_at timestamptz NOT NULL DEFAULT pg_catalog.now())',
+        'q_' || r.id, v_type);
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I REPLICA IDENTITY FULL', 'q_' || r.id);
+    EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => $3)'
+        USING pg_catalog.format('maxsim.%I', 'q_' || r.id), 'row_id', r.source::text;
+
+    -- The source's trigger function, as create_index wrote it but queueing into the outbox. Citus
+    -- forbids changing a row's distribution key, so an update never moves a row to another shard.
+    -- TRUNCATE fires on the coordinator (the distributed table's own statement trigger), where
+    -- truncating the distributed token table and outbox is allowed.
+    IF r.model IS NOT NULL THEN
+        FOREACH col IN ARRAY ARRAY[r.text_column, r.image_column] LOOP
+            IF col IS NOT NULL THEN
+                v_changed := v_changed || pg_catalog.format(' OR NEW.%1$I IS DISTINCT FROM OLD.%1$I', col);
+            END IF;
+        END LOOP;
+    END IF;
+    v_body := pg_catalog.format($b$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE maxsim.%1$I, maxsim.%2$I;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM maxsim.%1$I WHERE id = OLD.%3$s;
+    END IF;
+    IF %4$L AND (TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND (false%5$s))) THEN
+        INSERT INTO maxsim.%2$I (row_id) VALUES (NEW.%3$s);
+    END IF;
+    RETURN NULL;
+END
+$b$, r.token_table, 'q_' || r.id, v_key, r.model IS NOT NULL, v_changed);
+    EXECUTE pg_catalog.format(
+        'CREATE OR REPLACE FUNCTION maxsim.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER'
+        ' SET search_path TO pg_catalog, pg_temp AS %L', 'src_' || r.id, v_body);
+    RETURN true;
+END
+$fn$;
+
+-- Move an index's outbox into maxsim.queue, in the caller's transaction (the worker's claim):
+-- rolled back with it, so a row leaves the outbox only together with the batch that embedded
+-- it. One mover at a time per index (a transaction-scoped try-lock): a second worker claims from
+-- what is queued already instead of waiting for the first one's batch. Returns rows moved.
+CREATE OR REPLACE FUNCTION maxsim._citus_collect(index_id integer) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+    moved bigint;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_citus_collect'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    IF NOT maxsim._citus_index(r) OR NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('maxsim.q'), r.id) THEN
+        RETURN 0;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'WITH m AS (DELETE FROM maxsim.%I RETURNING row_id, queued_at)'
+        ' INSERT INTO maxsim.queue (index_id, row_id, queued_at) SELECT $1, m.row_id::text, m.queued_at FROM m',
+        'q_' || r.id) USING r.id;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END
+$$;
+
+-- SET LOCAL `setting` here and on the nodes this transaction reads shards on (hnsw.ef_search for
+-- the shards' HNSW scans), until the transaction ends: callers set it back when done. Citus
+-- forwards a SET LOCAL only from inside a function call run by the executor (and with
+-- citus.propagate_set_commands 'local'): callers PERFORM this function, so it is one.
+CREATE OR REPLACE FUNCTION maxsim._citus_set_local(setting text, value integer) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    was text := pg_catalog.current_setting('citus.propagate_set_commands', true);
+BEGIN
+    PERFORM pg_catalog.set_config('citus.propagate_set_commands', 'local', true);
+    EXECUTE pg_catalog.format('SET LOCAL %s = %s', setting, value);
+    PERFORM pg_catalog.set_config('citus.propagate_set_commands', coalesce(was, 'none'), true);
+END
+$$;
+
+-- The prefilter of a distributed index: the best n rows by pooled similarity (NULL when the index
+-- has at most n rows: exact search). Each shard answers from its own HNSW index (ORDER BY ...
+-- LIMIT is pushed down to every shard, the coordinator merges), with hnsw.ef_search set on the
+-- shards' nodes as single-node search sets it (SET LOCAL, which Citus forwards to them).
+CREATE OR REPLACE FUNCTION maxsim._citus_candidates(r maxsim.indexes, query @vector@.halfvec[], n integer)
+RETURNS text[]
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    present bigint;
+    ef integer := greatest((r.options ->> 'ef_search')::integer, n);
+    old_ef text := coalesce(pg_catalog.current_setting('hnsw.ef_search', true), '40');
+    qmean @vector@.halfvec;
+    result text[];
+BEGIN
+    EXECUTE pg_catalog.format('SELECT count(*) FROM (SELECT 1 FROM maxsim.%I LIMIT $1) s', r.token_table)
+        INTO present USING n::bigint + 1;
+    IF present <= n THEN
+        RETURN NULL;
+    END IF;
+    SELECT @vector@.l2_normalize(@vector@.avg(q::@vector@.vector))::@vector@.halfvec INTO qmean
+      FROM pg_catalog.unnest(query) AS u(q);
+    IF n <= 1000 THEN
+        PERFORM maxsim._citus_set_local('hnsw.ef_search', ef);
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(s.id::text) FROM (SELECT t.id FROM maxsim.%I t'
+            ' ORDER BY t.pooled OPERATOR(@vector@.<#>) $1 LIMIT $2) s', r.token_table)
+            INTO result USING qmean, n;
+        PERFORM maxsim._citus_set_local('hnsw.ef_search', old_ef::integer);
+    ELSE
+        -- beyond HNSW's ef_search ceiling: a flat scan over the pooled vectors, as on one node
+        EXECUTE pg_catalog.format(
+            'SELECT pg_catalog.array_agg(s.id::text) FROM (SELECT t.id FROM maxsim.%I t'
+            ' ORDER BY (t.pooled OPERATOR(@vector@.<#>) $1) + 0 LIMIT $2) s', r.token_table)
+            INTO result USING qmean, n;
+    END IF;
+    RETURN coalesce(result, '{}');
+END
+$$;
+
+-- Exact MaxSim of rows `ids` (text keys; NULL = every row) of a distributed index, best k first
+-- (NULL = all), ranked like maxsim._score (score descending, then key text). One pushed-down
+-- statement: each shard scores its own rows next to their tokens and returns its best k; the
+-- coordinator merges. SECURITY INVOKER: called by maxsim._scores as the schema owner.
+CREATE OR REPLACE FUNCTION maxsim._citus_score_ids(r maxsim.indexes, query @vector@.halfvec[], ids text[], k integer)
+RETURNS TABLE (id text, score real)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    scored text := pg_catalog.format('SELECT t.id::text AS id, maxsim._citus_score(t.tokens, t.n_tokens, $1, %s, %L) AS score'
+                                     ' FROM maxsim.%I t', r.dim, coalesce(r.options ->> 'storage', 'fp16'), r.token_table);
+BEGIN
+    IF ids IS NOT NULL THEN
+        scored := scored || pg_catalog.format(' WHERE t.id = ANY ($2::%s[])', pg_catalog.format_type(r.id_type, NULL));
+    END IF;
+    RETURN QUERY EXECUTE scored || ' ORDER BY score DESC, id LIMIT $3' USING query, ids, k;
+END
+$$;
+
+-- maxsim._unembedded of a distributed index: queued entries (the coordinator's queue, its oldest
+-- 100000, and the outbox on the shards) whose row has no embedding yet; {count, 1 when the queue
+-- part reached its cap}. The queue's keys are looked up in the token table in one pushed-down
+-- statement; the outbox is checked next to its colocated token shards.
+CREATE OR REPLACE FUNCTION maxsim._citus_unembedded(r maxsim.indexes) RETURNS bigint[]
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    keys text[];
+    found text[];
+    missing bigint;
+    outbox bigint;
+BEGIN
+    keys := ARRAY(SELECT q.row_id FROM maxsim.queue q WHERE q.index_id = r.id ORDER BY q.qid LIMIT 100000);
+    EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.id::text) FROM maxsim.%I t WHERE t.id = ANY ($1::%s[])',
+                              r.token_table, pg_catalog.format_type(r.id_type, NULL))
+        INTO found USING keys;
+    SELECT count(*) INTO missing FROM pg_catalog.unnest(keys) AS u(k) WHERE u.k <> ALL (coalesce(found, '{}'));
+    EXECUTE pg_catalog.format('SELECT count(*) FROM maxsim.%I q WHERE NOT EXISTS (SELECT 1 FROM maxsim.%I t WHERE t.id = q.row_id)',
+                              'q_' || r.id, r.token_table)
+        INTO outbox;
+    RETURN ARRAY[missing + outbox, (pg_catalog.cardinality(keys) >= 100000)::integer];
+END
+$$;

@@ -1,0 +1,285 @@
+"""pgmaxsim on a real Citus cluster (a coordinator and two workers, started here; see
+tests/citus_cluster.py): an index over a distributed source table, search and rerank fanned out to
+the shards, worker ingestion through the coordinator, a kill -9 mid-batch, and rebalancing onto a
+third worker under concurrent searches. Skipped, with the reason, where Citus is not installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from citus_cluster import CitusCluster, citus_missing
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.index import Index
+from pgmaxsim.kernels.reference import maxsim_reference
+from pgserver import make_readable_pylib
+from worker_util import MINILM, add_text_rows, run_once, spawn_worker
+
+pytestmark = pytest.mark.slow
+DIM = 16
+N_ROWS = 400
+SHARDS = 8
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[CitusCluster]:
+    reason = citus_missing()
+    if reason:
+        pytest.skip(reason)
+    from pgmaxsim.db import migrate
+
+    root = Path(tempfile.mkdtemp(prefix="pgmaxsim-citus-pylib-"))
+    os.chmod(root, 0o755)
+    c = CitusCluster(pylib=make_readable_pylib(root / "site"))
+    try:
+        c.start(n_workers=2)
+        migrate.upgrade(c.dsn)
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def conn(cluster: CitusCluster) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(cluster.dsn, autocommit=True) as c:
+        register_tokens(c)
+        yield c
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def clustered_docs(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Rows whose tokens come from a few topics each (so the pooled prefilter has structure)."""
+    topics = unit(rng.standard_normal((max(4, n // 3), DIM)))
+    docs = []
+    for _ in range(n):
+        picks = rng.choice(len(topics), size=3, replace=False)
+        m = int(rng.integers(8, 40))
+        docs.append(unit(topics[picks[rng.integers(0, 3, m)]] + 0.15 * rng.standard_normal((m, DIM))))
+    return docs
+
+
+def ref_top(docs: dict[Any, np.ndarray], q: np.ndarray, k: int) -> list[tuple[Any, float]]:
+    """The float64 reference on the fp16 values the database stores, best k first."""
+    scored = [(maxsim_reference(q.astype(np.float16), d.astype(np.float16)), key) for key, d in docs.items()]
+    return [(key, s) for s, key in sorted(scored, key=lambda t: (-t[0], str(t[1])))[:k]]
+
+
+def make_pair(conn: psycopg.Connection[Any], key: str, seed: int = 0,
+              tag: str = "") -> tuple[dict[Any, np.ndarray], str, str]:
+    """The same rows and embeddings in a local table and in a distributed one, each indexed."""
+    rng = np.random.default_rng(seed)
+    keys: list[Any] = list(range(1, N_ROWS + 1)) if key == "bigint" else [f"doc '{i}\" x" for i in range(N_ROWS)]
+    docs = dict(zip(keys, clustered_docs(N_ROWS, rng)))
+    local, dist = f"one_{key}{tag}", f"dist_{key}{tag}"
+    for table in (local, dist):
+        conn.execute(f"CREATE TABLE {table} (id {key} PRIMARY KEY, body text)")
+        if table == dist:
+            conn.execute("SELECT create_distributed_table(%s, 'id', shard_count => %s)", (table, SHARDS))
+        conn.execute(f"INSERT INTO {table} (id) SELECT unnest(%s::{key}[])", ([str(k) for k in keys],))
+        conn.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => '{\"pooling\": \"mean\"}')",
+                     (table, table, DIM))
+        Index(conn, table).upsert(keys, list(docs.values()))
+    return docs, local, dist
+
+
+def search(conn: psycopg.Connection[Any], name: str, q: np.ndarray, k: int = 10,
+           candidates: int | None = None) -> list[tuple[str, float]]:
+    return conn.execute("SELECT id, score FROM maxsim.search(%s, %s, %s, %s)",
+                        (name, Tokens(q), k, candidates)).fetchall()
+
+
+def queries(docs: dict[Any, np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+    """Queries near a row's tokens (a known item to find) and random ones."""
+    rng = np.random.default_rng(seed)
+    rows = list(docs.values())
+    near = [unit(rows[int(i)][:6] + 0.2 * rng.standard_normal((min(6, len(rows[int(i)])), DIM)))
+            for i in rng.integers(0, len(rows), n)]
+    return near + [unit(rng.standard_normal((5, DIM))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("key", ["bigint", "text"])
+def test_fanned_out_search_and_rerank_equal_one_node_and_the_reference(conn: psycopg.Connection[Any],
+                                                                       key: str) -> None:
+    docs, local, dist = make_pair(conn, key)
+    # The index is distributed with its source: same colocation group, so a row's tokens live in
+    # the shard group of its source row (on the same node).
+    groups = dict(conn.execute("SELECT logicalrelid::text, colocationid FROM pg_dist_partition").fetchall())
+    tok = conn.execute("SELECT token_table FROM maxsim.index_info(%s)", (dist,)).fetchone()[0]
+    assert groups[f"maxsim.{tok}"] == groups[dist]
+    assert conn.execute("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = %s::regclass",
+                        (f"maxsim.{tok}",)).fetchone()[0] == 2
+    assert conn.execute(f"SELECT rows FROM maxsim.index_info('{dist}')").fetchone()[0] == N_ROWS
+
+    for q in queries(docs, 4, seed=1):
+        exact_dist = search(conn, dist, q, 10, 100_000)
+        assert exact_dist == search(conn, local, q, 10, 100_000)  # ids and float32 scores
+        ref = ref_top(docs, q, 10)
+        assert [i for i, _ in exact_dist] == [str(k) for k, _ in ref]
+        np.testing.assert_allclose([s for _, s in exact_dist], [s for _, s in ref], rtol=2e-3, atol=2e-3)
+        # default: the pooled prefilter (each shard's HNSW, merged), then exact MaxSim per shard
+        assert search(conn, dist, q, 10) == search(conn, local, q, 10)
+        assert search(conn, dist, q, 5, 30) == search(conn, local, q, 5, 30)
+
+    q = queries(docs, 1, seed=2)[0]
+    keys = list(docs)
+    some = [keys[i] for i in range(0, N_ROWS, 7)]
+    arr = f"%s::{key}[]"
+    for k in (None, 5):
+        got = conn.execute(f"SELECT id, score FROM maxsim.rerank(%s, %s, {arr}, %s)",
+                           (dist, Tokens(q), [str(x) for x in some] + ["999999"], k)).fetchall()
+        want = conn.execute(f"SELECT id, score FROM maxsim.rerank(%s, %s, {arr}, %s)",
+                            (local, Tokens(q), [str(x) for x in some] + ["999999"], k)).fetchall()
+        assert got == want and len(got) == (k or len(some))
+        ref = ref_top({x: docs[x] for x in some}, q, k or len(some))
+        assert [i for i, _ in got] == [k_ for k_, _ in ref]
+
+    # deletes and rewrites reach the shards: a deleted source row leaves the index
+    gone = keys[3]
+    conn.execute(f"DELETE FROM {dist} WHERE id = %s", (gone,))
+    del docs[gone]
+    assert conn.execute(f"SELECT rows FROM maxsim.index_info('{dist}')").fetchone()[0] == N_ROWS - 1
+    assert [i for i, _ in search(conn, dist, q, 10, 100_000)] == [str(k) for k, _ in ref_top(docs, q, 10)]
+
+
+def test_worker_ingests_a_distributed_source_once_and_follows_updates_and_deletes(
+        conn: psycopg.Connection[Any], cluster: CitusCluster) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text, note text)")
+    conn.execute("SELECT create_distributed_table('notes', 'id', shard_count => %s)", (SHARDS,))
+    add_text_rows(conn, "notes", range(1, 121))
+    iid = conn.execute("SELECT maxsim.create_index('notes', 'notes', 'id', 'body', model => %s)", (MINILM,)).fetchone()[0]
+    stats = run_once(cluster.dsn, batch_size=32)
+    assert stats.done == 120 and stats.failed == 0
+    assert counts(conn, iid) == (120, 0, 0, 120)
+
+    # Changes made through the coordinator are queued on the shards (the outbox), taken in by the
+    # next claim, embedded once each; a change to a column the index does not read queues nothing.
+    v_before = dict(conn.execute(f"SELECT id, version FROM maxsim.tok_{iid}").fetchall())
+    add_text_rows(conn, "notes", range(121, 141))
+    conn.execute("UPDATE notes SET body = body || ' and rivers' WHERE id <= 10")
+    conn.execute("UPDATE notes SET note = 'not indexed' WHERE id BETWEEN 11 AND 20")
+    conn.execute("DELETE FROM notes WHERE id BETWEEN 21 AND 25")
+    assert counts(conn, iid)[:3] == (115, 0, 30)  # deletes are immediate; 20 inserts + 10 updates wait
+    stats = run_once(cluster.dsn, batch_size=32)
+    assert stats.done == 30 and stats.failed == 0
+    assert counts(conn, iid) == (135, 0, 0, 150)  # 120 + 30 embeddings written in all: none twice
+    v_after = dict(conn.execute(f"SELECT id, version FROM maxsim.tok_{iid}").fetchall())
+    assert {i for i in v_before if i in v_after and v_after[i] != v_before[i]} == set(range(1, 11))
+    hits = Index(conn, "notes").search("row 7 is about rivers", k=3, candidates=100_000)
+    assert len(hits) == 3 and {h.id for h in hits} <= set(v_after)
+
+    conn.execute("TRUNCATE notes")  # the coordinator's statement trigger empties token table and outbox
+    assert counts(conn, iid)[:3] == (0, 0, 0)
+
+
+def counts(conn: psycopg.Connection[Any], iid: int) -> tuple[int, int, int, int]:
+    """(embedded rows, queued, in the outbox, embeddings written by committed batches)."""
+    row = conn.execute(
+        f"SELECT (SELECT count(*) FROM maxsim.tok_{iid}), (SELECT count(*) FROM maxsim.queue WHERE index_id = %s),"
+        f" (SELECT count(*) FROM maxsim.q_{iid}),"
+        " (SELECT coalesce(sum(rows_done), 0) FROM maxsim.ingest_log WHERE index_id = %s)", (iid, iid)).fetchone()
+    return tuple(int(x) for x in row)  # type: ignore[return-value]
+
+
+def wait_for(pred: Any, timeout: float, what: str, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def test_kill_9_of_the_worker_loses_and_duplicates_nothing(conn: psycopg.Connection[Any], cluster: CitusCluster,
+                                                            tmp_path: Path) -> None:
+    conn.execute("CREATE TABLE k9 (id text PRIMARY KEY, body text, note text)")
+    conn.execute("SELECT create_distributed_table('k9', 'id', shard_count => %s)", (SHARDS,))
+    iid = conn.execute("SELECT maxsim.create_index('k9', 'k9', 'id', 'body', model => %s)", (MINILM,)).fetchone()[0]
+    conn.execute("INSERT INTO k9 (id, body) SELECT 'r' || g, 'row ' || g || ' is about rivers' FROM generate_series(1, 300) g")
+    assert counts(conn, iid)[:3] == (0, 0, 300)
+    dsn = cluster.dsn
+    victim = spawn_worker(dsn, "--batch-size", "20", log=tmp_path / "victim.log")
+
+    def active() -> int:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            return int(c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgmaxsim worker'"
+                                 " AND state IN ('idle in transaction', 'active') AND xact_start IS NOT NULL").fetchone()[0])
+
+    wait_for(lambda: counts(conn, iid)[3] >= 20 and active() == 1, 120, "the worker inside a batch", step=0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    done = counts(conn, iid)
+    assert 0 < done[0] < 300 and done[0] == done[3], done
+    heir = spawn_worker(dsn, "--poll", "0.2", log=tmp_path / "heir.log")
+    wait_for(lambda: counts(conn, iid)[:3] == (300, 0, 0), 180, "the new worker to finish")
+    heir.send_signal(signal.SIGTERM)
+    assert heir.wait(timeout=60) == 0, (tmp_path / "heir.log").read_text()[-2000:]
+    assert counts(conn, iid) == (300, 0, 0, 300)  # every row embedded, by exactly one committed batch
+    assert conn.execute("SELECT count(*) FROM maxsim.failed WHERE index_id = %s", (iid,)).fetchone()[0] == 0
+
+
+def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg.Connection[Any],
+                                                                   cluster: CitusCluster) -> None:
+    docs, local, dist = make_pair(conn, "bigint", seed=5, tag="_rb")
+    tok = conn.execute("SELECT token_table FROM maxsim.index_info(%s)", (dist,)).fetchone()[0]
+    qs = queries(docs, 3, seed=9)
+    expected = [search(conn, dist, q, 10, 100_000) for q in qs]
+    errors: list[str] = []
+    runs = [0]
+    stop = threading.Event()
+
+    def searcher() -> None:
+        with psycopg.connect(cluster.dsn, autocommit=True) as c:
+            register_tokens(c)
+            while not stop.is_set():
+                for q, want in zip(qs, expected):
+                    try:
+                        got = search(c, dist, q, 10, 100_000)
+                    except psycopg.Error as e:
+                        errors.append(str(e).splitlines()[0])
+                        continue
+                    if got != want:
+                        errors.append(f"different results: {got[:3]} vs {want[:3]}")
+                    runs[0] += 1
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        new = cluster.add_worker()
+        before = runs[0]
+        conn.execute("SELECT citus_rebalance_start()")
+        conn.execute("SELECT citus_rebalance_wait()")
+        during = runs[0] - before
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert errors == []
+    assert during > 0  # searches ran while shards moved
+    moved = conn.execute("SELECT count(*) FROM citus_shards WHERE table_name = %s::regclass AND nodeport = %s",
+                         (f"maxsim.{tok}", new.port)).fetchone()[0]
+    assert moved > 0
+    # colocation kept: each token shard sits on the node of its source shard
+    assert conn.execute(
+        "SELECT count(*) FROM citus_shards a JOIN citus_shards b ON a.colocation_id = b.colocation_id"
+        " AND a.shard_name <> b.shard_name AND a.nodeport <> b.nodeport"
+        " JOIN pg_dist_shard sa ON sa.shardid = a.shardid JOIN pg_dist_shard sb ON sb.shardid = b.shardid"
+        " AND sa.shardminvalue = sb.shardminvalue WHERE a.table_name = %s::regclass",
+        (f"maxsim.{tok}",)).fetchone()[0] == 0
+    assert conn.execute(f"SELECT rows FROM maxsim.index_info('{dist}')").fetchone()[0] == len(docs)
+    assert [search(conn, dist, q, 10, 100_000) for q in qs] == expected
+    assert [search(conn, dist, q, 10) for q in qs] == [search(conn, local, q, 10) for q in qs]
