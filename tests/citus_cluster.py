@@ -33,7 +33,6 @@ SETTINGS = {
     "max_wal_senders": "20",
     "max_connections": "200",
     "shared_buffers": "128MB",
-    "citus.log_remote_commands": "off",
 }
 
 

@@ -102,6 +102,14 @@ def search(conn: psycopg.Connection[Any], name: str, q: np.ndarray, k: int = 10,
                         (name, Tokens(q), k, candidates)).fetchall()
 
 
+def assert_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    """Same ids in the same order, scores equal up to float32 rounding: a row's float32 MaxSim can
+    differ in its last bit with the batch it was scored in (BLAS blocks by matrix shape), and a
+    shard scores other batches than one node does."""
+    assert [i for i, _ in got] == [i for i, _ in want]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-6)
+
+
 def queries(docs: dict[Any, np.ndarray], n: int, seed: int) -> list[np.ndarray]:
     """Queries near a row's tokens (a known item to find) and random ones."""
     rng = np.random.default_rng(seed)
@@ -123,16 +131,19 @@ def test_fanned_out_search_and_rerank_equal_one_node_and_the_reference(conn: psy
     assert conn.execute("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = %s::regclass",
                         (f"maxsim.{tok}",)).fetchone()[0] == 2
     assert conn.execute(f"SELECT rows FROM maxsim.index_info('{dist}')").fetchone()[0] == N_ROWS
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match='uses pooling "mean"'):
+        conn.execute("SELECT maxsim.create_index('other', %s::regclass, 'id', dim => 4,"
+                     " options => '{\"pooling\": \"centroids\"}')", (dist,))
 
     for q in queries(docs, 4, seed=1):
         exact_dist = search(conn, dist, q, 10, 100_000)
-        assert exact_dist == search(conn, local, q, 10, 100_000)  # ids and float32 scores
+        assert_same(exact_dist, search(conn, local, q, 10, 100_000))
         ref = ref_top(docs, q, 10)
         assert [i for i, _ in exact_dist] == [str(k) for k, _ in ref]
         np.testing.assert_allclose([s for _, s in exact_dist], [s for _, s in ref], rtol=2e-3, atol=2e-3)
         # default: the pooled prefilter (each shard's HNSW, merged), then exact MaxSim per shard
-        assert search(conn, dist, q, 10) == search(conn, local, q, 10)
-        assert search(conn, dist, q, 5, 30) == search(conn, local, q, 5, 30)
+        assert_same(search(conn, dist, q, 10), search(conn, local, q, 10))
+        assert_same(search(conn, dist, q, 5, 30), search(conn, local, q, 5, 30))
 
     q = queries(docs, 1, seed=2)[0]
     keys = list(docs)
@@ -143,7 +154,8 @@ def test_fanned_out_search_and_rerank_equal_one_node_and_the_reference(conn: psy
                            (dist, Tokens(q), [str(x) for x in some] + ["999999"], k)).fetchall()
         want = conn.execute(f"SELECT id, score FROM maxsim.rerank(%s, %s, {arr}, %s)",
                             (local, Tokens(q), [str(x) for x in some] + ["999999"], k)).fetchall()
-        assert got == want and len(got) == (k or len(some))
+        assert_same(got, want)
+        assert len(got) == (k or len(some))
         ref = ref_top({x: docs[x] for x in some}, q, k or len(some))
         assert [i for i, _ in got] == [k_ for k_, _ in ref]
 
@@ -184,6 +196,12 @@ def test_worker_ingests_a_distributed_source_once_and_follows_updates_and_delete
     conn.execute("TRUNCATE notes")  # the coordinator's statement trigger empties token table and outbox
     assert counts(conn, iid)[:3] == (0, 0, 0)
 
+    conn.execute("SELECT maxsim.drop_index('notes')")  # tables, shards and the triggers on the source's shards
+    assert conn.execute(f"SELECT to_regclass('maxsim.tok_{iid}'), to_regclass('maxsim.q_{iid}')").fetchone() == (None, None)
+    per_shard = conn.execute("SELECT result FROM run_command_on_shards('notes', $$SELECT count(*) FROM pg_trigger"
+                             " WHERE tgrelid = '%s'::regclass AND NOT tgisinternal$$)").fetchall()
+    assert len(per_shard) == SHARDS and {r[0] for r in per_shard} == {"0"}
+
 
 def counts(conn: psycopg.Connection[Any], iid: int) -> tuple[int, int, int, int]:
     """(embedded rows, queued, in the outbox, embeddings written by committed batches)."""
@@ -207,8 +225,8 @@ def test_kill_9_of_the_worker_loses_and_duplicates_nothing(conn: psycopg.Connect
     conn.execute("CREATE TABLE k9 (id text PRIMARY KEY, body text, note text)")
     conn.execute("SELECT create_distributed_table('k9', 'id', shard_count => %s)", (SHARDS,))
     iid = conn.execute("SELECT maxsim.create_index('k9', 'k9', 'id', 'body', model => %s)", (MINILM,)).fetchone()[0]
-    conn.execute("INSERT INTO k9 (id, body) SELECT 'r' || g, 'row ' || g || ' is about rivers' FROM generate_series(1, 300) g")
-    assert counts(conn, iid)[:3] == (0, 0, 300)
+    conn.execute("INSERT INTO k9 (id, body) SELECT 'r' || g, 'row ' || g || ' is about rivers' FROM generate_series(1, 200) g")
+    assert counts(conn, iid)[:3] == (0, 0, 200)
     dsn = cluster.dsn
     victim = spawn_worker(dsn, "--batch-size", "20", log=tmp_path / "victim.log")
 
@@ -221,12 +239,12 @@ def test_kill_9_of_the_worker_loses_and_duplicates_nothing(conn: psycopg.Connect
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     done = counts(conn, iid)
-    assert 0 < done[0] < 300 and done[0] == done[3], done
+    assert 0 < done[0] < 200 and done[0] == done[3], done
     heir = spawn_worker(dsn, "--poll", "0.2", log=tmp_path / "heir.log")
-    wait_for(lambda: counts(conn, iid)[:3] == (300, 0, 0), 180, "the new worker to finish")
+    wait_for(lambda: counts(conn, iid)[:3] == (200, 0, 0), 180, "the new worker to finish")
     heir.send_signal(signal.SIGTERM)
     assert heir.wait(timeout=60) == 0, (tmp_path / "heir.log").read_text()[-2000:]
-    assert counts(conn, iid) == (300, 0, 0, 300)  # every row embedded, by exactly one committed batch
+    assert counts(conn, iid) == (200, 0, 0, 200)  # every row embedded, by exactly one committed batch
     assert conn.execute("SELECT count(*) FROM maxsim.failed WHERE index_id = %s", (iid,)).fetchone()[0] == 0
 
 
@@ -250,7 +268,7 @@ def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg
                     except psycopg.Error as e:
                         errors.append(str(e).splitlines()[0])
                         continue
-                    if got != want:
+                    if [i for i, _ in got] != [i for i, _ in want]:
                         errors.append(f"different results: {got[:3]} vs {want[:3]}")
                     runs[0] += 1
 
@@ -281,5 +299,6 @@ def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg
         " AND sa.shardminvalue = sb.shardminvalue WHERE a.table_name = %s::regclass",
         (f"maxsim.{tok}",)).fetchone()[0] == 0
     assert conn.execute(f"SELECT rows FROM maxsim.index_info('{dist}')").fetchone()[0] == len(docs)
-    assert [search(conn, dist, q, 10, 100_000) for q in qs] == expected
-    assert [search(conn, dist, q, 10) for q in qs] == [search(conn, local, q, 10) for q in qs]
+    for q, want in zip(qs, expected):
+        assert_same(search(conn, dist, q, 10, 100_000), want)
+        assert_same(search(conn, dist, q, 10), search(conn, local, q, 10))

@@ -53,8 +53,8 @@ LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT maxsim._citus_distributed(source) THEN
-        RETURN options;
+    IF options IS NULL OR NOT maxsim._citus_distributed(source) THEN
+        RETURN options;   -- (NULL options: create_index's own error)
     END IF;
     IF coalesce(options ->> 'pooling', 'mean') <> 'mean' THEN
         RAISE EXCEPTION 'pgmaxsim: % is distributed (Citus): its index uses pooling "mean", not %',
