@@ -291,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list: exact, sign<bits>, pq<m>")
     ap.add_argument("--rows-width", default="", help="per-row layout widths W, e.g. 1000,2000 (rows)")
     ap.add_argument("--no-exact", action="store_true", help="skip the full exact pass (100K)")
+    ap.add_argument("--fill", type=int, default=0,
+                    help="also: keep this many rows by the sketch score, fill the budget by the codebook's"
+                         " probe score + centroid interaction x4 (pgmaxsim.firststage)")
+    ap.add_argument("--cache", default="", help="folder keeping the generated tokens and exact scores between runs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         if s.startswith("sign"):
             sketches[s] = SignSketch.train(res, int(s[4:]), args.seed)
         elif s.startswith("pq"):
-            sketches[s] = PQSketch.train(res, int(s[2:]), args.seed)
+            sketches[s] = PQSketch.train(res[:100_000], int(s[2:]), args.seed)
     log(f"codebook {args.coarse}x{args.balanced or args.fine} trained on {len(sample):,} tokens in {train_s:.0f} s; "
         f"sketches trained in {time.perf_counter() - t0 - train_s:.0f} s; "
         f"mean |residual| {np.linalg.norm(res, axis=1).mean():.3f}")
@@ -333,48 +337,63 @@ def main(argv: list[str] | None = None) -> int:
     sizes = np.array([corpus.size(i) for i in range(n)])
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     n_tok = int(offsets[-1])
-    tokens = np.empty((n_tok, D), dtype=np.float16) if keep else None
+    cache = Path(args.cache) / f"needle{n}_s{args.seed}" if args.cache else None
+    cached = cache is not None and (cache / "tokens.npy").exists()
+    tokens = None
+    if keep:
+        tokens = np.load(cache / "tokens.npy", mmap_mode="r") if cached else np.empty((n_tok, D), dtype=np.float16)
     codes = np.empty(n_tok, dtype=np.int32)
     sk = {s: np.empty((n_tok, o.nbytes), dtype=np.uint8) for s, o in sketches.items()}
     cost = {"gen": 0.0, "assign": 0.0, **{s: 0.0 for s in sketches}}
     chunk = 500
     for a in range(0, n, chunk):
-        t = time.perf_counter()
-        blk = np.concatenate([corpus.page(i)[0] for i in range(a, min(n, a + chunk))])
-        cost["gen"] += time.perf_counter() - t
+        t = time.process_time()
         lo, hi = offsets[a], offsets[min(n, a + chunk)]
-        t = time.perf_counter()
+        if cached:
+            blk = np.asarray(tokens[lo:hi])
+        else:
+            blk = np.concatenate([corpus.page(i)[0] for i in range(a, min(n, a + chunk))])
+        cost["gen"] += time.process_time() - t
+        t = time.process_time()
         c = assign(cb, blk)
         codes[lo:hi] = c
-        cost["assign"] += time.perf_counter() - t
-        t1 = time.perf_counter()
+        cost["assign"] += time.process_time() - t
+        t1 = time.process_time()
         r = fs.normalise(blk) - cb.centroid(c)
-        t_res = time.perf_counter() - t1
+        t_res = time.process_time() - t1
         for s, o in sketches.items():
-            t = time.perf_counter()
+            t = time.process_time()
             sk[s][lo:hi] = o.encode(r)
-            cost[s] += time.perf_counter() - t + t_res
-        if keep:
+            cost[s] += time.process_time() - t + t_res
+        if keep and not cached:
             tokens[lo:hi] = blk
         if (a // chunk) % 4 == 0:
             log(f"  encoded {min(n, a + chunk):,}/{n:,} pages ({time.perf_counter() - t0:.0f} s)")
     row_of_token = np.repeat(np.arange(n, dtype=np.int32), sizes)
     cm = ClusterMajor.build(codes, row_of_token, cb.n_codes)
-    lists = fs.InvertedLists.build(codes, row_of_token, cb.n_codes) if args.rows_width else None
+    lists = fs.InvertedLists.build(codes, row_of_token, cb.n_codes) if args.rows_width or args.fill else None
     del row_of_token
     for s in sk:
         sk[s] = sk[s][cm.tok]  # cluster-major order
     log(f"  cluster-major built ({time.perf_counter() - t0:.0f} s); "
         f"tokens per code: mean {n_tok / cb.n_codes:.0f}, max {int(np.diff(cm.ptr).max())}")
 
+    if cache is not None and keep and not cached:
+        cache.mkdir(parents=True, exist_ok=True)
+        np.save(cache / "tokens.npy", tokens)
     exact_full = None
-    if keep:
+    exact_file = cache / f"exact_q{args.queries}.npy" if cache is not None else None
+    if keep and exact_file is not None and exact_file.exists():
+        exact_full = np.load(exact_file)
+    elif keep:
         t = time.perf_counter()
         qall = np.concatenate(queries)
         ptm = nd.exact_pass(tokens, offsets, qall)
         qoff = np.cumsum([0] + [len(q) for q in queries])
         exact_full = np.stack([ptm[:, qoff[i]:qoff[i + 1]].astype(np.float64).sum(1) for i in range(len(queries))])
         del ptm
+        if exact_file is not None:
+            np.save(exact_file, exact_full)
         log(f"  exact pass {time.perf_counter() - t:.0f} s; exact ranks the source first in "
             f"{np.mean(exact_full.argmax(1) == sources):.1%}")
 
@@ -408,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {args.queries} queries; codebook {args.coarse}x{fine_label} = {cb.n_codes:,} codes"
             f" (~{n_tok / cb.n_codes:.0f} tokens per code), coarse_probe {args.coarse_probe}"),
            "",
-           ("| first stage | candidates (of rows) | source top-1 | recall@10 | mass@10 | stage-1 p50 ms |"
+           ("| first stage | candidates (of rows) | source top-1 | recall@10 | mass@10 | stage-1 p50 ms (wall / cpu) |"
             " stage-1 p95 ms | bytes/row (% of fp16) | write ms/row |"),
            "|---|---|---|---|---|---|---|---|---|"]
     if exact_full is not None:
@@ -416,46 +435,62 @@ def main(argv: list[str] | None = None) -> int:
                    " - | - | - | - |")
     diag = []
     widths = [int(w) for w in args.rows_width.split(",") if w]
+    per_row = fs.row_codes(lists, n) if args.fill else None
     for name in names:
         nbytes = 0 if name == "exact" else sketches[name].nbytes
         b = mean_tok * (4 + nbytes) + book
         wcost = (cost["assign"] + cost.get(name, 0.0)) / n * 1e3
         for npb in [int(x) for x in args.nprobe.split(",")]:
-            for width in [None, *widths]:
-                label = f"codes+{name} nprobe={npb}" + (f" +rows W={width}" if width else "")
+            variants = [("", None, 0)] + [(f" +rows W={w}", "rows", w) for w in widths]
+            if args.fill:
+                variants.append((f" top {args.fill} +fill CI x4", "fill", args.fill))
+            for suffix, mode, param in variants:
+                label = f"codes+{name} nprobe={npb}{suffix}"
                 allowed_of = {}
-                if width:
+                if mode == "rows":
                     for qi, q in enumerate(queries):
-                        c, s = probe(cb, q, npb, args.coarse_probe)
-                        top = fs.candidates(lists, c, s, n, width)
+                        c, s_ = probe(cb, q, npb, args.coarse_probe)
                         allowed_of[qi] = np.zeros(n, dtype=bool)
-                        allowed_of[qi][top] = True
-                bb = b + (mean_tok * 2 if width else 0)  # per-row layout also stores a code per token
+                        allowed_of[qi][fs.candidates(lists, c, s_, n, param)] = True
+                # per-row layout: + a 2-byte code per token; fill: + the GIN of distinct codes (int4 postings)
+                bb = b + (mean_tok * 2 if mode == "rows" else 0) + (lists.postings() / n * 4 if mode == "fill" else 0)
                 probe_hits, ranks = [], []
-                for bud in budgets:
-                    times, top1, rec, mass = [], 0, [], []
-                    for qi, q in enumerate(queries):
-                        fn = est_fn_for(name, q)
-                        t = time.perf_counter()
-                        cand, reached, score, pcodes = sketch_candidates(
-                            cb, cm, fn, q, bud, npb, args.coarse_probe, n, allowed_of.get(qi))
-                        times.append((time.perf_counter() - t) * 1e3)
-                        if bud == budgets[0]:
-                            probe_hits.append(np.mean([codes[st] in pcodes[j] for j, st in enumerate(src_tok[qi])]))
-                            hit = np.flatnonzero(reached == sources[qi])
-                            ranks.append(int((score > score[hit[0]]).sum()) + 1 if len(hit) else n)
+                stats = {bud: ([], [], 0, [], []) for bud in budgets}
+                for qi, q in enumerate(queries):
+                    fn = est_fn_for(name, q)
+                    t, tc = time.perf_counter(), time.process_time()
+                    top, reached, score, pcodes = sketch_candidates(
+                        cb, cm, fn, q, max(budgets), npb, args.coarse_probe, n, allowed_of.get(qi))
+                    base, base_cpu = time.perf_counter() - t, time.process_time() - tc
+                    probe_hits.append(np.mean([codes[st] in pcodes[j] for j, st in enumerate(src_tok[qi])]))
+                    hit = np.flatnonzero(reached == sources[qi])
+                    ranks.append(int((score > score[hit[0]]).sum()) + 1 if len(hit) else n)
+                    for bud in budgets:
+                        times, cpu, _, rec, mass = stats[bud]
+                        t, tc = time.perf_counter(), time.process_time()
+                        cand = top[:bud]  # the sketch ranking does not depend on the budget
+                        if mode == "fill":
+                            c, s_ = probe(cb, q, npb, args.coarse_probe)
+                            more = fs.candidates(lists, c, s_, n, bud, rescore=(cb, q, per_row, 4))
+                            head_ = cand[:param]
+                            cand = np.concatenate([head_, more[~np.isin(more, head_)]])[:bud]
+                        times.append((time.perf_counter() - t + base) * 1e3)
+                        cpu.append((time.process_time() - tc + base_cpu) * 1e3)
                         sc = exact_of(qi, cand)
                         got = cand[np.argsort(-sc, kind="stable")[:10]]
-                        top1 += bool(len(got)) and got[0] == sources[qi]
+                        if len(got) and got[0] == sources[qi]:
+                            stats[bud] = (times, cpu, stats[bud][2] + 1, rec, mass)
                         if exact_full is not None:
                             ref = np.argsort(-exact_full[qi], kind="stable")[:10]
                             rec.append(len(set(got.tolist()) & set(ref.tolist())) / 10)
                             mass.append(exact_full[qi, got].sum() / exact_full[qi, ref].sum())
+                for bud in budgets:
+                    times, cpu, top1, rec, mass = stats[bud]
                     r = f"{np.mean(rec):.3f}" if rec else "-"
                     m = f"{np.mean(mass):.4f}" if mass else "-"
                     out.append(f"| {label} | {bud} ({bud / n:.1%}) | {top1 / len(queries):.1%} | {r} | {m} |"
-                               f" {percentile(times, 50):.1f} | {percentile(times, 95):.1f} |"
-                               f" {bb:.0f} ({bb / fp16_row:.1%}) | {wcost:.2f} |")
+                               f" {percentile(times, 50):.1f} / {percentile(cpu, 50):.1f} |"
+                               f" {percentile(times, 95):.1f} | {bb:.0f} ({bb / fp16_row:.1%}) | {wcost:.2f} |")
                     log(out[-1])
                 ranks_a = np.array(ranks)
                 diag.append(f"| {label} | {np.mean(probe_hits):.1%} | {np.median(ranks_a):.0f} |"
@@ -463,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(diag[-1])
     head = "| first stage | needle tokens whose source token is probed | source rank by stage-1 score: median | p95 | max |"
     out += ["", head, "|---|---|---|---|---|", *diag]
-    out.append(f"\n(generation {cost['gen']:.0f} s; codebook assignment {cost['assign'] / n * 1e3:.2f} ms/row; "
+    out.append(f"\n(generation {cost['gen']:.0f} s; codebook assignment {cost['assign'] / n * 1e3:.2f} ms/row; write ms/row is CPU time; "
                "bytes/row = tokens x (4-byte row id + sketch) + fp16 codebook share; +rows adds a 2-byte code per token;"
                " stage-1 times are NumPy on this 2-core machine)")
     print("\n".join(out))
