@@ -83,7 +83,7 @@ def test_end_to_end_ingest_index_worker_search_status(dsn: str, tmp_path: Path,
 
     code, out, _ = cli(capsys, "--dsn", dsn, "index", "list")
     row = next(line for line in out.splitlines() if line.startswith("docs"))
-    assert row.split()[1:] == ["docs", "sentence-transformers/all-MiniLM-L6-v2", "384", "centroids", "42", "0", "0"]
+    assert row.split()[1:] == ["docs", "sentence-transformers/all-MiniLM-L6-v2", "384", "codebook", "42", "0", "0"]
 
     code, out, _ = cli(capsys, "--dsn", dsn, "index", "show", "docs")
     assert code == 0 and "text column   body" in out and "rows          42" in out and "per row" in out

@@ -214,7 +214,7 @@ def test_model_index_queues_changes_and_backfills(db: psycopg.Connection[Any]) -
     db.execute("SELECT maxsim.create_index('notes_idx', 'notes', 'nid', text_column => 'body',"
                " model => 'sentence-transformers/all-MiniLM-L6-v2')")
     info = db.execute("SELECT id, dim, model, pooling FROM maxsim.indexes WHERE name = 'notes_idx'").fetchone()
-    assert info[1:] == (384, "sentence-transformers/all-MiniLM-L6-v2", "centroids")
+    assert info[1:] == (384, "sentence-transformers/all-MiniLM-L6-v2", "codebook")
 
     def queued() -> list[str]:
         return [r[0] for r in db.execute("SELECT row_id FROM maxsim.queue WHERE index_id = %s ORDER BY qid",

@@ -228,7 +228,7 @@ def test_alembic_operations_in_an_application_migration(dsn: str, tmp_path: Path
         command.upgrade(cfg, "head")
         conn.commit()
         rows = conn.execute(text("SELECT name, model, dim, pooling FROM maxsim.indexes ORDER BY name")).all()
-        assert [tuple(r) for r in rows] == [("docs_app", None, 16, "centroids"),
+        assert [tuple(r) for r in rows] == [("docs_app", None, 16, "codebook"),
                                             ("docs_text", "sentence-transformers/all-MiniLM-L6-v2", 384, "mean")]
         queued = conn.execute(text("SELECT count(*) FROM maxsim.queue q JOIN maxsim.indexes i"
                                    " ON i.id = q.index_id WHERE i.name = 'docs_text'")).scalar()

@@ -4,7 +4,8 @@ Two strategies, chosen per index (``maxsim.indexes.pooling``):
 
 - ``mean``: one L2-normalised mean vector per row. Cheap, but a page that
   mixes several topics averages them away, so it tracks MaxSim poorly.
-- ``centroids`` (default): a few spherical k-means centroids per row, each
+- ``centroids`` (the default before the token-level ``codebook`` first stage of
+  pgmaxsim.codebook): a few spherical k-means centroids per row, each
   searched once per query token. A query token that matches one region of a
   page finds that region's centroid, which is the MaxSim structure itself.
 
@@ -78,7 +79,7 @@ def pool(tokens: np.ndarray, pooling: str, options: dict | None = None) -> tuple
     """The pooled vector and, for ``centroids`` pooling, the ``(c, d)`` centroids of one row."""
     opts = options or {}
     pooled = mean_pool(tokens)
-    if pooling == "mean":
+    if pooling in ("mean", "codebook"):   # codebook: the first stage is per token (pgmaxsim.codebook)
         return pooled, None
     if pooling != "centroids":
         raise ValueError(f"unknown pooling {pooling!r} (expected 'mean' or 'centroids')")

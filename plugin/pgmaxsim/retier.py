@@ -37,7 +37,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from pgmaxsim import pooling, writes
+from pgmaxsim import codebook, pooling, writes
 from pgmaxsim.db.codec import encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.kernels import quantize
@@ -131,8 +131,9 @@ def _encode(spec: IndexSpec, shadow: IndexSpec, repool: bool, blob: bytes,
 
 
 def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool,
-          batches: Iterator[list[tuple[Any, ...]]]) -> int:
-    """Copy (replace) rows into the shadow, re-encoded; returns rows copied."""
+          batches: Iterator[list[tuple[Any, ...]]], book: codebook.Live | None = None) -> int:
+    """Copy (replace) rows into the shadow, re-encoded; returns rows copied. ``book``: the main
+    index's live codebook (it stays the index's after the switch): codes of the new bytes under it."""
     n = 0
     for batch in batches:
         tok_rows, cen_rows = [], []
@@ -141,12 +142,17 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
             kv = shadow.key_value(key)
             # the layout numbers raw tokens: it goes with rows stored unpooled only
             lay = None if layout is None or n_stored != raw else bytes(layout)
-            tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h), lay))
+            codes: tuple[Any, ...] = ()
+            if book is not None:
+                values = quantize.dequantize(*quantize.decode_tokens(new, shadow.dim, shadow.storage))
+                codes = (codebook.row_codes(book, values),)
+            tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h), lay)
+                            + codes)
             if cents is not None:
                 cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
         keys = [str(r[0]) for r in batch]
         # the one write path (its stage tables when the caller is not the schema owner)
-        writes._write(conn, shadow, keys, lambda _index, t=tok_rows, c=cen_rows: (t, c))
+        writes._write(conn, shadow, keys, lambda _index, t=tok_rows, c=cen_rows: (t, c), book=book)
         n += len(batch)
     return n
 
@@ -179,15 +185,18 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
     conn.execute("SELECT maxsim.create_index(%s, %s::regclass, %s, dim => %s, options => %s)",
                  (shadow_name, spec.source, spec.id_column, spec.dim, psycopg.types.json.Jsonb(opts)))
     shadow = get_index(conn, shadow_name)
+    # A codebook first stage stays the main index's (its codebook tables are not swapped): the
+    # shadow's rows get their codes under it.
+    book = codebook.live(conn, spec)
     try:
         snap = conn.execute(SNAPSHOT).fetchone()[0]
-        _copy(conn, spec, shadow, repool, _all_rows(conn, spec))
+        _copy(conn, spec, shadow, repool, _all_rows(conn, spec), book)
         for _ in range(3):   # catch up while writers go on
             prev, snap = snap, conn.execute(SNAPSHOT).fetchone()[0]
-            if _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, prev)) < BATCH:
+            if _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, prev), book) < BATCH:
                 break
         with conn.transaction():
-            _switch(conn, spec, shadow, repool, snap)
+            _switch(conn, spec, shadow, repool, snap, book)
         # The shadow (now holding the old tables) goes in its own transaction: dropping its
         # triggers locks the source table, which a writer deleting source rows holds while it
         # waits for the token table; inside the switch that would be a deadlock.
@@ -201,12 +210,15 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
     return Retiered(name, int(info[0] or 0), after.storage, after.pool_factor, before, int(info[1] or 0))
 
 
-def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, snap: str) -> None:
+def _switch(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool, snap: str,
+            book: codebook.Live | None = None) -> None:
     # writers wait from here on (readers go on; every writer that started has committed once the
     # lock is granted): the last changes; then maxsim.switch_index drops the rows deleted meanwhile,
     # swaps the tables and options and tells the scorer (sql/idempotent/045_switch.sql)
     conn.execute("SELECT maxsim.switch_lock(%s)", (spec.name,))
-    _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, snap))
+    if codebook.gen_of(get_index(conn, spec.name)) != (None if book is None else book.gen):
+        raise PgmaxsimError(f"the first stage of {spec.name!r} was retrained during the storage switch; run it again")
+    _copy(conn, spec, shadow, repool, _changed_rows(conn, spec, snap), book)
     row = conn.execute("SELECT maxsim.switch_index(%s, %s)", (spec.name, shadow.name)).fetchone()
     if not (row and row[0]):
         raise PgmaxsimError(f"index {spec.name!r} could not be switched to its new storage (switched meanwhile?)")

@@ -39,7 +39,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from pgmaxsim import pooling
+from pgmaxsim import codebook, pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec
 from pgmaxsim.encoders.layout import Layout, encode_layout
 from pgmaxsim.errors import PgmaxsimError
@@ -136,20 +136,24 @@ def write_rows(
     if not latest:
         return 0
     def encode(spec: IndexSpec) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        book = codebook.live(conn, spec)
         with _one_blas_thread():
-            return encode_rows(spec, latest, embeddings, content_hashes, model, model_revision, layouts)
+            return encode_rows(spec, latest, embeddings, content_hashes, model, model_revision, layouts, book)
 
     keys = list(latest)
     _write(conn, index, keys, encode)
+    codebook.maybe_train(conn, index)   # the write that takes an untrained codebook index past train_tokens
     return len(keys)
 
 
 def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[Any],
                 content_hashes: Sequence[bytes | None] | None, model: str | None,
                 model_revision: str | None, layouts: Sequence[Layout | None] | None = None,
+                book: codebook.Live | None = None,
                 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The COPY rows (:data:`TOKEN_COLUMNS`, :data:`CENTROID_COLUMNS`) of ``embeddings``
-    by key text (``latest``: key -> position); halfvec values already in their binary form."""
+    """The COPY rows (:func:`token_columns`, :data:`CENTROID_COLUMNS`) of ``embeddings``
+    by key text (``latest``: key -> position); halfvec values already in their binary form;
+    with ``book`` (a codebook index's live codebook) each token row ends with its codes."""
     tok_rows: list[tuple[Any, ...]] = []
     cen_rows: list[tuple[Any, ...]] = []
     storage, factor = index.storage, index.pool_factor
@@ -169,7 +173,8 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
         h = None if content_hashes is None else content_hashes[i]
         lay = None if layouts is None or len(stored) != len(arr) else _layout_bytes(key, layouts[i], len(arr))
         tok_rows.append((kv, blob, len(stored), len(arr), pooled_bin, model, model_revision,
-                         None if h is None else bytes(h), lay))
+                         None if h is None else bytes(h), lay)
+                        + (() if book is None else (codebook.row_codes(book, stored),)))
         if cents is not None:
             cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
     return tok_rows, cen_rows
@@ -197,43 +202,65 @@ def _encoded(type_oid: int) -> type[Dumper]:
     return Encoded
 
 
+def token_columns(rows: list[tuple[Any, ...]], book: codebook.Live | None) -> tuple[str, ...]:
+    """The token table's COPY columns of ``rows``: :data:`TOKEN_COLUMNS`, then the live codes
+    column when the rows carry codes (:func:`encode_rows` with a codebook)."""
+    if book is not None and rows and len(rows[0]) > len(TOKEN_COLUMNS):
+        return TOKEN_COLUMNS + (codebook.column(book.slot),)
+    return TOKEN_COLUMNS
+
+
 def copy_types(cur: psycopg.Cursor[Any], index: IndexSpec) -> tuple[list[int | str], list[int | str]]:
-    """The ``Copy.set_types`` of :data:`TOKEN_COLUMNS` and :data:`CENTROID_COLUMNS` for
-    ``index``, registering the pass-through dumpers of the halfvec types on ``cur``."""
+    """The ``Copy.set_types`` of :data:`TOKEN_COLUMNS` (+ codes, ``int4[]``) and
+    :data:`CENTROID_COLUMNS` for ``index``, registering the pass-through dumpers of the
+    halfvec types on ``cur``."""
     for oid in (index.halfvec_oid, index.halfvec_array_oid):
         cur.adapters.register_dumper(None, _encoded(oid))
     key = _KEY_COPY_TYPES.get(index.id_type, "text")
-    return ([key, "bytea", "int4", "int4", index.halfvec_oid, "text", "text", "bytea", "bytea"],
+    return ([key, "bytea", "int4", "int4", index.halfvec_oid, "text", "text", "bytea", "bytea", "int4[]"],
             [key, "int2", index.halfvec_oid])
 
 
-def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], encode: Any) -> None:
+def _write(conn: psycopg.Connection[Any], index: IndexSpec, keys: list[str], encode: Any,
+           book: codebook.Live | None = None) -> None:
+    """Write the rows ``encode(index)`` makes; ``book``: the codebook their codes are under when it
+    is not ``index``'s own (a storage switch codes its shadow's rows under the index's codebook)."""
     tok_rows, cen_rows = encode(index)
     with conn.transaction(), conn.cursor() as cur:
         lock_rows(cur, index, keys)
         if _may_insert(cur, index):
             # The token table first, then the registry again: a storage switch (pgmaxsim.retier)
-            # holds the table until it has swapped tables and options, so rows encoded under the
-            # tier read before it are encoded again under the one of the table written.
+            # or a first-stage retrain (pgmaxsim.codebook) holds the table until it has swapped
+            # tables and options, so rows encoded under the tier or codebook read before it are
+            # encoded again under the ones of the table written.
             cur.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(index.token_ident()))
-            fresh = get_index(conn, index.name)
-            if (fresh.storage, fresh.pool_factor, fresh.pooling) != (index.storage, index.pool_factor, index.pooling):
-                index = fresh
-                tok_rows, cen_rows = encode(index)
+        # (a granted role cannot lock it: a switch that commits meanwhile leaves its rows without
+        # codes in the new slot, which keeps them candidates until the next retrain)
+        fresh = get_index(conn, index.name)
+        if _encoding(fresh) != _encoding(index):
+            index = fresh
+            tok_rows, cen_rows = encode(index)
         tok_types, cen_types = copy_types(cur, index)
+        columns = token_columns(tok_rows, book or codebook.live(conn, index))
+        tok_types = tok_types[:len(columns)]
         if _may_insert(cur, index):
             delete_keys(cur, index, keys)
-            _copy(cur, index.token_ident(), TOKEN_COLUMNS, tok_types, tok_rows)
+            _copy(cur, index.token_ident(), columns, tok_types, tok_rows)
             if cen_rows and index.centroid_table:
                 _copy(cur, sql.Identifier("maxsim", index.centroid_table), CENTROID_COLUMNS, cen_types, cen_rows)
             return
         # A granted role that manages the index (not the schema owner): the same COPY into stage
         # tables the schema owner made for this transaction, then moved in (sql/idempotent/050_write.sql).
         tok_stage, cen_stage = cur.execute("SELECT maxsim.write_stage(%s)", (index.name,)).fetchone()[0]
-        _copy(cur, sql.Identifier("pg_temp", tok_stage), TOKEN_COLUMNS, tok_types, tok_rows)
+        _copy(cur, sql.Identifier("pg_temp", tok_stage), columns, tok_types, tok_rows)
         if cen_rows and cen_stage:
             _copy(cur, sql.Identifier("pg_temp", cen_stage), CENTROID_COLUMNS, cen_types, cen_rows)
         cur.execute("SELECT maxsim.write_commit(%s, %s)", (index.name, [tok_stage, cen_stage]))
+
+
+def _encoding(index: IndexSpec) -> tuple[Any, ...]:
+    """What the encoded rows depend on: tier, pool factor, first stage and its codebook generation."""
+    return (index.storage, index.pool_factor, index.pooling, codebook.gen_of(index))
 
 
 #: _may_insert's answers per connection, by index, token table and who the session is (its user and

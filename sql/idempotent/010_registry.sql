@@ -163,6 +163,18 @@ AS $$
     END
 $$;
 
+-- Defaults of the codebook first stage's options (merged under the options of a codebook index):
+-- probe 8 codes among each query token's 2 nearest cells; train once the index holds 65,536 tokens,
+-- on a sample of at most 500,000 of them, sizing the codebook to ~20 tokens per code (at most 2,048
+-- fine centroids per cell). bench/FIRST_STAGE.md has the measurements behind them.
+CREATE OR REPLACE FUNCTION maxsim._fs_default_options() RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT '{"nprobe": 8, "coarse_probe": 2, "train_tokens": 65536, "tokens_per_code": 20,
+             "train_sample": 500000, "max_fine": 2048}'::jsonb
+$$;
+
 -- Defaults of the per-index options (merged under the options given to create_index).
 CREATE OR REPLACE FUNCTION maxsim.default_options() RETURNS jsonb
 LANGUAGE sql IMMUTABLE
@@ -193,9 +205,9 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
-        IF k = 'pooling' THEN
-            IF pg_catalog.jsonb_typeof(v) <> 'string' OR v #>> '{}' NOT IN ('mean', 'centroids') THEN
-                RAISE EXCEPTION 'pgmaxsim: option pooling must be "mean" or "centroids", got %', v
+        IF k IN ('first_stage', 'pooling') THEN
+            IF pg_catalog.jsonb_typeof(v) <> 'string' OR v #>> '{}' NOT IN ('codebook', 'mean', 'centroids') THEN
+                RAISE EXCEPTION 'pgmaxsim: option % must be "codebook", "centroids" or "mean", got %', k, v
                     USING ERRCODE = '22023';
             END IF;
             CONTINUE;
@@ -210,11 +222,21 @@ BEGIN
             WHEN 'hnsw_m' THEN ARRAY[2, 100]
             WHEN 'hnsw_ef_construction' THEN ARRAY[4, 1000]
             WHEN 'pool_factor' THEN ARRAY[1, 64]
+            -- first stage codebook (045_firststage.sql, pgmaxsim.codebook)
+            WHEN 'nprobe' THEN ARRAY[1, 1024]
+            WHEN 'coarse_probe' THEN ARRAY[1, 256]
+            WHEN 'train_tokens' THEN ARRAY[1, 2000000000]
+            WHEN 'tokens_per_code' THEN ARRAY[1, 1000000]
+            WHEN 'train_sample' THEN ARRAY[1000, 100000000]
+            WHEN 'max_fine' THEN ARRAY[1, 65536]
+            WHEN 'fs_gen' THEN ARRAY[0, 2000000000]
+            WHEN 'fs_rows' THEN ARRAY[0, 2000000000]
         END;
         IF lim IS NULL THEN
             RAISE EXCEPTION 'pgmaxsim: unknown option "%"', k USING ERRCODE = '22023',
-                HINT = 'known options: storage, pool_factor, pooling, candidates, ef_search, probe, rescore, max_centroids,'
-                       ' tokens_per_centroid, hnsw_m, hnsw_ef_construction';
+                HINT = 'known options: first_stage, storage, pool_factor, candidates, ef_search, probe, rescore, max_centroids,'
+                       ' tokens_per_centroid, hnsw_m, hnsw_ef_construction, nprobe, coarse_probe, train_tokens,'
+                       ' tokens_per_code, train_sample, max_fine';
         END IF;
         IF pg_catalog.jsonb_typeof(v) <> 'number' OR (v #>> '{}')::numeric <> pg_catalog.trunc((v #>> '{}')::numeric)
            OR (v #>> '{}')::numeric NOT BETWEEN lim[1] AND lim[2] THEN

@@ -10,6 +10,13 @@ AS $$
 DECLARE
     v_index integer := TG_ARGV[0]::integer;
 BEGIN
+    -- A retrain of the codebook first stage (pgmaxsim.codebook) rewrites only the rows' codes: no new
+    -- version, no change-log entry (scorers would reload every row's tokens for nothing). The setting is
+    -- the schema owner's own (maxsim._write and _stage_commit turn it off before they write).
+    IF TG_OP = 'UPDATE' AND NEW.version = OLD.version AND NEW.id = OLD.id
+       AND pg_catalog.current_setting('pgmaxsim.codes_only', true) = 'on' THEN
+        RETURN NEW;
+    END IF;
     IF TG_OP = 'DELETE' THEN
         INSERT INTO maxsim.changes (index_id, row_id, version, deleted)
         VALUES (v_index, OLD.id::text, OLD.version, true);

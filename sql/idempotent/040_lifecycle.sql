@@ -122,8 +122,16 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     PERFORM maxsim._check_options(options);
-    v_pooling := coalesce(options ->> 'pooling', 'centroids');
-    v_opts := maxsim.default_options() || (options - 'pooling');
+    -- The first stage (registry column `pooling`, its historical name): option first_stage, or pooling;
+    -- codebook by default (bench/FIRST_STAGE.md). Indexes created before keep theirs.
+    IF options ? 'first_stage' AND options ? 'pooling' AND options ->> 'first_stage' <> options ->> 'pooling' THEN
+        RAISE EXCEPTION 'pgmaxsim: options first_stage (%) and pooling (%) disagree; give first_stage only',
+            options ->> 'first_stage', options ->> 'pooling' USING ERRCODE = '22023';
+    END IF;
+    v_pooling := coalesce(options ->> 'first_stage', options ->> 'pooling', 'codebook');
+    v_opts := maxsim.default_options()
+              || CASE WHEN v_pooling = 'codebook' THEN maxsim._fs_default_options() ELSE '{}' END
+              || (options - 'pooling' - 'first_stage');
     IF v_opts ->> 'storage' = 'int8' AND NOT maxsim.has_plpython() THEN
         RAISE EXCEPTION 'pgmaxsim: storage "int8" needs plpython3u on the server (this one scores in pure SQL, which reads fp16 only)'
             USING ERRCODE = 'feature_not_supported', HINT = 'use storage "fp16", or install plpython3u and run pgmaxsim migrate';
@@ -172,7 +180,9 @@ BEGIN
 
     -- Pooled-vector ANN. pgvector's HNSW indexes halfvec up to 4000 dims; above that the
     -- prefilter is a flat scan over the pooled vectors (still exact scoring after it).
-    IF v_pooling = 'mean' THEN
+    IF v_pooling = 'codebook' THEN
+        PERFORM maxsim._fs_create(v_id, v_tok, v_dim);   -- 035_firststage.sql
+    ELSIF v_pooling = 'mean' THEN
         IF v_dim <= 4000 THEN
             EXECUTE pg_catalog.format(
                 'CREATE INDEX %I ON maxsim.%I USING hnsw (pooled @vector@.halfvec_ip_ops) WITH (m = %s, ef_construction = %s)',
@@ -283,7 +293,8 @@ BEGIN
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id FOR NO KEY UPDATE;
     -- CASCADE removes the triggers on the source table with the function.
     EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS maxsim.%I() CASCADE', 'src_' || r.id);
-    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'cen_' || r.id);
+    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I, maxsim.%I, maxsim.%I',
+                              'cen_' || r.id, 'fs_coarse_' || r.id, 'fs_fine_' || r.id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', r.token_table);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'q_' || r.id);   -- outbox on Citus (085_citus.sql)
     DELETE FROM maxsim.indexes WHERE id = r.id;  -- cascades to queue, failed, changes
@@ -321,13 +332,14 @@ SET search_path TO pg_catalog, pg_temp
 AS $$ SELECT CASE storage WHEN 'fp16' THEN 2 * dim WHEN 'int8' THEN dim + 4 END $$;
 
 -- Everything an index stores, in bytes: its token table (heap, TOAST, primary key, HNSW over the
--- pooled vectors) and its centroid table with its indexes.
+-- pooled vectors, the codes' GIN indexes) and its centroid table or codebook tables with their indexes.
 CREATE OR REPLACE FUNCTION maxsim._index_bytes(r maxsim.indexes) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
     SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', r.token_table))), 0)
          + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'cen_' || r.id))), 0)
+         + maxsim._fs_bytes(r.id)
 $$;
 
 -- Live counts of an index: rows, tokens, queued rows (privileged: reads the owner's tables).

@@ -34,6 +34,8 @@ DECLARE
     blob bytea;
     stored @vector@.halfvec[];
     pooled @vector@.halfvec[];
+    slot integer;
+    codes integer[];
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_write'); END IF;
@@ -57,13 +59,25 @@ BEGIN
                    ELSE maxsim._decode(blob, r.dim, storage) END;
     n := pg_catalog.cardinality(stored);
     pooled := maxsim._pool(stored, CASE WHEN r.pooling = 'centroids' THEN maxsim._n_centroids(r.options, n) ELSE 0 END);
+    PERFORM pg_catalog.set_config('pgmaxsim.codes_only', 'off', true);   -- see maxsim._tok_row
+    IF r.pooling = 'codebook' THEN
+        -- the row's codes under the live codebook (035_firststage.sql); NULL until it is trained,
+        -- and NULL under the other slot (a retrain fills that one itself)
+        slot := maxsim._fs_slot(r);
+        codes := maxsim._fs_assign(r.id, (r.options ->> 'fs_gen')::integer, stored);
+    END IF;
     EXECUTE pg_catalog.format(
-        'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, n_raw_tokens, pooled) VALUES ($1::%s, $2, $3, $4, $5)'
+        'INSERT INTO maxsim.%I AS t (id, tokens, n_tokens, n_raw_tokens, pooled%s) VALUES ($1::%s, $2, $3, $4, $5%s)'
         ' ON CONFLICT (id) DO UPDATE SET tokens = EXCLUDED.tokens, n_tokens = EXCLUDED.n_tokens,'
         ' n_raw_tokens = EXCLUDED.n_raw_tokens, pooled = EXCLUDED.pooled, model = NULL, model_revision = NULL,'
-        ' content_hash = NULL, layout = NULL',
-        r.token_table, r.id_type)
-        USING id, blob, n, pg_catalog.cardinality(tokens), pooled[1];
+        ' content_hash = NULL, layout = NULL%s',
+        r.token_table,
+        CASE WHEN r.pooling = 'codebook' THEN ', codes_0, codes_1' ELSE '' END,
+        r.id_type,
+        CASE WHEN r.pooling = 'codebook' THEN ', $6, $7' ELSE '' END,
+        CASE WHEN r.pooling = 'codebook' THEN ', codes_0 = EXCLUDED.codes_0, codes_1 = EXCLUDED.codes_1' ELSE '' END)
+        USING id, blob, n, pg_catalog.cardinality(tokens), pooled[1],
+              CASE WHEN slot = 0 THEN codes END, CASE WHEN slot = 1 THEN codes END;
     IF r.pooling = 'centroids' THEN
         EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE row_id = $1::%s', 'cen_' || r.id, r.id_type)
             USING id;
@@ -205,6 +219,7 @@ BEGIN
       FROM pg_catalog.pg_attribute a
      WHERE a.attrelid = pg_catalog.format('maxsim.%I', r.token_table)::regclass AND a.attnum > 0
        AND NOT a.attisdropped AND a.attname NOT IN ('version', 'updated_at');
+    PERFORM pg_catalog.set_config('pgmaxsim.codes_only', 'off', true);   -- see maxsim._tok_row
     -- replace: earlier embeddings of these ids go first (their centroids with them, ON DELETE CASCADE)
     EXECUTE pg_catalog.format('DELETE FROM maxsim.%I t WHERE t.id IN (SELECT s.id FROM %s s)', r.token_table, tok);
     EXECUTE pg_catalog.format('INSERT INTO maxsim.%I (%s) SELECT %s FROM %s', r.token_table, cols, cols, tok);

@@ -120,6 +120,12 @@ BEGIN
     IF present <= n THEN
         RETURN NULL;
     END IF;
+    IF r.pooling = 'codebook' THEN
+        -- 035_firststage.sql (NULL: every row); with PL/Python, `rescore` x n rows, of which
+        -- maxsim.search keeps the best n by centroid interaction (pgmaxsim.plpy.codes.rescore)
+        result := maxsim._fs_candidates(r, query, CASE WHEN maxsim.has_plpython() THEN wide ELSE n END);
+        RETURN result;
+    END IF;
     IF r.pooling = 'mean' THEN
         SELECT @vector@.l2_normalize(@vector@.avg(q::@vector@.vector))::@vector@.halfvec INTO qmean
           FROM pg_catalog.unnest(query) AS u(q);
@@ -329,7 +335,8 @@ BEGIN
         RAISE NOTICE 'pgmaxsim: candidates % (% ms, pooling %)', coalesce(pg_catalog.cardinality(cand)::text, 'all rows'),
             maxsim._ms_since(t0), r.pooling || CASE WHEN filtered THEN ', row-level security, prefilter rounds ' || round + 1 ELSE '' END;
     END IF;
-    IF cand IS NOT NULL AND r.pooling = 'centroids' AND pg_catalog.cardinality(cand) > n
+    IF cand IS NOT NULL AND (r.pooling = 'centroids' OR (r.pooling = 'codebook' AND maxsim.has_plpython()))
+       AND pg_catalog.cardinality(cand) > n
        AND pg_catalog.cardinality(cand) < 1000000 THEN
         t0 := pg_catalog.clock_timestamp();
         cand := maxsim._rescore_ids(r.id, query, cand, n);

@@ -81,7 +81,8 @@ def register(sub: Any) -> None:
     c.add_argument("--image-column", help="column with image/PDF bytes (bytea) or a local file path (text)")
     c.add_argument("--model", help="model name (default: the offline MiniLM; 'none' = you write embeddings)")
     c.add_argument("--dim", type=int, help="embedding size (default: the model's)")
-    c.add_argument("--pooling", choices=["centroids", "mean"], help="ANN prefilter pooling (default: centroids)")
+    c.add_argument("--pooling", "--first-stage", dest="pooling", choices=["codebook", "centroids", "mean"],
+                   help="first stage: codebook (token level, PLAID-style; the default), centroids or mean")
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="index option, e.g. candidates=200 ef_search=100 (repeatable)")
     c.set_defaults(func=run_create)
@@ -105,6 +106,9 @@ def register(sub: Any) -> None:
                    help="store the tokens in this tier (fp16 -> int8 from the stored tokens; searches keep answering)")
     r.add_argument("--pool-factor", type=int, metavar="N",
                    help="pool each row's tokens to ~n/N (from unpooled stored tokens; 1 = no pooling)")
+    r.add_argument("--first-stage", action="store_true",
+                   help="(re)train the index's codebook first stage from its stored tokens and switch to it"
+                   " (searches keep answering)")
     r.add_argument("--model", help="re-embed under this model (runs alongside the old one, then switches)")
     r.add_argument("--revision", help="model revision for --model")
     r.set_defaults(func=run_reindex)
@@ -239,6 +243,10 @@ def run_drop(args: argparse.Namespace) -> int:
 def run_reindex(args: argparse.Namespace) -> int:
     with _conn(args) as conn:
         i = _info(conn, args.name)
+        if args.first_stage:
+            if args.model or args.storage is not None or args.pool_factor is not None:
+                raise PgmaxsimError("--first-stage retrains the first stage only: give it without --model/--storage/--pool-factor")
+            return _retrain(conn, args)
         if args.storage is not None or args.pool_factor is not None:
             if args.model:
                 raise PgmaxsimError("--model with --storage/--pool-factor: re-embed first, then change the storage")
@@ -262,6 +270,20 @@ def _retier(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
         raise _sql_error(e) from None
     print(f"index {args.name}: {done.rows} row(s) now stored as {done.storage}, pool factor {done.pool_factor}"
           f" ({human_bytes(done.bytes_before)} -> {human_bytes(done.bytes_after)})")
+    return 0
+
+
+def _retrain(conn: psycopg.Connection[Any], args: argparse.Namespace) -> int:
+    from pgmaxsim.codebook import train
+
+    conn.autocommit = True
+    try:
+        done = train(conn, args.name)
+    except psycopg.Error as e:
+        raise _sql_error(e) from None
+    print(f"index {args.name}: first stage codebook {done.n_coarse} x {done.n_fine} (generation {done.gen})"
+          f" trained on {done.sample_tokens} tokens in {done.seconds_train:.1f} s; codes of {done.rows} row(s)"
+          f" assigned in {done.seconds_fill:.1f} s")
     return 0
 
 

@@ -253,6 +253,10 @@ def rescore(plpy: Any, index_id: int, query: bytes, ids: list[str] | None, n: in
     keys = list(dict.fromkeys(i for i in ids or () if i is not None))
     if len(keys) <= n:
         return keys
+    if index["pooling"] == "codebook":   # the token-level first stage: its codes' centroids
+        from pgmaxsim.plpy import codes
+
+        return codes.rescore(plpy, index, q, keys, n)
     plan = _plan(
         plpy,
         f"SELECT c.row_id::text AS id,"

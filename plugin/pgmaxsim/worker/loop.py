@@ -303,12 +303,30 @@ class _Worker:
             if result is None:
                 continue
             worked = True
+            self._train_first_stage(spec)
             self.stats.add(result)
             self.progress.advance(result.handled, failed=self.stats.failed, index=spec.name)
             self._report(spec, result.errors)
             if self.on_batch:
                 self.on_batch(result)
         return worked
+
+    def _train_first_stage(self, spec: IndexSpec) -> None:
+        """Train a codebook first stage once its index holds enough tokens (pgmaxsim.codebook):
+        between batches, outside their transactions; a failure is logged, the worker goes on."""
+        from pgmaxsim import codebook
+
+        if spec.pooling != "codebook" or self.conn is None:
+            return
+        try:
+            done = codebook.maybe_train(self.conn, spec)
+        except (psycopg.Error, PgmaxsimError) as e:
+            log.warning("pgmaxsim worker: index %s: training its first stage failed: %s", spec.name, e)
+            return
+        if done is not None:
+            log.info("pgmaxsim worker: index %s: first stage codebook %d x %d trained (%d rows)",
+                     spec.name, done.n_coarse, done.n_fine, done.rows)
+            self._refresh_specs(force=True)
 
     def _report(self, spec: IndexSpec, errors: list[str]) -> None:
         """Log each distinct error once (with the first row it hit); count the repeats."""

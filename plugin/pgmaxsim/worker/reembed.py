@@ -102,6 +102,8 @@ def start_reembed(
         dim = model_dim(model, revision)
     opts = dict(options or {})
     opts["pooling"] = pooling
+    opts.pop("fs_gen", None)   # a codebook first stage is trained anew on the new model's tokens
+    opts.pop("fs_rows", None)
     shadow = shadow_name(name)
     with conn.transaction():
         conn.execute(

@@ -1,0 +1,84 @@
+"""A row's codes under an index's codebook first stage, inside the backend (``maxsim._fs_assign``).
+
+The codebook of one generation never changes once written (pgmaxsim.codebook), so each backend
+keeps the last one it read, by index, generation and codebook table (a re-embedding's switch
+renames the tables: a new oid).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pgmaxsim import firststage as fs
+from pgmaxsim.db.codec import decode_halfvec_array
+from pgmaxsim.plpy.tokens import decode_query
+
+_cache: dict[tuple[int, int, int], fs.Codebook] = {}
+
+
+def _codebook(plpy: Any, index_id: int, gen: int) -> fs.Codebook | None:
+    fine_table = f"maxsim.fs_fine_{int(index_id)}"
+    oid = plpy.execute(f"SELECT pg_catalog.to_regclass({plpy.quote_literal(fine_table)})::oid AS o")[0]["o"]
+    key = (int(index_id), int(gen), int(oid or 0))
+    if key in _cache:
+        return _cache[key]
+    slot = int(gen) % 2
+    row = plpy.execute(
+        f"SELECT (SELECT pg_catalog.array_send(pg_catalog.array_agg(c.vec ORDER BY c.cell))"
+        f" FROM maxsim.fs_coarse_{int(index_id)} c WHERE c.slot = {slot}) AS coarse,"
+        f" (SELECT pg_catalog.array_send(pg_catalog.array_agg(f.vec ORDER BY f.code))"
+        f" FROM maxsim.fs_fine_{int(index_id)} f WHERE f.slot = {slot}) AS fine")[0]
+    if row["coarse"] is None or row["fine"] is None:
+        return None
+    coarse = decode_halfvec_array(row["coarse"]).astype(np.float32)
+    fine = decode_halfvec_array(row["fine"]).astype(np.float32)
+    _cache.clear()
+    _cache[key] = fs.Codebook(coarse, fine.reshape(len(coarse), len(fine) // len(coarse), -1))
+    return _cache[key]
+
+
+def assign(plpy: Any, index_id: int, gen: int | None, tokens: bytes) -> list[int] | None:
+    """The distinct codes (sorted) of ``array_send(tokens)`` under generation ``gen``; None when
+    there is none (not trained)."""
+    if gen is None:
+        return None
+    cb = _codebook(plpy, index_id, gen)
+    if cb is None:
+        return None
+    return np.unique(fs.assign(cb, decode_query(tokens).astype(np.float32))).tolist()
+
+
+def _int4_array(blob: bytes) -> np.ndarray:
+    """``array_send(int4[])`` (one dimension, no NULLs) -> int64 values."""
+    buf = memoryview(blob)
+    if len(buf) < 20:
+        return np.zeros(0, dtype=np.int64)
+    return np.frombuffer(buf, dtype=">i4", offset=20).reshape(-1, 2)[:, 1].astype(np.int64)
+
+
+def rescore(plpy: Any, index: dict[str, Any], q: np.ndarray, keys: list[str], n: int) -> list[str]:
+    """The best ``n`` of rows ``keys`` by PLAID's centroid interaction (MaxSim with each token
+    replaced by its code's centroid, over all of a row's codes: pgmaxsim.firststage), then every
+    row without live codes (never dropped: nothing is known about them)."""
+    gen = index["options"].get("fs_gen")
+    cb = None if gen is None else _codebook(plpy, int(index["id"]), int(gen))
+    if cb is None:
+        return keys
+    col = f"codes_{int(gen) % 2}"
+    plan = plpy.prepare(
+        f"SELECT t.id::text AS id, pg_catalog.array_send(t.{col}) AS codes"
+        f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.id = ANY ($1::{index['id_type']}[])",
+        ["text[]"])
+    coded: list[tuple[str, np.ndarray]] = []
+    uncoded: list[str] = []
+    for r in plpy.execute(plan, [keys]):
+        (uncoded.append(r["id"]) if r["codes"] is None else coded.append((r["id"], _int4_array(r["codes"]))))
+    if len(coded) <= n:
+        return [k for k, _ in coded] + uncoded
+    per_row = fs.InvertedLists(np.concatenate([[0], np.cumsum([len(c) for _, c in coded])]).astype(np.int64),
+                               np.concatenate([c for _, c in coded]).astype(np.int32))
+    score = fs.centroid_interaction(cb, q, per_row, np.arange(len(coded)))
+    best = np.argsort(-score, kind="stable")[:n]
+    return [coded[int(i)][0] for i in best] + uncoded

@@ -1,0 +1,192 @@
+-- pgmaxsim functions: the token-level first stage `codebook` (option first_stage; bench/FIRST_STAGE.md).
+-- Idempotent file (see 010_registry.sql for the privilege layering).
+--
+-- A global two-level codebook per index (pgmaxsim.firststage): n_coarse spherical k-means centroids, and
+-- inside each coarse cell n_fine fine centroids; a token's code is cell * n_fine + fine. Per index <id>:
+--
+--   maxsim.fs_coarse_<id> (slot, cell, vec)            the coarse centroids of each codebook slot
+--   maxsim.fs_fine_<id>   (slot, code, cell, vec)      the fine centroids (code = cell * n_fine + j)
+--   token table columns codes_0, codes_1 int4[]        a row's DISTINCT codes under the codebook of slot 0 / 1,
+--                                                      each under a GIN index (PostgreSQL's own posting lists)
+--                                                      and a partial index of the rows without codes
+--
+-- Two slots so that a retrain (pgmaxsim index reindex NAME --first-stage, pgmaxsim.codebook) builds the
+-- new codebook and codes beside the live ones and switches by one registry update: option fs_gen (the
+-- live generation; its slot is fs_gen % 2; absent = never trained). Searches read the registry and the
+-- tables in one snapshot (STABLE functions), so each one uses one complete codebook. Deletes and
+-- TRUNCATE need nothing: the codes are columns of the token row. A row whose live codes are NULL
+-- (written before training, by a writer that could not assign) is always a candidate: never lost.
+-- A per-row residual sketch (bytea) for a later, finer stage would be one more column here.
+
+-- The live codebook slot of an index (NULL: not trained, or not a codebook index).
+CREATE OR REPLACE FUNCTION maxsim._fs_slot(r maxsim.indexes) RETURNS integer
+LANGUAGE sql IMMUTABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT CASE WHEN r.pooling = 'codebook' THEN ((r.options ->> 'fs_gen')::integer % 2) END $$;
+
+-- The per-index objects of the codebook first stage (called by _create_index as the schema owner).
+CREATE OR REPLACE FUNCTION maxsim._fs_create(index_id integer, tok text, dim integer) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    s integer;
+BEGIN
+    FOR s IN 0..1 LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ADD COLUMN %I integer[]', tok, 'codes_' || s);
+        -- index names start with the token table's name: table swaps (retier, re-embedding) rename them along
+        EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I USING gin (%I)',
+                                  tok || '_codes_' || s || '_gin', tok, 'codes_' || s);
+        EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (id) WHERE %I IS NULL',
+                                  tok || '_uncoded_' || s, tok, 'codes_' || s);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE maxsim.%I (slot smallint NOT NULL, cell integer NOT NULL, vec @vector@.halfvec(%s) NOT NULL,'
+        ' PRIMARY KEY (slot, cell))', 'fs_coarse_' || index_id, dim);
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE maxsim.%I (slot smallint NOT NULL, code integer NOT NULL, cell integer NOT NULL,'
+        ' vec @vector@.halfvec(%s) NOT NULL, PRIMARY KEY (slot, code))', 'fs_fine_' || index_id, dim);
+    EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (slot, cell)',
+                              'fs_fine_' || index_id || '_cell', 'fs_fine_' || index_id);
+END
+$$;
+
+-- Bytes of the codebook tables of an index (0 when it has none; the codes are in the token table).
+CREATE OR REPLACE FUNCTION maxsim._fs_bytes(index_id integer) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_coarse_' || index_id))), 0)
+         + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_fine_' || index_id))), 0)
+$$;
+
+-- One row's distinct codes under codebook `slot` of index `index_id` (pure SQL: nearest coarse
+-- centroid, then the nearest fine centroid of that cell; ties to the lowest number, as
+-- pgmaxsim.firststage.assign's argmax). NULL when that slot holds no codebook. Runs as its caller
+-- (the schema owner, from maxsim._write through maxsim._fs_assign). ~4 s for a 1,000-token row of
+-- d=128 at 125K codes on a loaded 2-core machine: servers with plpython3u assign in NumPy instead
+-- (036_firststage_assign.plpython.sql).
+CREATE OR REPLACE FUNCTION maxsim._fs_assign_sql(index_id integer, slot integer, tokens @vector@.halfvec[]) RETURNS integer[]
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    out integer[];
+BEGIN
+    IF slot IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE pg_catalog.format($q$
+        SELECT pg_catalog.array_agg(DISTINCT s.code ORDER BY s.code) FROM (
+          SELECT (SELECT f.code FROM maxsim.%2$I f
+                   WHERE f.slot = $2 AND f.cell = (SELECT c.cell FROM maxsim.%1$I c WHERE c.slot = $2
+                                                    ORDER BY c.vec OPERATOR(@vector@.<#>) t.v, c.cell LIMIT 1)
+                   ORDER BY f.vec OPERATOR(@vector@.<#>) t.v, f.code LIMIT 1) AS code
+            FROM pg_catalog.unnest($1) AS t(v)) s WHERE s.code IS NOT NULL
+        $q$, 'fs_coarse_' || index_id, 'fs_fine_' || index_id)
+        INTO out USING tokens, slot::smallint;
+    RETURN out;
+END
+$$;
+
+-- The first stage of a codebook index: the `n` best rows by the probe score, plus every row without
+-- live codes; NULL = score every row (not trained yet, or too many rows without codes).
+-- Each query token probes its `coarse_probe` nearest coarse cells and, among their fine centroids,
+-- its `nprobe` nearest codes; the rows holding a probed code come from the GIN index (one scan per
+-- probed code); a row scores, per query token, the best similarity among the probed codes it holds,
+-- else that token's lowest probed similarity (XTR-WARP's missing-similarity estimate). One statement.
+CREATE OR REPLACE FUNCTION maxsim._fs_candidates(r maxsim.indexes, query @vector@.halfvec[], n integer) RETURNS text[]
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    slot integer := maxsim._fs_slot(r);
+    col text;
+    uncoded text[];
+    result text[];
+    cap integer := greatest(1000, n);
+    trained boolean;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_candidates'); END IF;
+    IF slot IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM maxsim.%I c WHERE c.slot = $1)', 'fs_coarse_' || r.id)
+        INTO trained USING slot::smallint;
+    IF NOT trained THEN
+        RETURN NULL;
+    END IF;
+    col := 'codes_' || slot;
+    EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(s.id::text) FROM (SELECT t.id FROM maxsim.%I t WHERE t.%I IS NULL LIMIT $1) s',
+                              r.token_table, col)
+        INTO uncoded USING cap + 1;
+    IF pg_catalog.cardinality(uncoded) > cap THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE pg_catalog.format($q$
+        WITH q AS (SELECT u.v, u.i FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(v, i)),
+        cells AS (SELECT q.i, q.v, c.cell FROM q CROSS JOIN LATERAL (
+                    SELECT c.cell FROM maxsim.%1$I c WHERE c.slot = $2
+                     ORDER BY c.vec OPERATOR(@vector@.<#>) q.v LIMIT $3) c),
+        ranked AS (SELECT cells.i, f.code, -(f.vec OPERATOR(@vector@.<#>) cells.v) AS sim,
+                          pg_catalog.row_number() OVER (PARTITION BY cells.i ORDER BY f.vec OPERATOR(@vector@.<#>) cells.v, f.code) AS rn
+                     FROM cells JOIN maxsim.%2$I f ON f.slot = $2 AND f.cell = cells.cell),
+        pr AS (SELECT ranked.i, ranked.code, ranked.sim FROM ranked WHERE ranked.rn <= $4),
+        fl AS (SELECT pr.i, min(pr.sim) AS f FROM pr GROUP BY pr.i),
+        hits AS (SELECT pr.i, pr.sim, h.id FROM pr CROSS JOIN LATERAL (
+                    SELECT t.id FROM maxsim.%3$I t WHERE t.%4$I OPERATOR(pg_catalog.@>) ARRAY[pr.code]) h),
+        gain AS (SELECT hits.i, hits.id, max(hits.sim) - min(fl.f) AS g
+                   FROM hits JOIN fl ON fl.i = hits.i GROUP BY hits.i, hits.id)
+        SELECT pg_catalog.array_agg(s.id::text) FROM (
+            SELECT gain.id FROM gain GROUP BY gain.id ORDER BY sum(gain.g) DESC, gain.id LIMIT $5) s
+        $q$, 'fs_coarse_' || r.id, 'fs_fine_' || r.id, r.token_table, col)
+        INTO result USING query, slot::smallint, (r.options ->> 'coarse_probe')::integer,
+                          (r.options ->> 'nprobe')::integer, n;
+    RETURN coalesce(result, '{}') || coalesce(uncoded, '{}');
+END
+$$;
+
+-- The live codebook of an index: its generation and centroids in code order (NULLs when not trained).
+-- For writers that may manage the index but not read maxsim's tables (granted roles): they assign
+-- their rows' codes client-side like the schema owner does (pgmaxsim.codebook.live).
+CREATE OR REPLACE FUNCTION maxsim._fs_codebook(index_id integer, OUT gen integer, OUT coarse @vector@.halfvec[],
+                                               OUT fine @vector@.halfvec[])
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_codebook'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    gen := (r.options ->> 'fs_gen')::integer;
+    IF maxsim._fs_slot(r) IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'SELECT (SELECT pg_catalog.array_agg(c.vec ORDER BY c.cell) FROM maxsim.%I c WHERE c.slot = $1),'
+        ' (SELECT pg_catalog.array_agg(f.vec ORDER BY f.code) FROM maxsim.%I f WHERE f.slot = $1)',
+        'fs_coarse_' || r.id, 'fs_fine_' || r.id)
+        INTO coarse, fine USING maxsim._fs_slot(r)::smallint;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim.first_stage_codebook(name text, OUT gen integer, OUT coarse @vector@.halfvec[],
+                                                       OUT fine @vector@.halfvec[])
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+    res record;
+BEGIN
+    r := maxsim._index(name);
+    PERFORM maxsim._check_manage(r);
+    res := maxsim._fs_codebook(r.id);
+    gen := res.gen; coarse := res.coarse; fine := res.fine;
+END
+$$;

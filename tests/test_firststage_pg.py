@@ -1,0 +1,312 @@
+"""The codebook first stage inside PostgreSQL (sql/idempotent/035_firststage.sql, pgmaxsim.codebook):
+the candidates are exactly the rows holding a probed code (brute force in NumPy over the stored
+codebook), under writes, deletes, TRUNCATE and retrains, on PostgreSQL 15 + PL/Python and on the
+embedded PostgreSQL 18 (pure SQL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from pgmaxsim import Index, codebook
+from pgmaxsim import firststage as fs
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.kernels.reference import maxsim_reference
+from pgmaxsim.registry import get_index
+
+DIM = 16
+OPTS = '{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 4, "nprobe": 3}'
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def fp16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float16).astype(np.float32)
+
+
+def corpus(n: int, seed: int = 0, start: int = 1) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {start + i: fp16(unit(rng.standard_normal((int(m), DIM)))) for i, m in enumerate(rng.integers(3, 12, n))}
+
+
+@pytest.fixture(params=["plpython", "sql"])
+def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
+    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        register_tokens(c)
+        yield c
+
+
+def create(db: psycopg.Connection[Any], name: str = "fs", opts: str = OPTS) -> Index:
+    db.execute(f"CREATE TABLE src_{name} (id bigint PRIMARY KEY)")
+    db.execute(f"INSERT INTO src_{name} SELECT g FROM generate_series(1, 1000) g")
+    db.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => %s::jsonb)",
+               (name, f"src_{name}", DIM, opts))
+    return Index(db, name)
+
+
+def write(db: psycopg.Connection[Any], idx: Index, docs: dict[int, np.ndarray]) -> None:
+    """Half through maxsim.upsert (codes assigned in SQL), half through Index.upsert (NumPy)."""
+    keys = list(docs)
+    for k in keys[::2]:
+        db.execute("SELECT maxsim.upsert(%s, %s::bigint, %s)", (idx.name, k, Tokens(docs[k])))
+    idx.upsert(keys[1::2], [docs[k] for k in keys[1::2]])
+
+
+def stored_book(db: psycopg.Connection[Any], name: str) -> codebook.Live:
+    book = codebook.live(db, get_index(db, name))
+    assert book is not None
+    return book
+
+
+def probed_rows(db: psycopg.Connection[Any], name: str, q: np.ndarray) -> set[int]:
+    """Brute force: the rows having a token whose code (NumPy, stored codebook) is probed by q."""
+    spec = get_index(db, name)
+    book = stored_book(db, name)
+    codes, _ = fs.probe(book.cb, q, int(spec.options["nprobe"]), int(spec.options["coarse_probe"]))
+    want = set(codes.ravel().tolist())
+    rows = db.execute(f"SELECT id, {codebook.column(book.slot)} FROM maxsim.{spec.token_table}").fetchall()
+    return {k for k, c in rows if c is None or want & set(c)}
+
+
+def search_ids(db: psycopg.Connection[Any], name: str, q: np.ndarray, n: int) -> list[int]:
+    return [int(r[0]) for r in db.execute("SELECT id FROM maxsim.search(%s, %s, %s, %s)",
+                                          (name, Tokens(q), n, n)).fetchall()]
+
+
+def check_exact(db: psycopg.Connection[Any], name: str, docs: dict[int, np.ndarray], queries: list[np.ndarray]) -> None:
+    """Stored codes = NumPy's assignment of the stored tokens; the candidates (search with
+    k = candidates = rows - 1, so the result is the whole candidate set) = the probed rows."""
+    spec = get_index(db, name)
+    book = stored_book(db, name)
+    rows = dict(db.execute(f"SELECT id, {codebook.column(book.slot)} FROM maxsim.{spec.token_table}").fetchall())
+    assert set(rows) == set(docs)
+    agree = sum(rows[k] == codebook.row_codes(book, docs[k]) for k in docs)
+    assert agree >= 0.97 * len(docs)   # SQL assignment in halfvec arithmetic: rare near-ties may differ
+    n = len(docs) - 1
+    for q in queries:
+        want = probed_rows(db, name, q)
+        assert len(want) < n
+        got = search_ids(db, name, q, n)
+        assert set(got) == want
+        ref = {k: float(maxsim_reference(q, docs[k])) for k in want}
+        assert got[0] == max(ref, key=ref.get)
+
+
+def queries_of(docs: dict[int, np.ndarray], seed: int = 1, n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    keys = list(docs)
+    return [fp16(unit(docs[keys[int(i)]][:3] + 0.05 * rng.standard_normal((3, DIM)))) for i in rng.choice(len(keys), n)]
+
+
+def test_candidates_are_the_rows_holding_a_probed_code_under_writes(db: psycopg.Connection[Any]) -> None:
+    idx = create(db)
+    docs = corpus(240)
+    write(db, idx, docs)
+    # not trained: every row is a candidate (exact search)
+    q = queries_of(docs)[0]
+    assert len(search_ids(db, "fs", q, 239)) == 239
+    done = codebook.train(db, "fs")
+    assert (done.gen, done.rows) == (0, 240) and done.n_fine >= 2
+    check_exact(db, "fs", docs, queries_of(docs))
+    # inserts and updates (both writers) get codes as they are written; deletes go with the row
+    more = corpus(40, seed=5, start=241)
+    changed = corpus(30, seed=6, start=1)
+    write(db, idx, more | changed)
+    docs |= more | changed
+    db.execute("DELETE FROM src_fs WHERE id BETWEEN 100 AND 119")
+    for k in range(100, 120):
+        docs.pop(k)
+    check_exact(db, "fs", docs, queries_of(docs, seed=2))
+    # a row without live codes (here: cleared by hand) is still a candidate
+    db.execute(f"UPDATE maxsim.{idx.info.token_table} SET codes_0 = NULL WHERE id = 7")
+    assert 7 in search_ids(db, "fs", queries_of(docs, seed=3)[0], len(docs) - 1)
+    db.execute("TRUNCATE src_fs")
+    assert search_ids(db, "fs", q, 5) == []
+    assert db.execute(f"SELECT count(*) FROM maxsim.{idx.info.token_table}").fetchone()[0] == 0
+
+
+def test_retrain_switches_under_concurrent_searches(db: psycopg.Connection[Any]) -> None:
+    idx = create(db)
+    docs = corpus(200, seed=3)
+    write(db, idx, docs)
+    codebook.train(db, "fs")
+    keys = list(docs)
+    # each query is 3 tokens of one row: that row holds the nearest code of each, so it is always found first
+    probes = [(k, docs[k][:3]) for k in keys[:8]]
+    dsn = db.info.dsn
+    stop = threading.Event()
+    seen: list[tuple[int, list[int]]] = []
+    errors: list[BaseException] = []
+
+    def searcher() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                register_tokens(c)
+                i = 0
+                while not stop.is_set() or i < 4:
+                    k, q = probes[i % len(probes)]
+                    seen.append((k, search_ids(c, "fs", q, 10)))
+                    i += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=searcher)
+    t.start()
+    try:
+        for gen in (1, 2):
+            assert codebook.train(db, "fs", seed=gen).gen == gen
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert seen and all(got and got[0] == k for k, got in seen)
+    # the old slot is cleared after the switch: only the live codes remain
+    spec = get_index(db, "fs")
+    assert codebook.gen_of(spec) == 2
+    assert db.execute(f"SELECT count(*) FROM maxsim.{spec.token_table} WHERE codes_1 IS NOT NULL").fetchone()[0] == 0
+    assert db.execute(f"SELECT count(DISTINCT slot) FROM maxsim.fs_fine_{spec.id}").fetchone()[0] == 1
+    check_exact(db, "fs", docs, queries_of(docs, seed=4))
+
+
+def test_the_first_write_past_train_tokens_trains_it(conn: psycopg.Connection[Any]) -> None:
+    conn.autocommit = True
+    register_tokens(conn)
+    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 1000, "tokens_per_code": 4}')
+    docs = corpus(300, seed=8)
+    keys = list(docs)
+    idx.upsert(keys[:50], [docs[k] for k in keys[:50]])   # ~350 tokens: not yet
+    assert codebook.gen_of(get_index(conn, "fs")) is None
+    idx.upsert(keys[50:], [docs[k] for k in keys[50:]])
+    spec = get_index(conn, "fs")
+    assert codebook.gen_of(spec) == 0
+    assert conn.execute(f"SELECT count(*) FROM maxsim.{spec.token_table} WHERE codes_0 IS NULL").fetchone()[0] == 0
+    info = conn.execute("SELECT pooling, bytes FROM maxsim.index_info('fs')").fetchone()
+    assert info[0] == "codebook" and info[1] > 0
+
+
+@pytest.mark.parametrize(("opts", "needle"), [
+    ('{"first_stage": "ivf"}', 'option first_stage must be "codebook", "centroids" or "mean", got "ivf"'),
+    ('{"first_stage": "codebook", "pooling": "mean"}', "options first_stage (codebook) and pooling (mean) disagree"),
+    ('{"first_stage": "codebook", "nprobe": 0}', "option nprobe must be an integer between 1 and 1024, got 0"),
+])
+def test_bad_first_stage_options_fail_with_one_line(conn: psycopg.Connection[Any], opts: str, needle: str) -> None:
+    conn.autocommit = True
+    conn.execute("CREATE TABLE src_bad (id bigint PRIMARY KEY)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        conn.execute("SELECT maxsim.create_index('bad', 'src_bad', 'id', dim => 8, options => %s::jsonb)", (opts,))
+    primary = e.value.diag.message_primary or ""
+    assert needle in primary and "\n" not in primary
+
+
+def test_retraining_a_centroids_index_is_refused(conn: psycopg.Connection[Any]) -> None:
+    conn.autocommit = True
+    create(conn, opts='{"first_stage": "centroids"}')
+    with pytest.raises(Exception, match="has first stage 'centroids'"):
+        codebook.train(conn, "fs")
+
+
+def test_growth_trains_again(conn: psycopg.Connection[Any]) -> None:
+    conn.autocommit = True
+    register_tokens(conn)
+    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 500, "tokens_per_code": 4}')
+    docs = corpus(900, seed=9)
+    keys = list(docs)
+    idx.upsert(keys[:100], [docs[k] for k in keys[:100]])
+    spec = get_index(conn, "fs")
+    assert (codebook.gen_of(spec), spec.options["fs_rows"]) == (0, 100)
+    idx.upsert(keys[100:800], [docs[k] for k in keys[100:800]])   # 8x the rows it was trained on
+    spec = get_index(conn, "fs")
+    assert (codebook.gen_of(spec), spec.options["fs_rows"]) == (1, 800)
+    idx.upsert(keys[800:], [docs[k] for k in keys[800:]])   # not 4x yet: no retrain
+    spec = get_index(conn, "fs")
+    assert (codebook.gen_of(spec), spec.options["fs_rows"]) == (1, 800)
+    check_exact(conn, "fs", docs, queries_of(docs, seed=7))
+
+
+def test_storage_switch_keeps_the_first_stage_exact(conn: psycopg.Connection[Any]) -> None:
+    from pgmaxsim.kernels import quantize
+    from pgmaxsim.retier import retier
+
+    conn.autocommit = True
+    register_tokens(conn)
+    idx = create(conn)
+    docs = corpus(200, seed=10)
+    write(conn, idx, docs)
+    codebook.train(conn, "fs")
+    done = retier(conn, "fs", storage_tier="int8")
+    assert (done.storage, done.rows) == ("int8", 200)
+    spec = get_index(conn, "fs")
+    assert codebook.gen_of(spec) == 0 and spec.options["first_stage" if "first_stage" in spec.options else "nprobe"]
+    stored = {k: quantize.dequantize(*quantize.decode_tokens(bytes(b), DIM, "int8")).astype(np.float32)
+              for k, b in conn.execute(f"SELECT id, tokens FROM maxsim.{spec.token_table}").fetchall()}
+    check_exact(conn, "fs", stored, queries_of(docs, seed=11))
+
+
+def test_a_granted_role_writes_codes_and_searches(conn: psycopg.Connection[Any], dsn: str) -> None:
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    conn.autocommit = True
+    register_tokens(conn)
+    role = f"fsapp_{uuid.uuid4().hex[:8]}"
+    conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    conn.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    conn.execute("SELECT maxsim.grant_usage(%s)", (role,))
+    docs = corpus(120, seed=12)
+    try:
+        with psycopg.connect(make_conninfo(dsn, user=role), autocommit=True) as c:
+            register_tokens(c)
+            c.execute("CREATE TABLE src_g (id bigint PRIMARY KEY)")
+            c.execute("INSERT INTO src_g SELECT generate_series(1, 200)")
+            c.execute("SELECT maxsim.create_index('g', 'src_g', 'id', dim => %s, options => %s::jsonb)", (DIM, OPTS))
+            idx = Index(c, "g")
+            keys = list(docs)
+            idx.upsert(keys[:60], [docs[k] for k in keys[:60]])
+            with pytest.raises(Exception, match="needs the schema owner"):
+                codebook.train(c, "g")
+            codebook.train(conn, "g")   # the schema owner trains it
+            idx.upsert(keys[60:], [docs[k] for k in keys[60:]])   # codes from maxsim.first_stage_codebook
+            for k in keys[:3]:
+                assert search_ids(c, "g", docs[k][:3], 5)[0] == k
+        spec = get_index(conn, "g")
+        book = stored_book(conn, "g")
+        rows = dict(conn.execute(f"SELECT id, codes_0 FROM maxsim.{spec.token_table}").fetchall())
+        assert all(rows[k] == codebook.row_codes(book, docs[k]) for k in keys[60:])
+    finally:
+        conn.execute(f'DROP OWNED BY "{role}" CASCADE')
+        conn.execute(f'REVOKE CREATE ON SCHEMA public FROM "{role}"')
+        conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any]) -> None:
+    """With fewer candidates than probed rows, the rows kept are pgmaxsim.firststage's choice over the
+    stored codes and codebook: WARP's probe score, then PLAID's centroid interaction."""
+    conn.autocommit = True
+    register_tokens(conn)
+    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8, "nprobe": 6}')
+    docs = corpus(300, seed=13)
+    idx.upsert(list(docs), list(docs.values()))
+    codebook.train(conn, "fs")
+    spec = get_index(conn, "fs")
+    book = stored_book(conn, "fs")
+    rows = conn.execute(f"SELECT id, codes_0 FROM maxsim.{spec.token_table} ORDER BY id").fetchall()
+    keys = [k for k, _ in rows]
+    codes = np.concatenate([np.asarray(c, np.int64) for _, c in rows])
+    row_of = np.repeat(np.arange(len(rows)), [len(c) for _, c in rows])
+    lists = fs.InvertedLists.build(codes, row_of, book.cb.n_codes)
+    per_row = fs.row_codes(lists, len(rows))
+    for q in queries_of(docs, seed=14, n=5):
+        pc, ps = fs.probe(book.cb, q, 6, 2)
+        # PL/Python: 4 x 20 rows by the probe score, then the best 20 by centroid interaction
+        want = fs.candidates(lists, pc, ps, len(rows), 20, rescore=(book.cb, q, per_row, 4))
+        got = search_ids(conn, "fs", q, 20)
+        assert len(got) == 20
+        assert len(set(got) & {keys[i] for i in want}) >= 18   # near-ties may fall either way
