@@ -131,7 +131,7 @@ def test_search_fills_k_when_few_rows_are_visible(dsn: str, conn: psycopg.Connec
     conn.execute(f'CREATE POLICY few ON sparse FOR SELECT TO "{app}" USING (id % 25 = 0)')
     conn.execute(f'GRANT SELECT ON sparse TO "{app}"')
     rng = np.random.default_rng(11)
-    Index.create(conn, "sparse", "sparse", "id", dim=DIM).upsert(
+    Index.create(conn, "sparse", "sparse", "id", dim=DIM, pooling="centroids").upsert(
         list(range(1, 401)), [unit(rng.standard_normal((6, DIM))) for _ in range(400)])
     table = conn.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'sparse'").fetchone()[0]
     if analyzed:
