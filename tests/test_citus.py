@@ -131,7 +131,7 @@ def test_fanned_out_search_and_rerank_equal_one_node_and_the_reference(conn: psy
     assert conn.execute("SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = %s::regclass",
                         (f"maxsim.{tok}",)).fetchone()[0] == 2
     assert conn.execute(f"SELECT rows FROM maxsim.index_info('{dist}')").fetchone()[0] == N_ROWS
-    with pytest.raises(psycopg.errors.FeatureNotSupported, match='uses pooling "mean"'):
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match='uses first stage "mean"'):
         conn.execute("SELECT maxsim.create_index('other', %s::regclass, 'id', dim => 4,"
                      " options => '{\"pooling\": \"centroids\"}')", (dist,))
 

@@ -56,13 +56,13 @@ BEGIN
     IF options IS NULL OR NOT maxsim._citus_distributed(source) THEN
         RETURN options;   -- (NULL options: create_index's own error)
     END IF;
-    IF coalesce(options ->> 'pooling', 'mean') <> 'mean' THEN
-        RAISE EXCEPTION 'pgmaxsim: % is distributed (Citus): its index uses pooling "mean", not %',
-            source, options -> 'pooling' USING ERRCODE = 'feature_not_supported',
-            HINT = 'leave option pooling out, or give "mean"';
+    IF coalesce(options ->> 'first_stage', options ->> 'pooling', 'mean') <> 'mean' THEN
+        RAISE EXCEPTION 'pgmaxsim: % is distributed (Citus): its index uses first stage "mean", not %',
+            source, coalesce(options -> 'first_stage', options -> 'pooling') USING ERRCODE = 'feature_not_supported',
+            HINT = 'leave option first_stage out, or give "mean"';
     END IF;
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
-    RETURN coalesce(options, '{}') || '{"pooling": "mean"}';
+    RETURN (coalesce(options, '{}') - 'first_stage') || '{"pooling": "mean"}';
 END
 $$;
 
