@@ -1,7 +1,13 @@
 """Warm ``pgmaxsim search`` latency on the quickstart corpus, end to end and by part.
 
     .venv/bin/python bench/cli_latency.py                 # the embedded server, as the quickstart
-    .venv/bin/python bench/cli_latency.py -n 40 --dsn postgresql://u@host/db   # a server with plpython3u
+    .venv/bin/python bench/cli_latency.py --pg15          # and, in the same run, a PostgreSQL 15 with plpython3u
+    .venv/bin/python bench/cli_latency.py -n 40 --dsn postgresql://u@host/db   # a server of yours instead
+
+The embedded server has no plpython3u: its MaxSim runs in pure SQL, which decodes every stored
+half with SQL arithmetic (seconds for the quickstart's 41 rows). --pg15 starts a server like the
+test suite's (tests/pgserver.py), where the same search scores in PL/Python + NumPy, to show what
+the command costs around a fast SQL search.
 
 It builds the quickstart corpus with ``pgmaxsim demo`` (table demo_documents, index demo; on the
 embedded server in a private data directory unless --data-dir), then times, each as its own
@@ -90,47 +96,81 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=20, help="warm searches (default 20)")
     ap.add_argument("--dsn", help="a server to use instead of the embedded one")
+    ap.add_argument("--pg15", action="store_true", help="also a PostgreSQL 15 + plpython3u started here")
     ap.add_argument("--data-dir", type=Path, help="the embedded server's data directory (default: a new"
                     " temporary one)")
     ap.add_argument("--reuse", action="store_true", help="keep an existing demo index instead of rebuilding it")
     args = ap.parse_args()
 
+    print(f"before: {uptime()}")
+    results = []
+    if args.dsn:
+        results.append((args.dsn.split("@")[-1], bench_target(args, dsn=args.dsn)))
+    else:
+        data = args.data_dir or Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-data-")) / "pgdata"
+        results.append(("embedded PG 18, pure SQL", bench_target(args, data_dir=data)))
+    if args.pg15:
+        server = _start_pg15()
+        try:
+            results.append(("PostgreSQL 15, PL/Python", bench_target(args, dsn=server.dsn())))
+        finally:
+            server.stop()
+    print(f"after:  {uptime()}")
+    for label, (first, warm, imports, encode, sql) in results:
+        print(f"\n{label}: first search (starts the query encoder, loads the model) {first:.2f} s")
+        print(f"{'warm pgmaxsim search, ms':<44} {'n':>3}  {'p50':>9}  {'p95':>9}  {'min':>9}")
+        print(row("pgmaxsim search (whole command)", warm))
+        print(row("  interpreter start-up + imports", imports))
+        print(row("  query encoding (warm service round trip)", encode))
+        print(row("  SQL: maxsim.search + rows (open connection)", sql))
+
+
+def bench_target(args: argparse.Namespace, *, dsn: str | None = None, data_dir: Path | None = None) -> tuple[Any, ...]:
     run_dir = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-run-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "DATABASE_URL")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "DATABASE_URL", "PGMAXSIM_DATA_DIR")}
     env.update({"XDG_RUNTIME_DIR": str(run_dir), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "PGMAXSIM_QUERY_ENCODER": "auto", "PGMAXSIM_QUERY_ENCODER_IDLE": "120",
                 "PYTHONPATH": os.pathsep.join([str(ROOT / "plugin"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
-    if args.dsn:
-        env["DATABASE_URL"] = args.dsn
+    if dsn:
+        env["DATABASE_URL"] = dsn
     else:
-        data = args.data_dir or Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-data-")) / "pgdata"
-        env["PGMAXSIM_DATA_DIR"] = str(data)
-    print(f"before: {uptime()}")
-    target = args.dsn or f"embedded server in {env['PGMAXSIM_DATA_DIR']}"
+        env["PGMAXSIM_DATA_DIR"] = str(data_dir)
+    target = dsn or f"embedded server in {data_dir}"
     if args.reuse and cli(env, "search", QUERIES[0], "--index", "demo", "-k", "1", check=False)[1].returncode == 0:
         print(f"corpus: the existing demo index on {target}")
     else:
         took, _ = cli(env, "demo", "--query", QUERIES[0])
         print(f"corpus: pgmaxsim demo on {target} ({took:.0f} s)")
-
     first, _ = cli(env, "search", QUERIES[1], "--index", "demo")
-    print(f"first search (starts the query encoder, loads the model): {first:.2f} s")
     warm = [cli(env, "search", QUERIES[i % len(QUERIES)], "--index", "demo")[0] for i in range(args.n)]
-
     imports = timed(lambda: subprocess.run([sys.executable, "-c", "import " + ", ".join(SEARCH_MODULES)],
                                            env=env, check=True), max(5, args.n // 2))
     encode, sql = _in_process(env, max(5, args.n // 2))
-    print(f"after:  {uptime()}")
-    print(f"\n{'warm pgmaxsim search, ms':<44} {'n':>3}  {'p50':>9}  {'p95':>9}  {'min':>9}")
-    print(row("pgmaxsim search (whole command)", warm))
-    print(row("  interpreter start-up + imports", imports))
-    print(row("  query encoding (warm service round trip)", encode))
-    print(row("  SQL: maxsim.search + rows (open connection)", sql))
     _stop_service(env)
+    return first, warm, imports, encode, sql
+
+
+def _start_pg15() -> Any:
+    """A PostgreSQL 15 + pgvector + plpython3u like the test suite's, with the schema migrated."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import LocalPostgres, make_readable_pylib
+
+    pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
+    os.chmod(pylib_root, 0o755)
+    server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"))
+    server.wait_ready()
+    sys.path.insert(0, str(ROOT / "plugin"))
+    from pgmaxsim.db import migrate
+
+    migrate.upgrade(server.dsn())
+    return server
 
 
 def _in_process(env: dict[str, str], n: int) -> tuple[list[float], list[float]]:
     """The encoding round trip and the SQL search, timed from this process on one connection."""
+    for key in ("DATABASE_URL", "PGMAXSIM_DATA_DIR"):
+        os.environ.pop(key, None)
     os.environ.update(env)
     sys.path.insert(0, str(ROOT / "plugin"))
     from pgmaxsim.commands.search_cmd import _connect
