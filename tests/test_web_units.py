@@ -80,3 +80,24 @@ def test_stage_timings_read_maxsim_search_s_own_notices(conn: psycopg.Connection
     assert stages["rescoring"].ms is not None and "centroid interaction" in stages["rescoring"].note, notices
     assert 0 <= stages["scoring"].ms <= 100.0
     assert timings.server_timing().startswith("ann;dur=")
+
+
+@pytest.mark.slow  # starts its own PostgreSQL, to restart it
+def test_a_kept_connection_that_a_restart_closed_is_not_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgserver import LocalPostgres
+
+    from pgmaxsim.web import db as webdb
+
+    server = LocalPostgres().start()
+    database = webdb.Database(server.dsn())
+    try:
+        server.wait_ready()
+        with database.transaction() as conn:
+            before = conn.info.backend_pid
+        server.restart()
+        monkeypatch.setattr(webdb, "CHECK_AFTER_IDLE_S", 0.0)  # as if it had been idle a while
+        with database.transaction() as conn:  # no 503: the dead one was checked and replaced
+            assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] != before
+    finally:
+        database.close()
+        server.stop()

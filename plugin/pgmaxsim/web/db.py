@@ -20,6 +20,7 @@ down; connecting on demand answers "database unavailable" as soon as the refusal
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,9 @@ from pgmaxsim.errors import PgmaxsimError, one_line
 KEEP_IDLE = 4
 #: Seconds to wait for the server to accept a connection before answering 503.
 CONNECT_TIMEOUT_S = 5
+#: A connection idle longer than this is checked (SELECT 1) before a request gets it: the server
+#: may have restarted meanwhile, and the request would fail on it although the server is back.
+CHECK_AFTER_IDLE_S = 5.0
 
 
 class WebError(PgmaxsimError):
@@ -62,7 +66,7 @@ class Database:
     def __init__(self, dsn: str, *, shown_as: str | None = None) -> None:
         self.dsn = dsn
         self.shown_as = shown_as or "the database"  # what error pages name (no password)
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._idle: list[tuple[psycopg.Connection[Any], float]] = []  # (connection, idle since)
         self._lock = threading.Lock()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -76,11 +80,21 @@ class Database:
         return conn
 
     def _get(self) -> psycopg.Connection[Any]:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed:
-                    return conn
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if conn.closed:
+                continue
+            if time.monotonic() - since < CHECK_AFTER_IDLE_S:
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                conn.rollback()
+                return conn
+            except psycopg.Error:
+                conn.close()  # gone with a server restart: try the next, else connect afresh
         return self._connect()
 
     def _put(self, conn: psycopg.Connection[Any]) -> None:
@@ -89,7 +103,7 @@ class Database:
             return
         with self._lock:
             if len(self._idle) < KEEP_IDLE:
-                self._idle.append(conn)
+                self._idle.append((conn, time.monotonic()))
                 return
         conn.close()
 
@@ -116,6 +130,7 @@ class Database:
         server = e if isinstance(e, psycopg.Error) else e.__context__
         if conn.broken or isinstance(server, psycopg.OperationalError) and conn.closed:
             conn.close()
+            self.close()  # the kept ones went with it, most likely
             return Unavailable(f"lost the connection to {self.shown_as}: {one_line(e)}")
         if isinstance(server, psycopg.errors.InsufficientPrivilege):
             return Forbidden(one_line(e))
@@ -126,5 +141,5 @@ class Database:
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _ in idle:
             conn.close()
