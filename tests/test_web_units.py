@@ -66,7 +66,7 @@ def test_stage_timings_read_maxsim_search_s_own_notices(conn: psycopg.Connection
     rng = np.random.default_rng(5)
     conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     conn.execute("INSERT INTO t SELECT generate_series(1, 300)")
-    idx = Index.create(conn, "t", "t", "id", dim=16)
+    idx = Index.create(conn, "t", "t", "id", dim=16, pooling="centroids")  # the first stage that rescores
     idx.upsert(list(range(1, 301)), [rng.standard_normal((8, 16)) for _ in range(300)])
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append((d.message_primary or "").removeprefix("pgmaxsim: ")))
@@ -79,6 +79,7 @@ def test_stage_timings_read_maxsim_search_s_own_notices(conn: psycopg.Connection
     assert stages["ANN prefilter"].ms is not None and "candidates" in stages["ANN prefilter"].note, notices
     assert stages["rescoring"].ms is not None and "centroid interaction" in stages["rescoring"].note, notices
     assert 0 <= stages["scoring"].ms <= 100.0
+    assert "rows in PostgreSQL (token fetch" in stages["scoring"].note, notices  # PL/Python's figures
     assert timings.server_timing().startswith("ann;dur=")
 
 

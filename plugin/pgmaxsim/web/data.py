@@ -30,6 +30,7 @@ from pgmaxsim.web.db import BadRequest, NotFound
 
 _CANDIDATES = re.compile(r"candidates (all rows|\d+) \(([\d.]+) ms, pooling ([^)]*)\)")
 _RESCORED = re.compile(r"rescored to (\d+) by centroid interaction \(([\d.]+) ms\)")
+_SCORED = re.compile(r"scored (\d+) rows on the CPU \(fetch ([\d.]+) ms, score ([\d.]+) ms\), (\d+) by the scorer")
 _encode_lock = threading.Lock()  # one encode at a time: the model is shared by the handler threads
 #: Encoded queries kept (least recently used dropped first): a page's thumbnails reuse its query.
 ENCODED_KEPT = 64
@@ -222,7 +223,12 @@ def _stage_timings(timings: Timings, notices: list[str], statement_ms: float) ->
     if rescore is None:
         timings.add("rescoring", None, "not needed for this search")
     rest = max(0.0, statement_ms - (ann or 0.0) - (rescore or 0.0))
-    timings.add("scoring", rest, "exact MaxSim of the candidates (the rest of maxsim.search, with its round trip)")
+    note = "exact MaxSim of the candidates (the rest of maxsim.search, with its round trip)"
+    if m := next(filter(None, (_SCORED.search(n) for n in notices)), None):  # PL/Python's own account
+        note = (f"exact MaxSim of {m.group(1)} rows in PostgreSQL (token fetch {m.group(2)} ms, scoring"
+                f" {m.group(3)} ms) and {m.group(4)} by the scorer service; the rest of maxsim.search, with its"
+                " round trip")
+    timings.add("scoring", rest, note)
 
 
 def score_of(conn: psycopg.Connection[Any], info: IndexSpec, tokens: np.ndarray, key: str) -> float | None:
