@@ -33,6 +33,10 @@ SETTINGS = {
     "max_wal_senders": "20",
     "max_connections": "200",
     "shared_buffers": "128MB",
+    # Keep the coordinator's connections to the workers (Citus caches 1 per worker by default and
+    # opens the others per statement): a new worker backend pays PL/Python's numpy and pgmaxsim
+    # imports on its first score, which otherwise lands on every fanned-out search.
+    "citus.max_cached_conns_per_worker": "16",
 }
 
 
