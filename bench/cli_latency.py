@@ -137,12 +137,13 @@ def bench_target(args: argparse.Namespace, *, dsn: str | None = None, data_dir: 
     else:
         env["PGMAXSIM_DATA_DIR"] = str(data_dir)
     target = dsn or f"embedded server in {data_dir}"
-    if args.reuse and cli(env, "search", QUERIES[0], "--index", "demo", "-k", "1", check=False)[1].returncode == 0:
+    first, probe = cli(env, "search", QUERIES[1], "--index", "demo", check=False) if args.reuse else (0.0, None)
+    if probe is not None and probe.returncode == 0:  # that was the first search (it started the encoder)
         print(f"corpus: the existing demo index on {target}")
     else:
         took, _ = cli(env, "demo", "--query", QUERIES[0])
         print(f"corpus: pgmaxsim demo on {target} ({took:.0f} s)")
-    first, _ = cli(env, "search", QUERIES[1], "--index", "demo")
+        first, _ = cli(env, "search", QUERIES[1], "--index", "demo")
     warm = [cli(env, "search", QUERIES[i % len(QUERIES)], "--index", "demo")[0] for i in range(args.n)]
     imports = timed(lambda: subprocess.run([sys.executable, "-c", "import " + ", ".join(SEARCH_MODULES)],
                                            env=env, check=True), max(5, args.n // 2))
