@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-scale-pylib-"))
         os.chmod(pylib_root, 0o755)
         server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "2GB", "max_wal_size": "16GB"})
+                                       settings={"shared_buffers": "1GB", "max_wal_size": "4GB"})
         server.wait_ready()
         dsn = server.dsn()
         from pgmaxsim.db import migrate

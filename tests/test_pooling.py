@@ -114,7 +114,7 @@ def test_writer_stores_the_pooled_vectors(conn: psycopg.Connection[Any]) -> None
     register_tokens(conn)
     conn.execute("CREATE TABLE d (id int PRIMARY KEY)")
     conn.execute("INSERT INTO d VALUES (1)")
-    idx = Index.create(conn, "d_idx", "d", "id", dim=16, tokens_per_centroid=10)
+    idx = Index.create(conn, "d_idx", "d", "id", dim=16, first_stage="centroids", tokens_per_centroid=10)
     _, tokens = clustered(np.random.default_rng(5), 3, 10, 16)
     idx.upsert([1], [tokens])
     stored = conn.execute(f"SELECT vec::text FROM maxsim.cen_{idx.info.id} ORDER BY c").fetchall()
