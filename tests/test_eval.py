@@ -252,7 +252,9 @@ def test_eval_demo_through_the_server(dsn: str, tmp_path: Path, capsys: pytest.C
         lib = _library(qrels, {q: dict(found[q]) for q in qids})
         for m in ("ndcg@5", "ndcg@10", "recall@5", "recall@10", "mrr@10"):
             assert by[label][m] == pytest.approx(lib[m]), (label, m)
-    assert by["10"]["recall@10_vs_exact"] < 1.0  # 10 candidates miss some of the exact top 10 here
+    # the demo's 41 rows are below the codebook first stage's train_tokens: it has no codebook yet and
+    # searches every row exactly, whatever the candidates (bench/FIRST_STAGE.md)
+    assert by["10"]["recall@10_vs_exact"] == 1.0
 
     # --no-qrels: fidelity and latency only
     texts = tmp_path / "q.txt"
