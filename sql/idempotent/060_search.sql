@@ -317,7 +317,8 @@ BEGIN
         -- rescoring below, cost less than an ANN search deep enough to reach them (bench/security.py;
         -- without that rescoring every one is scored exactly, so only up to twice the budget).
         IF maxsim._visible_estimate(r, (pg_catalog.cardinality(cand) + 1)::double precision / (seen + 1))
-           <= n::bigint * (CASE WHEN r.pooling = 'centroids' THEN 32 ELSE 2 END) THEN
+           <= n::bigint * (CASE WHEN r.pooling = 'centroids' OR (r.pooling = 'codebook' AND maxsim.has_plpython())
+                                THEN 32 ELSE 2 END) THEN
             cand := maxsim._visible(r, NULL);
             EXIT;
         END IF;
