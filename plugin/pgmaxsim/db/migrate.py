@@ -77,6 +77,17 @@ def _precheck(conn: psycopg.Connection[Any]) -> None:
         )
 
 
+def _drop_every_index(conn: psycopg.Connection[Any]) -> None:
+    """Drop every index with ``maxsim.drop_index`` (a re-embedding's shadow goes with its index)."""
+    with conn.cursor() as cur:
+        if cur.execute("SELECT pg_catalog.to_regprocedure('maxsim.drop_index(text)') IS NOT NULL").fetchone()[0]:
+            while True:
+                row = cur.execute("SELECT name FROM maxsim.indexes ORDER BY id DESC LIMIT 1").fetchone()
+                if row is None:
+                    return
+                cur.execute("SELECT maxsim.drop_index(%s)", (row[0],))
+
+
 def _explain(e: psycopg.Error, db: str) -> PgmaxsimError:
     msg = one_line(e)
     if isinstance(e, psycopg.errors.InsufficientPrivilege):
@@ -116,6 +127,11 @@ def _run(dsn: str, action: str, revision: str) -> MigrateReport:
                     # files at the newest revision, in the same transaction.
                     apply_functions(driver)
             else:
+                if revision == "base":
+                    # Every index first, through the one drop path: it knows every per-index object
+                    # (token, centroid and first-stage tables, source triggers), which the frozen
+                    # revisions' downgrades, written before some of them existed, do not.
+                    _drop_every_index(sa_conn.connection.driver_connection)
                 command.downgrade(cfg, revision)
                 if revision == "base":
                     # Alembic leaves its (empty) version table: remove it and our schema.
