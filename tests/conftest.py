@@ -112,7 +112,8 @@ def embedded_dsn(embedded_server: Any) -> Iterator[str]:
 # The fast lane (`bash scripts/test.sh -m "not slow"`): tests that need a PostgreSQL server
 # (ours or the embedded one) are marked slow here, by the fixtures they use, so a new
 # database test is in the slow lane without anyone remembering to mark it.
-_SERVER_FIXTURES = {"pg_server", "embedded_server", "any_dsn", "db"}  # any_dsn, db: getfixturevalue
+_SERVER_FIXTURES = {"pg_server", "embedded_server", "any_dsn", "db",  # any_dsn, db: getfixturevalue
+                    "servers", "embedded_dir"}  # test_readme (getfixturevalue), test_cli_careless
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
