@@ -133,8 +133,10 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
 
 
-@pytest.mark.parametrize(("n", "d", "factor"), [(2, 3, 2), (10, 4, 2), (57, 8, 3), (300, 16, 4)])
-def test_token_clusters_equal_scipy_ward_on_cosine_distance_rows(n: int, d: int, factor: int) -> None:
+@pytest.mark.parametrize("use_scipy", [True, False])
+@pytest.mark.parametrize(("n", "d", "factor"), [(2, 3, 2), (10, 4, 2), (57, 8, 3), (300, 16, 4), (1100, 128, 3)])
+def test_token_clusters_equal_scipy_ward_on_cosine_distance_rows(n: int, d: int, factor: int,
+                                                                 use_scipy: bool) -> None:
     hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
     rng = np.random.default_rng(n)
     x = unit(rng.standard_normal((n, d)))
@@ -144,7 +146,7 @@ def test_token_clusters_equal_scipy_ward_on_cosine_distance_rows(n: int, d: int,
         z = hierarchy.linkage(1 - x @ x.T, metric="euclidean", method="ward")
     ref = hierarchy.fcluster(z, t=k,
                              criterion="maxclust")
-    got = pooling.token_clusters(x, k)
+    got = pooling.token_clusters(x, k, use_scipy=use_scipy)   # SciPy's C chain, or ours in NumPy
     assert len(set(got.tolist())) == k
     assert _same_partition(ref, got)
     assert got[0] == 0 and (np.diff(np.maximum.accumulate(got)) <= 1).all()   # numbered by first token
