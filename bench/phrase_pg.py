@@ -5,7 +5,7 @@
 
 The bundled MiniLM over Python standard-library doc sections (bench/phrase.py: corpus, queries,
 embedding cache). One index per first stage over the same source table, filled with
-pgmaxsim.writes.write_rows (a codebook index trains itself once it holds train_tokens tokens;
+pgmaxsim.writes.write_rows (a codebook index is trained, as the worker would, once a write marks it due;
 ``--retrain`` retrains it once at the end, as ``pgmaxsim index reindex NAME --first-stage``
 would). Printed per first stage and candidates, for phrase queries (6 copied words, source
 known) and title queries (broad words; judged against exact search): the columns of
@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.perf_counter()
                 for a in range(0, n, 64):
                     writes.write_rows(conn, spec, list(range(a, min(n, a + 64))), pages[a:a + 64])
+                    if s == "codebook":   # the worker's trainer, in line: writes only mark it due
+                        codebook.train_due(conn, f"p_{s}")
                 write_ms[s] = (time.perf_counter() - t) / n * 1e3
                 if s == "codebook":
                     spec = get_index(conn, f"p_{s}")
-                    notes.append(f"codebook trained by the write path on {spec.options.get('fs_rows')} rows")
+                    notes.append(f"codebook trained as writes made it due, on {spec.options.get('fs_rows')} rows")
                     if args.retrain:
                         done = codebook.train(conn, f"p_{s}")
                         notes.append(f"retrained at the end: {done.n_coarse} x {done.n_fine} codes,"

@@ -9,7 +9,8 @@ is 14 near-copies of tokens of one page + 10 generic tokens of its topics). The 
 1. starts its own PostgreSQL 15 (tests/pgserver.py; or ``--dsn``), migrates, creates one index
    with ``--storage`` / ``--pool-factor`` / ``--first-stage`` (default: the index default);
 2. writes every page with ``pgmaxsim.writes.write_rows`` in batches (the worker's write step),
-   timing it; the first stage trains as the write path decides (reported);
+   timing it; a codebook first stage is trained whenever a write marks it due, as the worker would
+   (counted in the build time);
 3. reports the index's bytes from ``maxsim.index_info`` against the raw fp16 token bytes;
 4. searches ``--queries`` needle queries with ``maxsim.search`` (default candidates, in-backend
    PL/Python scoring: no scorer process), p50/p95, and compares with exact MaxSim computed here in
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT / "plugin"))
 import psycopg  # noqa: E402
 
 from needle import NeedleCorpus  # noqa: E402
-from pgmaxsim import pooling, writes  # noqa: E402
+from pgmaxsim import codebook, pooling, writes  # noqa: E402
 from pgmaxsim.db.adapters import Tokens, register_tokens  # noqa: E402
 from pgmaxsim.kernels import quantize  # noqa: E402
 from pgmaxsim.registry import get_index  # noqa: E402
@@ -133,6 +134,7 @@ def run(dsn: str, args: argparse.Namespace, log: object) -> int:
             gen += time.time() - g0
             raw_bytes += sum(p.shape[0] * p.shape[1] * 2 for p in pages)
             writes.write_rows(conn, index, ids, pages)
+            codebook.train_due(conn, "pages_idx")   # the worker's trainer, in line (writes only mark it due)
             if start and start % (args.batch * 100) == 0:
                 done = start + len(ids)
                 log(f"  wrote {done} pages, {done / (time.time() - t0 - gen):.0f} pages/s")

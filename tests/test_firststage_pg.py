@@ -175,22 +175,6 @@ def test_retrain_switches_under_concurrent_searches(db: psycopg.Connection[Any])
     check_exact(db, "fs", docs, queries_of(docs, seed=4))
 
 
-def test_the_first_write_past_train_tokens_trains_it(conn: psycopg.Connection[Any]) -> None:
-    conn.autocommit = True
-    register_tokens(conn)
-    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 1000, "tokens_per_code": 4}')
-    docs = corpus(300, seed=8)
-    keys = list(docs)
-    idx.upsert(keys[:50], [docs[k] for k in keys[:50]])   # ~350 tokens: not yet
-    assert codebook.gen_of(get_index(conn, "fs")) is None
-    idx.upsert(keys[50:], [docs[k] for k in keys[50:]])
-    spec = get_index(conn, "fs")
-    assert codebook.gen_of(spec) == 0
-    assert conn.execute(f"SELECT count(*) FROM maxsim.{spec.token_table} WHERE codes_0 IS NULL").fetchone()[0] == 0
-    info = conn.execute("SELECT pooling, bytes FROM maxsim.index_info('fs')").fetchone()
-    assert info[0] == "codebook" and info[1] > 0
-
-
 @pytest.mark.parametrize(("opts", "needle"), [
     ('{"first_stage": "ivf"}', 'option first_stage must be "codebook", "centroids" or "mean", got "ivf"'),
     ('{"first_stage": "codebook", "pooling": "mean"}', "options first_stage (codebook) and pooling (mean) disagree"),
@@ -210,26 +194,6 @@ def test_retraining_a_centroids_index_is_refused(conn: psycopg.Connection[Any]) 
     create(conn, opts='{"first_stage": "centroids"}')
     with pytest.raises(Exception, match="has first stage 'centroids'"):
         codebook.train(conn, "fs")
-
-
-def test_growth_trains_again(conn: psycopg.Connection[Any]) -> None:
-    conn.autocommit = True
-    register_tokens(conn)
-    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 500, "tokens_per_code": 4}')
-    docs = corpus(900, seed=9)
-    keys = list(docs)
-    idx.upsert(keys[:100], [docs[k] for k in keys[:100]])
-    spec = get_index(conn, "fs")
-    assert (codebook.gen_of(spec), spec.options["fs_rows"]) == (0, 100)
-    idx.upsert(keys[100:750], [docs[k] for k in keys[100:750]])   # 7.5x the rows it was trained on
-    conn.execute(f"ANALYZE maxsim.{spec.token_table}")   # the growth check reads the catalog's estimate first
-    idx.upsert(keys[750:800], [docs[k] for k in keys[750:800]])
-    spec = get_index(conn, "fs")
-    assert (codebook.gen_of(spec), spec.options["fs_rows"]) == (1, 800)
-    idx.upsert(keys[800:], [docs[k] for k in keys[800:]])   # not 4x yet: no retrain
-    spec = get_index(conn, "fs")
-    assert (codebook.gen_of(spec), spec.options["fs_rows"]) == (1, 800)
-    check_exact(conn, "fs", docs, queries_of(docs, seed=7))
 
 
 def test_storage_switch_keeps_the_first_stage_exact(conn: psycopg.Connection[Any]) -> None:
@@ -272,9 +236,7 @@ def test_a_granted_role_writes_codes_and_searches(conn: psycopg.Connection[Any],
             idx = Index(c, "g")
             keys = list(docs)
             idx.upsert(keys[:60], [docs[k] for k in keys[:60]])
-            with pytest.raises(Exception, match="needs the schema owner"):
-                codebook.train(c, "g")
-            codebook.train(conn, "g")   # the schema owner trains it
+            codebook.train(c, "g")   # the role that manages it trains it (tests/test_fs_train.py)
             idx.upsert(keys[60:], [docs[k] for k in keys[60:]])   # codes from maxsim.first_stage_codebook
             for k in keys[:3]:
                 assert search_ids(c, "g", docs[k][:3], 5)[0] == k

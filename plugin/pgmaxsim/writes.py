@@ -142,7 +142,7 @@ def write_rows(
 
     keys = list(latest)
     _write(conn, index, keys, encode)
-    codebook.maybe_train(conn, index)   # the write that takes an untrained codebook index past train_tokens
+    codebook.mark_due(conn, index)   # past its threshold: training due (the worker or train_first_stage trains it)
     return len(keys)
 
 

@@ -36,6 +36,7 @@ DECLARE
     pooled @vector@.halfvec[];
     slot integer;
     codes integer[];
+    marked boolean;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_write'); END IF;
@@ -85,6 +86,9 @@ BEGIN
             'INSERT INTO maxsim.%I (row_id, c, vec) SELECT $1::%s, (u.i - 1)::smallint, u.v'
             ' FROM pg_catalog.unnest($2) WITH ORDINALITY AS u(v, i)', 'cen_' || r.id, r.id_type)
             USING id, pooled[2:];
+    END IF;
+    IF r.pooling = 'codebook' THEN   -- past its threshold: training due, never done here (038_fs_train.sql)
+        marked := maxsim._fs_mark(r.id);
     END IF;
     RETURN true;
 END

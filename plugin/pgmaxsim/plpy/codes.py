@@ -15,16 +15,20 @@ from pgmaxsim import firststage as fs
 from pgmaxsim.db.codec import decode_halfvec_array
 from pgmaxsim.plpy.tokens import decode_query
 
-_cache: dict[tuple[int, int, int], fs.Codebook] = {}
+_cache: dict[tuple[int, int, int, str], fs.Codebook] = {}
 
 
 def _codebook(plpy: Any, index_id: int, gen: int) -> fs.Codebook | None:
+    slot = int(gen) % 2
+    # the writing transaction of the slot's codebook, beside the table: a training that failed and
+    # ran again (maxsim.train_first_stage) rewrites a generation that is not live yet
     fine_table = f"maxsim.fs_fine_{int(index_id)}"
-    oid = plpy.execute(f"SELECT pg_catalog.to_regclass({plpy.quote_literal(fine_table)})::oid AS o")[0]["o"]
-    key = (int(index_id), int(gen), int(oid or 0))
+    got = plpy.execute(
+        f"SELECT pg_catalog.to_regclass({plpy.quote_literal(fine_table)})::oid AS o,"
+        f" (SELECT c.xmin::text FROM maxsim.fs_coarse_{int(index_id)} c WHERE c.slot = {slot} AND c.cell = 0) AS x")[0]
+    key = (int(index_id), int(gen), int(got["o"] or 0), str(got["x"]))
     if key in _cache:
         return _cache[key]
-    slot = int(gen) % 2
     row = plpy.execute(
         f"SELECT (SELECT pg_catalog.array_send(pg_catalog.array_agg(c.vec ORDER BY c.cell))"
         f" FROM maxsim.fs_coarse_{int(index_id)} c WHERE c.slot = {slot}) AS coarse,"
@@ -48,6 +52,19 @@ def assign(plpy: Any, index_id: int, gen: int | None, tokens: bytes) -> list[int
     if cb is None:
         return None
     return np.unique(fs.assign(cb, decode_query(tokens).astype(np.float32))).tolist()
+
+
+def batch(plpy: Any, index_id: int, gen: int, blobs: list[bytes], ns: list[int], dim: int,
+          storage: str) -> dict[str, list[int]]:
+    """Stored rows' distinct codes under generation ``gen``, flattened (a training's fill,
+    ``maxsim._fs_codes_py``; pgmaxsim.fs_train.batch_codes)."""
+    from pgmaxsim import fs_train
+
+    cb = _codebook(plpy, index_id, gen)
+    if cb is None:
+        plpy.error(f"pgmaxsim: generation {gen} of the first stage of index {index_id} has no codebook")
+    flat, lens = fs_train.batch_codes(cb, blobs, ns, dim, storage)
+    return {"flat": flat, "lens": lens}
 
 
 def _int4_array(blob: bytes) -> np.ndarray:

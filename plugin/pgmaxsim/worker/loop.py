@@ -20,6 +20,10 @@
 - **Heartbeat**: a row in ``maxsim.workers``, refreshed by a small thread on
   its own connection every ``heartbeat_interval`` seconds (so a long batch
   does not look like a dead worker); set to ``stopped`` on a clean exit.
+- **First stages**: codebook indexes marked due for training (by the writes
+  that took them past their threshold) are trained by a background thread
+  on its own connection (:mod:`pgmaxsim.worker.train`), so batches go on;
+  ``once`` trains what is due before it exits.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pgmaxsim.worker.batch import BatchResult, BatchSettings, StaleSpec, process
 from pgmaxsim.worker.encoding import EncoderCache, EncoderFactory, default_factory
 from pgmaxsim.worker.progress import Progress
 from pgmaxsim.worker.spec import IndexSpec, load_specs
+from pgmaxsim.worker.train import Trainer
 
 log = logging.getLogger("pgmaxsim.worker")
 
@@ -67,6 +72,7 @@ class WorkerStats:
     reconnects: int = 0
     waiting: int = 0  # rows of the served indexes queued for a retry when the worker stopped
     reembeds_finished: list[str] = field(default_factory=list)
+    first_stages_trained: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def add(self, r: BatchResult) -> None:
@@ -200,6 +206,7 @@ class _Worker:
         self.specs: list[IndexSpec] = []
         self.specs_at = 0.0
         self.heartbeat = _Heartbeat(dsn, self.stats, heartbeat_interval)
+        self.trainer = Trainer(dsn, names)
         self.reported: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
@@ -255,6 +262,7 @@ class _Worker:
             pass
         finally:
             self._count_waiting()
+            self.trainer.stop()
             self.heartbeat.stop(final_state="stopped")
             self._drop_connection()
         return self.stats
@@ -291,6 +299,7 @@ class _Worker:
         """One batch of each index that has work; True when anything was claimed."""
         assert self.conn is not None
         self._refresh_specs()
+        self.trainer.poke()   # first stages marked due are trained beside the batches
         worked = False
         for spec in list(self.specs):
             if self.stop.is_set():
@@ -303,30 +312,12 @@ class _Worker:
             if result is None:
                 continue
             worked = True
-            self._train_first_stage(spec)
             self.stats.add(result)
             self.progress.advance(result.handled, failed=self.stats.failed, index=spec.name)
             self._report(spec, result.errors)
             if self.on_batch:
                 self.on_batch(result)
         return worked
-
-    def _train_first_stage(self, spec: IndexSpec) -> None:
-        """Train a codebook first stage once its index holds enough tokens (pgmaxsim.codebook):
-        between batches, outside their transactions; a failure is logged, the worker goes on."""
-        from pgmaxsim import codebook
-
-        if spec.pooling != "codebook" or self.conn is None:
-            return
-        try:
-            done = codebook.maybe_train(self.conn, spec)
-        except (psycopg.Error, PgmaxsimError) as e:
-            log.warning("pgmaxsim worker: index %s: training its first stage failed: %s", spec.name, e)
-            return
-        if done is not None:
-            log.info("pgmaxsim worker: index %s: first stage codebook %d x %d trained (%d rows)",
-                     spec.name, done.n_coarse, done.n_fine, done.rows)
-            self._refresh_specs(force=True)
 
     def _report(self, spec: IndexSpec, errors: list[str]) -> None:
         """Log each distinct error once (with the first row it hit); count the repeats."""
@@ -371,6 +362,8 @@ class _Worker:
         count, due_in = queue.pending(self.conn, self.specs)
         self.progress.set_pending(count)
         if self.once and count == 0:
+            self.trainer.drain()   # draining includes the first stages the batches made due
+            self.stats.first_stages_trained = list(self.trainer.trained)
             return True
         wait = self.poll_interval if due_in is None else min(self.poll_interval, max(0.05, due_in))
         if self.once:

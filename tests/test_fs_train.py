@@ -1,0 +1,259 @@
+"""Training the codebook first stage outside the write path (sql/idempotent/038_fs_train.sql,
+pgmaxsim.codebook.train, maxsim.train_first_stage, the worker's trainer), by the roles that manage
+the index: a write past the threshold only marks the index due; the worker, the CLI or the SQL entry
+point train it; searches across a retrain always answer from one complete codebook."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from pgmaxsim import Index, codebook
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.registry import get_index
+from psycopg.conninfo import make_conninfo
+from test_firststage_pg import DIM, check_exact, corpus, create, queries_of, search_ids
+
+SMALL = '{"first_stage": "codebook", "train_tokens": 1000, "tokens_per_code": 4}'
+
+
+def status(c: psycopg.Connection[Any], name: str) -> tuple[Any, ...]:
+    """(generation, trained_rows, due, training) of the index's first stage."""
+    g, rows, due, training = c.execute("SELECT generation, trained_rows, due_since, training"
+                                       " FROM maxsim.first_stage_status(%s)", (name,)).fetchone()
+    return g, rows, due is not None, training
+
+
+@pytest.fixture
+def owner(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    conn.autocommit = True
+    register_tokens(conn)
+    return conn
+
+
+@pytest.fixture
+def app(owner: psycopg.Connection[Any], dsn: str) -> Iterator[dict[str, str]]:
+    """Two granted roles: `app` owns a source table and its index, `other` does not."""
+    tag = uuid.uuid4().hex[:8]
+    roles = {"app": f"fsapp_{tag}", "other": f"fsother_{tag}"}
+    for r in roles.values():
+        owner.execute(f'CREATE ROLE "{r}" LOGIN')
+        owner.execute("SELECT maxsim.grant_usage(%s)", (r,))
+    owner.execute(f'GRANT CREATE ON SCHEMA public TO "{roles["app"]}"')
+    dsns = {k: make_conninfo(dsn, user=r) for k, r in roles.items()}
+    try:
+        yield dsns
+    finally:
+        for r in roles.values():
+            owner.execute(f'DROP OWNED BY "{r}" CASCADE')
+        owner.execute(f'REVOKE CREATE ON SCHEMA public FROM "{roles["app"]}"')
+        for r in roles.values():
+            owner.execute(f'DROP ROLE "{r}"')
+
+
+def as_role(dsn: str) -> psycopg.Connection[Any]:
+    c = psycopg.connect(dsn, autocommit=True)
+    register_tokens(c)
+    return c
+
+
+def test_a_write_past_the_threshold_only_marks_the_index_due(owner: psycopg.Connection[Any]) -> None:
+    idx = create(owner, opts=SMALL)
+    docs = corpus(300, seed=8)
+    keys = list(docs)
+    idx.upsert(keys[:50], [docs[k] for k in keys[:50]])   # ~350 tokens: below train_tokens
+    assert status(owner, "fs") == (None, None, False, False)
+    idx.upsert(keys[50:299], [docs[k] for k in keys[50:299]])   # past it: due, not trained
+    assert status(owner, "fs") == (None, None, True, False)
+    owner.execute("SELECT maxsim.upsert('fs', %s::bigint, %s)", (keys[299], Tokens(docs[keys[299]])))
+    spec = get_index(owner, "fs")
+    assert codebook.gen_of(spec) is None and spec.options["fs_due"]
+    assert owner.execute(f"SELECT count(*) FROM maxsim.fs_coarse_{spec.id}").fetchone()[0] == 0
+    # meanwhile every row is searchable: exact search
+    q = queries_of(docs)[0]
+    assert len(search_ids(owner, "fs", q, 299)) == 299
+    # the entry point trains it; the flag goes
+    done = owner.execute("SELECT maxsim.train_first_stage('fs')").fetchone()[0]
+    assert (done["generation"], done["rows"]) == (0, 300) and done["n_fine"] >= 2
+    assert status(owner, "fs") == (0, 300, False, False)
+    check_exact(owner, "fs", docs, queries_of(docs, seed=2))
+
+
+def test_the_sql_writer_marks_it_too(owner: psycopg.Connection[Any]) -> None:
+    create(owner, opts=SMALL)
+    docs = corpus(200, seed=4)
+    for k, v in docs.items():
+        owner.execute("SELECT maxsim.upsert('fs', %s::bigint, %s)", (k, Tokens(v)))
+    assert status(owner, "fs") == (None, None, True, False)
+
+
+def test_growth_marks_it_due_again(owner: psycopg.Connection[Any]) -> None:
+    idx = create(owner, opts='{"first_stage": "codebook", "train_tokens": 500, "tokens_per_code": 4}')
+    docs = corpus(900, seed=9)
+    keys = list(docs)
+    idx.upsert(keys[:100], [docs[k] for k in keys[:100]])
+    codebook.train(owner, "fs")
+    assert status(owner, "fs") == (0, 100, False, False)
+    idx.upsert(keys[100:750], [docs[k] for k in keys[100:750]])   # 7.5x the rows it was trained on
+    owner.execute(f"ANALYZE maxsim.{idx.info.token_table}")   # the growth check reads the catalog's estimate first
+    idx.upsert(keys[750:800], [docs[k] for k in keys[750:800]])
+    assert status(owner, "fs") == (0, 100, True, False)
+    assert codebook.train(owner, "fs").gen == 1
+    assert status(owner, "fs") == (1, 800, False, False)
+    idx.upsert(keys[800:], [docs[k] for k in keys[800:]])   # not 2x yet
+    assert status(owner, "fs") == (1, 800, False, False)
+    check_exact(owner, "fs", docs, queries_of(docs, seed=7))
+
+
+def test_a_granted_role_trains_and_retrains_and_others_are_refused(
+        owner: psycopg.Connection[Any], app: dict[str, str]) -> None:
+    docs = corpus(240, seed=12)
+    keys = list(docs)
+    with as_role(app["app"]) as c:
+        c.execute("CREATE TABLE src_g (id bigint PRIMARY KEY)")
+        c.execute("INSERT INTO src_g SELECT generate_series(1, 300)")
+        c.execute("GRANT SELECT ON src_g TO PUBLIC")
+        c.execute("SELECT maxsim.create_index('g', 'src_g', 'id', dim => %s, options => %s::jsonb)", (DIM, SMALL))
+        idx = Index(c, "g")
+        idx.upsert(keys[:200], [docs[k] for k in keys[:200]])
+        assert status(c, "g") == (None, None, True, False)
+        done = codebook.train(c, "g")   # through the entry points, as the role
+        assert (done.gen, done.rows) == (0, 200)
+        idx.upsert(keys[200:], [docs[k] for k in keys[200:]])   # coded under the role's codebook
+        assert c.execute("SELECT maxsim.train_first_stage('g')").fetchone()[0]["generation"] == 1
+        assert codebook.train(c, "g", seed=2).gen == 2
+        assert status(c, "g")[:3] == (2, 240, False)
+        for k in keys[:3]:
+            assert search_ids(c, "g", docs[k][:3], 5)[0] == k
+    check_exact(owner, "g", docs, queries_of(docs, seed=13))
+    spec = get_index(owner, "g")
+    assert owner.execute(f"SELECT count(*) FROM maxsim.{spec.token_table} WHERE codes_1 IS NOT NULL").fetchone()[0] == 0
+    # a role that does not manage it: one clear line at every step
+    with as_role(app["other"]) as o:
+        for stmt in ("SELECT maxsim.train_first_stage('g')",
+                     "SELECT * FROM maxsim.first_stage_train_begin('g')",
+                     "SELECT maxsim.first_stage_train_switch('g', 3)",
+                     "SELECT maxsim.first_stage_train_end('g', 3)",
+                     "SELECT maxsim.first_stage_mark('g')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                o.execute(stmt)
+            msg = e.value.diag.message_primary or ""
+            assert 'permission denied for index "g"' in msg and "\n" not in msg
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="is internal"):
+            o.execute("SELECT * FROM maxsim._fs_begin(%s, true)", (spec.id,))
+        with pytest.raises(Exception, match='permission denied for index "g"'):
+            codebook.train(o, "g")
+        assert o.execute("SELECT count(*) FROM maxsim.first_stage_due()").fetchone()[0] == 0
+    assert status(owner, "g")[0] == 2
+
+
+def test_one_training_at_a_time(owner: psycopg.Connection[Any], dsn: str) -> None:
+    idx = create(owner, opts=SMALL)
+    docs = corpus(200, seed=14)
+    idx.upsert(list(docs), list(docs.values()))
+    gen = owner.execute("SELECT gen FROM maxsim.first_stage_train_begin('fs')").fetchone()[0]
+    assert gen == 0 and status(owner, "fs")[3] is True
+    with as_role(dsn) as other:
+        assert other.execute("SELECT gen FROM maxsim.first_stage_train_begin('fs')").fetchone()[0] is None
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="being trained by another session"):
+            other.execute("SELECT maxsim.train_first_stage('fs')")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="has no codebook yet"):
+            other.execute("SELECT maxsim.first_stage_train_switch('fs', 0)")
+    # an abandoned training leaves the index as it was; the lock goes with the end (or the session)
+    assert owner.execute("SELECT maxsim.first_stage_train_end('fs', 0)").fetchone()[0] is False
+    assert status(owner, "fs") == (None, None, True, False)
+    assert codebook.train(owner, "fs").gen == 0
+
+
+def test_retrain_under_concurrent_searches_and_writes(owner: psycopg.Connection[Any], dsn: str) -> None:
+    """Searches across several switches always answer from one complete codebook (each query is 3
+    tokens of one row, so that row is first whenever the first stage is whole); a writer goes on."""
+    idx = create(owner, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 4, "nprobe": 3}')
+    docs = corpus(200, seed=3)
+    idx.upsert(list(docs), list(docs.values()))
+    codebook.train(owner, "fs")
+    probes = [(k, docs[k][:3]) for k in list(docs)[:8]]
+    extra = corpus(60, seed=21, start=201)
+    stop = threading.Event()
+    seen: list[tuple[int, list[int]]] = []
+    errors: list[BaseException] = []
+
+    def searcher() -> None:
+        try:
+            with as_role(dsn) as c:
+                i = 0
+                while not stop.is_set() or i < 4:
+                    k, q = probes[i % len(probes)]
+                    seen.append((k, search_ids(c, "fs", q, 10)))
+                    i += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def writer() -> None:
+        try:
+            with as_role(dsn) as c:
+                w = Index(c, "fs")
+                for k, v in extra.items():
+                    w.upsert([k], [v])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    try:
+        assert codebook.train(owner, "fs", seed=1).gen == 1
+        assert owner.execute("SELECT maxsim.train_first_stage('fs')").fetchone()[0]["generation"] == 2
+        assert codebook.train(owner, "fs", seed=3).gen == 3
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert seen and all(got and got[0] == k for k, got in seen)
+    docs |= extra
+    # rows written during a training have codes under the live codebook, or none (still candidates)
+    spec = get_index(owner, "fs")
+    book = codebook.live(owner, spec)
+    assert book is not None and book.gen == 3
+    rows = dict(owner.execute(f"SELECT id, codes_1 FROM maxsim.{spec.token_table}").fetchall())
+    assert set(rows) == set(docs)
+    assert all(rows[k] is None or rows[k] == codebook.row_codes(book, docs[k]) for k in docs)
+
+
+def test_the_worker_trains_due_indexes_in_the_background(owner: psycopg.Connection[Any], dsn: str) -> None:
+    from pgmaxsim.worker.loop import run_worker
+
+    idx = create(owner, opts=SMALL)   # no model: written by the application, trained by the worker
+    docs = corpus(300, seed=15)
+    idx.upsert(list(docs), list(docs.values()))
+    assert status(owner, "fs") == (None, None, True, False)
+    run_worker(dsn, once=True, install_signals=False, heartbeat_interval=60)
+    assert status(owner, "fs") == (0, 300, False, False)
+    check_exact(owner, "fs", docs, queries_of(docs, seed=16))
+
+
+def test_entry_points_refuse_other_first_stages_with_one_line(owner: psycopg.Connection[Any]) -> None:
+    create(owner, opts='{"first_stage": "centroids"}')
+    with pytest.raises(psycopg.errors.WrongObjectType) as e:
+        owner.execute("SELECT maxsim.train_first_stage('fs')")
+    assert e.value.diag.message_primary == "pgmaxsim: index \"fs\" has first stage 'centroids'; only a 'codebook' first stage is trained"
+    assert owner.execute("SELECT maxsim.first_stage_mark('fs')").fetchone()[0] is False
+
+
+def test_without_plpython_a_client_trains_and_the_sql_entry_point_says_so(embedded_dsn: str) -> None:
+    with as_role(embedded_dsn) as c:
+        idx = create(c, opts=SMALL)
+        docs = corpus(200, seed=5)
+        idx.upsert(list(docs), list(docs.values()))
+        assert status(c, "fs") == (None, None, True, False)
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("SELECT maxsim.train_first_stage('fs')")
+        assert "needs plpython3u" in (e.value.diag.message_primary or "")
+        assert codebook.train(c, "fs").gen == 0
+        assert status(c, "fs") == (0, 200, False, False)
+        check_exact(c, "fs", docs, queries_of(docs, seed=6))
