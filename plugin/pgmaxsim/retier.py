@@ -181,6 +181,7 @@ def retier(conn: psycopg.Connection[Any], name: str, *, storage_tier: str | None
         conn.execute("SELECT maxsim.drop_index(%s)", (shadow_name,))   # left by an interrupted switch
     opts = dict(spec.options)
     opts.update(storage=new_storage, pool_factor=new_factor, pooling=spec.pooling)
+    opts.pop("fs_due", None)   # the shadow is never trained: its rows are coded under the index's codebook
     before = _bytes(conn, spec)
     conn.execute("SELECT maxsim.create_index(%s, %s::regclass, %s, dim => %s, options => %s)",
                  (shadow_name, spec.source, spec.id_column, spec.dim, psycopg.types.json.Jsonb(opts)))

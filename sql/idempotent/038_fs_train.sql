@@ -492,7 +492,8 @@ BEGIN
 END
 $$;
 
--- The codebook indexes marked due for training that the caller manages (the worker's trainer).
+-- The codebook indexes marked due for training that the caller manages (the worker's trainer); never
+-- the shadow of a storage switch (its rows are coded under its index's codebook: pgmaxsim.retier).
 CREATE OR REPLACE FUNCTION maxsim.first_stage_due() RETURNS TABLE (name text, due_since timestamptz)
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
@@ -502,7 +503,8 @@ DECLARE
 BEGIN
     regs := maxsim._registry();
     RETURN QUERY SELECT (g).name, ((g).options ->> 'fs_due')::timestamptz FROM pg_catalog.unnest(regs) AS g
-                  WHERE (g).pooling = 'codebook' AND (g).options ? 'fs_due' AND maxsim._may_manage((g).source)
+                  WHERE (g).pooling = 'codebook' AND (g).options ? 'fs_due' AND (g).name NOT LIKE '%#retier'
+                    AND maxsim._may_manage((g).source)
                   ORDER BY 2, 1;
 END
 $$;
