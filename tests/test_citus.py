@@ -145,6 +145,18 @@ def test_fanned_out_search_and_rerank_equal_one_node_and_the_reference(conn: psy
         assert_same(search(conn, dist, q, 10), search(conn, local, q, 10))
         assert_same(search(conn, dist, q, 5, 30), search(conn, local, q, 5, 30))
 
+    # Each shard is scored in one call (085_citus.sql); without tsm_system_rows, one call per row:
+    # the same results.
+    assert conn.execute("SELECT maxsim._citus_sampler() IS NOT NULL").fetchone()[0]
+    q = queries(docs, 1, seed=3)[0]
+    batched = search(conn, dist, q, 10, 100_000)
+    conn.execute("DROP EXTENSION tsm_system_rows")
+    try:
+        assert_same(search(conn, dist, q, 10, 100_000), batched)
+        assert_same(search(conn, dist, q, 10), search(conn, local, q, 10))
+    finally:
+        assert conn.execute("SELECT maxsim._citus_install_sampler()").fetchone()[0]
+
     q = queries(docs, 1, seed=2)[0]
     keys = list(docs)
     some = [keys[i] for i in range(0, N_ROWS, 7)]
@@ -302,3 +314,76 @@ def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg
     for q, want in zip(qs, expected):
         assert_same(search(conn, dist, q, 10, 100_000), want)
         assert_same(search(conn, dist, q, 10), search(conn, local, q, 10))
+
+
+def test_row_level_security_holds_for_a_granted_role(conn: psycopg.Connection[Any], cluster: CitusCluster) -> None:
+    """A granted role searching a distributed index sees exactly the rows the source's policy shows
+    it (Citus applies the policy on the shards, where the role's own connections read), as on one
+    node; the token shards stay unreadable to it, through the coordinator or on a worker."""
+    rng = np.random.default_rng(11)
+    n = 150
+    docs = dict(zip(range(1, n + 1), clustered_docs(n, rng)))
+    mine = {k: d for k, d in docs.items() if k % 3 == 0}
+    conn.execute("CREATE ROLE rls_reader LOGIN")   # LOGIN: Citus reads the shards as the role itself
+    conn.execute("SELECT maxsim.grant_usage('rls_reader')")
+    for table in ("sec_one", "sec_dist"):
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, team text NOT NULL)")
+        if table == "sec_dist":
+            conn.execute("SELECT create_distributed_table('sec_dist', 'id', shard_count => %s)", (SHARDS,))
+        conn.execute(f"INSERT INTO {table} SELECT g, CASE WHEN g %% 3 = 0 THEN 'a' ELSE 'b' END FROM generate_series(1, %s) g",
+                     (n,))
+        conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        conn.execute(f"CREATE POLICY team_a ON {table} FOR SELECT TO rls_reader USING (team = 'a')")
+        conn.execute(f"GRANT SELECT ON {table} TO rls_reader")
+        conn.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => '{\"pooling\": \"mean\"}')",
+                     (table, table, DIM))
+        Index(conn, table).upsert(list(docs), list(docs.values()))
+    tok = conn.execute("SELECT token_table FROM maxsim.index_info('sec_dist')").fetchone()[0]
+
+    with psycopg.connect(cluster.coordinator.dsn("pgmaxsim_citus", user="rls_reader"), autocommit=True) as reader:
+        register_tokens(reader)
+        assert reader.execute("SELECT count(*) FROM sec_dist").fetchone()[0] == len(mine)
+        for q in queries(docs, 3, seed=12):
+            for cand in (None, 100_000):
+                got = search(reader, "sec_dist", q, 10, cand)
+                assert {int(i) for i, _ in got} <= set(mine) and len(got) == 10
+                assert_same(got, search(reader, "sec_one", q, 10, cand))
+                assert [i for i, _ in got] == [str(k) for k, _ in ref_top(mine, q, 10)]
+            # the owner (not subject to the policy) gets rows the reader must not
+            assert {int(i) for i, _ in search(conn, "sec_dist", q, 10, 100_000)} - set(mine)
+        q = queries(docs, 1, seed=13)[0]
+        got = reader.execute("SELECT id, score FROM maxsim.rerank('sec_dist', %s, %s::bigint[])",
+                             (Tokens(q), list(docs))).fetchall()
+        assert sorted(i for i, _ in got) == sorted(mine)
+        assert_same(got, reader.execute("SELECT id, score FROM maxsim.rerank('sec_one', %s, %s::bigint[])",
+                                        (Tokens(q), list(docs))).fetchall())
+        assert reader.execute("SELECT maxsim.tokens('sec_dist', 1::bigint) IS NULL,"
+                              " maxsim.tokens('sec_dist', 3::bigint) IS NULL").fetchone() == (True, False)
+        # the tokens themselves: not through the token table, nor the per-shard scorer
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute(f"SELECT count(*) FROM maxsim.{tok}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            reader.execute("SELECT * FROM maxsim._citus_shard_score(%s::regclass, array_send(%s), NULL, 1, %s,"
+                           " 'fp16', 'bigint', 'x')", (f"maxsim.{tok}", Tokens(q), DIM))
+    shard, port = conn.execute("SELECT shard_name, nodeport FROM citus_shards WHERE table_name = %s::regclass"
+                               " ORDER BY shard_name LIMIT 1", (f"maxsim.{tok}",)).fetchone()
+    worker = next(w for w in cluster.workers if w.port == port)
+    with psycopg.connect(worker.dsn("pgmaxsim_citus", user="rls_reader"), autocommit=True) as on_worker:
+        register_tokens(on_worker)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            on_worker.execute("SELECT * FROM maxsim._citus_shard_score(%s::regclass, array_send(%s), NULL, 1, %s,"
+                              " 'fp16', 'bigint', 'x')", (shard, Tokens(q), DIM))
+
+
+def test_storage_switch_and_reembedding_are_refused_in_one_line(conn: psycopg.Connection[Any]) -> None:
+    from pgmaxsim.retier import retier
+
+    conn.execute("CREATE TABLE sw (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT create_distributed_table('sw', 'id', shard_count => 2)")
+    conn.execute("SELECT maxsim.create_index('sw', 'sw', 'id', 'body', model => %s)", (MINILM,))
+    with pytest.raises(psycopg.errors.FeatureNotSupported,
+                       match=r'index "sw" is distributed \(Citus\): changing its storage'):
+        retier(conn, "sw", storage_tier="int8")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match=r'index "sw" is distributed \(Citus\): re-embedding'):
+        conn.execute("SELECT maxsim.create_index('sw#reembed', 'sw', 'id', 'body', model => %s)", (MINILM,))
+    assert [r[0] for r in conn.execute("SELECT name FROM maxsim.list_indexes() WHERE name LIKE 'sw%%'")] == ["sw"]

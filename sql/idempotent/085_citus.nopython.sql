@@ -6,3 +6,9 @@ CREATE OR REPLACE FUNCTION maxsim._citus_score(tokens bytea, n_tokens integer, q
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 AS $$ SELECT maxsim.maxsim(maxsim._decode(tokens, dim, storage), query) $$;
+
+-- Whether a shard can be scored in one call: not without PL/Python (one SQL call per row).
+CREATE OR REPLACE FUNCTION maxsim._citus_batched() RETURNS boolean
+LANGUAGE sql IMMUTABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT false $$;

@@ -98,7 +98,19 @@ BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_citus_distribute'); END IF;
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    -- A storage switch or re-embedding fills a shadow index and catches up from the change log,
+    -- which shards do not write (see maxsim._citus_tok_row): refused here, in the transaction that
+    -- would create the shadow, so nothing is left behind.
+    IF r.name LIKE '%#retier' OR r.name LIKE '%#reembed' THEN
+        RAISE EXCEPTION 'pgmaxsim: index "%" is distributed (Citus): % is not supported on distributed indexes',
+            pg_catalog.regexp_replace(r.name, '#(retier|reembed)$', ''),
+            CASE WHEN r.name LIKE '%#retier' THEN 'changing its storage (reindex --storage/--pool-factor)'
+                 ELSE 're-embedding under another model (reindex --model)' END
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'create a new index with the new model or options beside it, fill it, search it, then drop the old one (docs/SCALING.md)';
+    END IF;
     PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    PERFORM maxsim._citus_install_sampler();   -- (Citus was installed after pgmaxsim migrate)
     v_type := pg_catalog.format_type(r.id_type, NULL);
     v_key := pg_catalog.format('%I', r.id_column);
 
@@ -203,6 +215,10 @@ $$;
 -- has at most n rows: exact search). Each shard answers from its own HNSW index (ORDER BY ...
 -- LIMIT is pushed down to every shard, the coordinator merges), with hnsw.ef_search set on the
 -- shards' nodes as single-node search sets it (SET LOCAL, which Citus forwards to them).
+-- One distributed statement in the common case: it asks for n + 1 rows, and only when fewer come
+-- back (a small index, or an HNSW scan that ran dry) counts the rows, as single-node search
+-- always does; the nearest n of those n + 1 are single-node search's n (the same ef_search, so
+-- the same HNSW scans).
 CREATE OR REPLACE FUNCTION maxsim._citus_candidates(r maxsim.indexes, query @vector@.halfvec[], n integer)
 RETURNS text[]
 LANGUAGE plpgsql VOLATILE
@@ -215,48 +231,105 @@ DECLARE
     qmean @vector@.halfvec;
     result text[];
 BEGIN
-    EXECUTE pg_catalog.format('SELECT count(*) FROM (SELECT 1 FROM maxsim.%I LIMIT $1) s', r.token_table)
-        INTO present USING n::bigint + 1;
-    IF present <= n THEN
-        RETURN NULL;
-    END IF;
     SELECT @vector@.l2_normalize(@vector@.avg(q::@vector@.vector))::@vector@.halfvec INTO qmean
       FROM pg_catalog.unnest(query) AS u(q);
     IF n <= 1000 THEN
         PERFORM maxsim._citus_set_local('hnsw.ef_search', ef);
         EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.array_agg(s.id::text) FROM (SELECT t.id FROM maxsim.%I t'
-            ' ORDER BY t.pooled OPERATOR(@vector@.<#>) $1 LIMIT $2) s', r.token_table)
-            INTO result USING qmean, n;
+            'SELECT pg_catalog.array_agg(s.id::text ORDER BY s.d, s.id) FROM (SELECT t.id, t.pooled OPERATOR(@vector@.<#>) $1 AS d'
+            ' FROM maxsim.%I t ORDER BY t.pooled OPERATOR(@vector@.<#>) $1 LIMIT $2) s', r.token_table)
+            INTO result USING qmean, n + 1;
         PERFORM maxsim._citus_set_local('hnsw.ef_search', old_ef::integer);
     ELSE
         -- beyond HNSW's ef_search ceiling: a flat scan over the pooled vectors, as on one node
         EXECUTE pg_catalog.format(
-            'SELECT pg_catalog.array_agg(s.id::text) FROM (SELECT t.id FROM maxsim.%I t'
-            ' ORDER BY (t.pooled OPERATOR(@vector@.<#>) $1) + 0 LIMIT $2) s', r.token_table)
-            INTO result USING qmean, n;
+            'SELECT pg_catalog.array_agg(s.id::text ORDER BY s.d, s.id) FROM (SELECT t.id, (t.pooled OPERATOR(@vector@.<#>) $1) + 0 AS d'
+            ' FROM maxsim.%I t ORDER BY 2 LIMIT $2) s', r.token_table)
+            INTO result USING qmean, n + 1;
     END IF;
-    RETURN coalesce(result, '{}');
+    IF coalesce(pg_catalog.cardinality(result), 0) <= n THEN
+        EXECUTE pg_catalog.format('SELECT count(*) FROM (SELECT 1 FROM maxsim.%I LIMIT $1) s', r.token_table)
+            INTO present USING n::bigint + 1;
+        IF present <= n THEN
+            RETURN NULL;
+        END IF;
+        RETURN coalesce(result, '{}');
+    END IF;
+    RETURN result[1:n];
 END
 $$;
+
+-- The TABLESAMPLE method that reads one row of a table (tsm_system_rows), schema-qualified; NULL
+-- when it is not installed here.
+CREATE OR REPLACE FUNCTION maxsim._citus_sampler() RETURNS text
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.format('%I.system_rows', n.nspname)
+      FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'tsm_system_rows'
+$$;
+
+-- Install tsm_system_rows (a trusted contrib extension, in pgvector's schema) where Citus is, so
+-- that maxsim._citus_score_ids scores each shard in one call; Citus creates it on every node.
+-- Leaves things as they are where it cannot (not available, no CREATE on the database): search then
+-- scores one row per call.
+CREATE OR REPLACE FUNCTION maxsim._citus_install_sampler() RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF maxsim._citus_sampler() IS NOT NULL THEN
+        RETURN true;
+    END IF;
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions a WHERE a.name = 'tsm_system_rows')
+       OR NOT pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') THEN
+        RETURN false;
+    END IF;
+    CREATE EXTENSION IF NOT EXISTS tsm_system_rows SCHEMA @vector@;
+    RETURN true;
+END
+$$;
+
+SELECT maxsim._citus_install_sampler();
 
 -- Exact MaxSim of rows `ids` (text keys; NULL = every row) of a distributed index, best k first
 -- (NULL = all), ranked like maxsim._score (score descending, then key text). One pushed-down
 -- statement: each shard scores its own rows next to their tokens and returns its best k; the
 -- coordinator merges. SECURITY INVOKER: called by maxsim._scores as the schema owner.
+--
+-- With PL/Python each shard is scored in one call (maxsim._citus_shard_score: its candidates
+-- fetched and scored in chunks of up to 128 rows per NumPy product, as on one node). A query
+-- over a distributed table calls a function once per row, never once per shard, so the
+-- statement reads one row of each shard (TABLESAMPLE system_rows(1): a shard with no rows has
+-- nothing to score) and calls the function laterally with that row's tableoid, which on the
+-- shard's node is the shard itself. Without PL/Python or tsm_system_rows: one call per row.
 CREATE OR REPLACE FUNCTION maxsim._citus_score_ids(r maxsim.indexes, query @vector@.halfvec[], ids text[], k integer)
 RETURNS TABLE (id text, score real)
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 DECLARE
-    scored text := pg_catalog.format('SELECT t.id::text AS id, maxsim._citus_score(t.tokens, t.n_tokens, $1, %s, %L) AS score'
-                                     ' FROM maxsim.%I t', r.dim, coalesce(r.options ->> 'storage', 'fp16'), r.token_table);
+    storage text := coalesce(r.options ->> 'storage', 'fp16');
+    sampler text := maxsim._citus_sampler();
+    scored text;
 BEGIN
+    IF maxsim._citus_batched() AND sampler IS NOT NULL THEN
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'SELECT u.id, u.score FROM maxsim.%I t TABLESAMPLE %s (1)'
+            ' CROSS JOIN LATERAL maxsim._citus_shard_score(t.tableoid::regclass, $1, $2, $3, %s, %L, %L::regtype, %L) u'
+            ' ORDER BY u.score DESC, u.id COLLATE "C" LIMIT $3',
+            r.token_table, sampler, r.dim, storage, pg_catalog.format_type(r.id_type, NULL), r.name)
+            USING pg_catalog.array_send(query), ids, k;
+        RETURN;
+    END IF;
+    scored := pg_catalog.format('SELECT t.id::text AS id, maxsim._citus_score(t.tokens, t.n_tokens, $1, %s, %L) AS score'
+                                ' FROM maxsim.%I t', r.dim, storage, r.token_table);
     IF ids IS NOT NULL THEN
         scored := scored || pg_catalog.format(' WHERE t.id = ANY ($2::%s[])', pg_catalog.format_type(r.id_type, NULL));
     END IF;
-    RETURN QUERY EXECUTE scored || ' ORDER BY score DESC, id LIMIT $3' USING query, ids, k;
+    RETURN QUERY EXECUTE scored || ' ORDER BY score DESC, t.id::text COLLATE "C" LIMIT $3' USING query, ids, k;
 END
 $$;
 
@@ -275,9 +348,11 @@ DECLARE
     outbox bigint;
 BEGIN
     keys := ARRAY(SELECT q.row_id FROM maxsim.queue q WHERE q.index_id = r.id ORDER BY q.qid LIMIT 100000);
-    EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.id::text) FROM maxsim.%I t WHERE t.id = ANY ($1::%s[])',
-                              r.token_table, pg_catalog.format_type(r.id_type, NULL))
-        INTO found USING keys;
+    IF pg_catalog.cardinality(keys) > 0 THEN   -- (an empty queue costs no distributed statement)
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(t.id::text) FROM maxsim.%I t WHERE t.id = ANY ($1::%s[])',
+                                  r.token_table, pg_catalog.format_type(r.id_type, NULL))
+            INTO found USING keys;
+    END IF;
     SELECT count(*) INTO missing FROM pg_catalog.unnest(keys) AS u(k) WHERE u.k <> ALL (coalesce(found, '{}'));
     EXECUTE pg_catalog.format('SELECT count(*) FROM maxsim.%I q WHERE NOT EXISTS (SELECT 1 FROM maxsim.%I t WHERE t.id = q.row_id)',
                               'q_' || r.id, r.token_table)
