@@ -4,8 +4,8 @@ Each node is a PostgreSQL 15 cluster (:class:`pgserver.LocalPostgres`, run as th
 OS user when root) on a free port with ``shared_preload_libraries = 'citus'``; every node loads
 PL/Python code from the same readable copy of numpy and pgmaxsim. The database is created on
 every node with the citus extension, the workers are added to the coordinator, and
-``pgmaxsim migrate`` runs against the coordinator only: it creates vector and plpython3u, which
-Citus propagates to the workers (pgmaxsim.citus.prepare_cluster puts the functions there).
+``pgmaxsim migrate`` runs against the coordinator only: it creates vector, plpython3u and
+tsm_system_rows, and the ``maxsim`` schema and functions, which Citus propagates to the workers.
 
 Citus is not in Debian's archive: ``../shared/citus/build.sh`` builds it (scripts/test.sh runs
 it when that folder exists). Where it is not installed, :func:`citus_missing` says so and the

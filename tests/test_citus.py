@@ -78,8 +78,8 @@ def ref_top(docs: dict[Any, np.ndarray], q: np.ndarray, k: int) -> list[tuple[An
     return [(key, s) for s, key in sorted(scored, key=lambda t: (-t[0], str(t[1])))[:k]]
 
 
-def make_pair(conn: psycopg.Connection[Any], key: str, seed: int = 0,
-              tag: str = "") -> tuple[dict[Any, np.ndarray], str, str]:
+def make_pair(conn: psycopg.Connection[Any], key: str, seed: int = 0, tag: str = "",
+              options: str = '{"pooling": "mean"}') -> tuple[dict[Any, np.ndarray], str, str]:
     """The same rows and embeddings in a local table and in a distributed one, each indexed."""
     rng = np.random.default_rng(seed)
     keys: list[Any] = list(range(1, N_ROWS + 1)) if key == "bigint" else [f"doc '{i}\" x" for i in range(N_ROWS)]
@@ -90,8 +90,8 @@ def make_pair(conn: psycopg.Connection[Any], key: str, seed: int = 0,
         if table == dist:
             conn.execute("SELECT create_distributed_table(%s, 'id', shard_count => %s)", (table, SHARDS))
         conn.execute(f"INSERT INTO {table} (id) SELECT unnest(%s::{key}[])", ([str(k) for k in keys],))
-        conn.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => '{\"pooling\": \"mean\"}')",
-                     (table, table, DIM))
+        conn.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => %s::jsonb)",
+                     (table, table, DIM, options))
         Index(conn, table).upsert(keys, list(docs.values()))
     return docs, local, dist
 
@@ -387,3 +387,11 @@ def test_storage_switch_and_reembedding_are_refused_in_one_line(conn: psycopg.Co
     with pytest.raises(psycopg.errors.FeatureNotSupported, match=r'index "sw" is distributed \(Citus\): re-embedding'):
         conn.execute("SELECT maxsim.create_index('sw#reembed', 'sw', 'id', 'body', model => %s)", (MINILM,))
     assert [r[0] for r in conn.execute("SELECT name FROM maxsim.list_indexes() WHERE name LIKE 'sw%%'")] == ["sw"]
+
+
+def test_int8_storage_scores_as_on_one_node(conn: psycopg.Connection[Any]) -> None:
+    """The per-shard scorer reads each row in its stored tier, as one node does."""
+    docs, local, dist = make_pair(conn, "bigint", seed=21, tag="_i8", options='{"storage": "int8", "pooling": "mean"}')
+    for q in queries(docs, 2, seed=22):
+        assert_same(search(conn, dist, q, 10, 100_000), search(conn, local, q, 10, 100_000))
+        assert_same(search(conn, dist, q, 10), search(conn, local, q, 10))

@@ -253,13 +253,22 @@ $$;
 
 -- How many rows of index r the caller sees if it sees `share` of them: the token table's row count
 -- as the planner keeps it (pg_class.reltuples, readable by every role; NULL before the table was
--- first vacuumed or analyzed, when nothing is estimated).
+-- first vacuumed or analyzed, when nothing is estimated, and for a distributed index, whose
+-- coordinator table holds no rows: reltuples 0 would make every search take all visible rows).
 CREATE OR REPLACE FUNCTION maxsim._visible_estimate(r maxsim.indexes, share double precision) RETURNS double precision
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT share * c.reltuples FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
-     WHERE s.nspname = 'maxsim' AND c.relname = r.token_table AND c.reltuples >= 0
+DECLARE
+    est double precision;
+BEGIN
+    IF maxsim._citus_index(r) THEN
+        RETURN NULL;   -- (085_citus.sql)
+    END IF;
+    SELECT share * c.reltuples INTO est FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
+     WHERE s.nspname = 'maxsim' AND c.relname = r.token_table AND c.reltuples >= 0;
+    RETURN est;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION maxsim.search(name text, query @vector@.halfvec[], k integer DEFAULT 10,
