@@ -17,15 +17,21 @@ is 14 near-copies of tokens of one page + 10 generic tokens of its topics). The 
    NumPy over the stored representation (pages regenerated and encoded as the index stores them):
    source row at top-1, recall@10 and score-mass@10 against exact.
 
-Pooling at ingest is O(n^3) per page (Ward on cosine-distance rows, as colpali-engine), about
-0.3-1 s per 1,000-token page on this machine: a 100K run with ``--pool-factor`` > 1 takes many
-hours here, so the default is pool factor 1.
+Exact MaxSim is computed over what the index stores: the token table's bytes are read back
+(a server-side cursor) and scored here in NumPy, so no page is generated or pooled twice.
+``--write-until HH:MM`` (UTC) stops writing at that time and goes on with the pages written (a
+run that must end by a deadline reports the largest size it reached). The search-time split
+(first stage: candidates and their rescoring; then the token fetch and exact scoring) is read
+from ``SET pgmaxsim.timing`` notices on a second pass over the queries.
+Pooling at ingest costs ~30-75 ms per 1,000-token page on one core here (pgmaxsim.pooling).
 """
 
 from __future__ import annotations
 
 import argparse
+import calendar
 import os
+import re
 import sys
 import tempfile
 import time
@@ -37,37 +43,66 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "plugin"))
 
-import psycopg  # noqa: E402
-
-from needle import NeedleCorpus  # noqa: E402
-from pgmaxsim import codebook, pooling, writes  # noqa: E402
-from pgmaxsim.db.adapters import Tokens, register_tokens  # noqa: E402
-from pgmaxsim.kernels import quantize  # noqa: E402
-from pgmaxsim.registry import get_index  # noqa: E402
-
-
-def stored_values(page: np.ndarray, storage: str, factor: int) -> np.ndarray:
-    """A page's tokens as the index stores them, dequantized (what exact MaxSim scores)."""
-    x = page.astype(np.float32)
-    if factor > 1:
-        x = pooling.pool_tokens(x, factor)
-    return quantize.dequantize(*quantize.decode_tokens(quantize.encode_tokens(x, storage), x.shape[1], storage))
+import psycopg
+from needle import NeedleCorpus
+from pgmaxsim import codebook, writes
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.kernels import quantize
+from pgmaxsim.registry import get_index
 
 
-def exact_scores(corpus: NeedleCorpus, queries: list[np.ndarray], storage: str, factor: int,
-                 log: object) -> np.ndarray:
-    """(n_queries, n_pages) exact MaxSim over the stored representation, one pass over the pages."""
-    out = np.zeros((len(queries), corpus.n_pages), dtype=np.float32)
-    qs = [q.astype(np.float32) for q in queries]
+def exact_from_stored(conn: psycopg.Connection, queries: list[np.ndarray], storage: str, dim: int,
+                      log: object) -> tuple[np.ndarray, np.ndarray]:
+    """(row ids, (n_queries, n_rows) exact MaxSim) over the stored bytes of the token table."""
+    qall = np.concatenate(queries).astype(np.float32)
+    starts = np.cumsum([0] + [len(q) for q in queries[:-1]])
+    ids: list[int] = []
+    cols: list[np.ndarray] = []
     t0 = time.time()
-    for i in range(corpus.n_pages):
-        doc = stored_values(corpus.page(i)[0], storage, factor)
-        sims = np.concatenate(qs) @ doc.T
-        best = sims.max(axis=1)
-        out[:, i] = np.add.reduceat(best, np.cumsum([0] + [len(q) for q in qs[:-1]]))
-        if i and i % 10_000 == 0:
-            log(f"  exact: {i} pages, {time.time() - t0:.0f} s")
-    return out
+    with conn.transaction(), conn.cursor(name="exact") as cur:
+        cur.itersize = 256
+        cur.execute(f"SELECT id, tokens FROM maxsim.{index_table(conn)}")
+        while True:
+            rows = cur.fetchmany(256)
+            if not rows:
+                break
+            docs = [quantize.dequantize(*quantize.decode_tokens(bytes(b), dim, storage)) for _, b in rows]
+            offsets = np.cumsum([0] + [len(d) for d in docs[:-1]])
+            sims = np.concatenate(docs) @ qall.T                      # (tokens, query tokens)
+            best = np.maximum.reduceat(sims, offsets, axis=0)          # (rows, query tokens)
+            cols.append(np.add.reduceat(best, starts, axis=1).T)       # (queries, rows)
+            ids.extend(int(r[0]) for r in rows)
+            if len(ids) % 10_240 == 0:
+                log(f"  exact: {len(ids)} rows, {time.time() - t0:.0f} s")
+    return np.array(ids), np.concatenate(cols, axis=1)
+
+
+def index_table(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT token_table FROM maxsim.indexes WHERE name = 'pages_idx'").fetchone()[0]
+
+
+_SPLIT = {  # notice pattern -> what it times (060_search.sql, plpy/api.py)
+    "candidates": re.compile(r"candidates \S+ \(([\d.]+) ms"),
+    "rescore": re.compile(r"centroid interaction \(([\d.]+) ms"),
+    "fetch": re.compile(r"fetch ([\d.]+) ms"),
+    "score": re.compile(r"score ([\d.]+) ms"),
+}
+
+
+def timed_split(conn: psycopg.Connection, queries: list[np.ndarray]) -> dict[str, float]:
+    """Median ms of each search stage over ``queries`` (pgmaxsim.timing notices)."""
+    seen: dict[str, list[float]] = {k: [] for k in _SPLIT}
+    notes: list[str] = []
+    conn.add_notice_handler(lambda d: notes.append(d.message_primary or ""))
+    conn.execute("SET pgmaxsim.timing = on")
+    for q in queries:
+        notes.clear()
+        conn.execute("SELECT id, score FROM maxsim.search('pages_idx', %s, 10)", (Tokens(q),)).fetchall()
+        for key, pat in _SPLIT.items():
+            vals = [float(m.group(1)) for n in notes for m in [pat.search(n)] if m]
+            seen[key].append(sum(vals))
+    conn.execute("SET pgmaxsim.timing = off")
+    return {k: float(np.median(v)) if v else 0.0 for k, v in seen.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dsn", help="an existing server with pgvector and pgmaxsim's migrations")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--write-until", help="HH:MM (UTC): stop writing then and go on with the pages written")
+    ap.add_argument("--train-at-end", action="store_true",
+                    help="codebook first stage: write every page first (no training while writing), then train"
+                         " once (what `pgmaxsim index reindex NAME --first-stage` does), timed apart")
     args = ap.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -96,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-scale-pylib-"))
         os.chmod(pylib_root, 0o755)
         server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "1GB", "max_wal_size": "4GB"})
+                                       settings={"shared_buffers": "1GB", "max_wal_size": "4GB",
+                                                 "maintenance_work_mem": "512MB"})
         server.wait_ready()
         dsn = server.dsn()
         from pgmaxsim.db import migrate
@@ -109,14 +149,23 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
 
+def _deadline(hhmm: str | None) -> float:
+    """The epoch second of today's ``HH:MM`` UTC (inf when none)."""
+    if not hhmm:
+        return float("inf")
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0))
+
+
 def run(dsn: str, args: argparse.Namespace, log: object) -> int:
     corpus = NeedleCorpus(args.pages, seed=args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    sources = rng.choice(args.pages, size=args.queries, replace=False)
-    queries = [corpus.query(int(i)) for i in sources]
     opts = {"storage": args.storage, "pool_factor": args.pool_factor}
     if args.first_stage:
         opts["first_stage"] = args.first_stage
+    if args.train_at_end:
+        opts["train_tokens"] = 2_000_000_000
+    stop_at = _deadline(args.write_until)
     with psycopg.connect(dsn, autocommit=True) as conn:
         register_tokens(conn)
         conn.execute("CREATE TABLE pages (id integer PRIMARY KEY)")
@@ -127,45 +176,78 @@ def run(dsn: str, args: argparse.Namespace, log: object) -> int:
         raw_bytes = 0
         t0 = time.time()
         gen = 0.0
+        written = 0
         for start in range(0, args.pages, args.batch):
+            if time.time() >= stop_at:
+                log(f"  --write-until {args.write_until} reached after {written} pages")
+                break
             g0 = time.time()
             ids = list(range(start, min(start + args.batch, args.pages)))
             pages = [corpus.page(i)[0] for i in ids]
             gen += time.time() - g0
             raw_bytes += sum(p.shape[0] * p.shape[1] * 2 for p in pages)
             writes.write_rows(conn, index, ids, pages)
-            codebook.train_due(conn, "pages_idx")   # the worker's trainer, in line (writes only mark it due)
+            if not args.train_at_end:
+                codebook.train_due(conn, "pages_idx")   # the worker's trainer, in line (writes only mark it due)
+            written += len(ids)
             if start and start % (args.batch * 100) == 0:
-                done = start + len(ids)
-                log(f"  wrote {done} pages, {done / (time.time() - t0 - gen):.0f} pages/s")
+                log(f"  wrote {written} pages, {written / (time.time() - t0 - gen):.0f} pages/s,"
+                    f" load {os.getloadavg()[0]:.1f}, {time.strftime('%H:%M:%S', time.gmtime())}")
         build = time.time() - t0 - gen
+        log(f"  wrote {written} pages in {build:.0f} s")
+        train_s = None
+        if args.train_at_end:
+            t1 = time.time()
+            trained = codebook.train(conn, "pages_idx")
+            train_s = time.time() - t1
+            log(f"  trained: {trained}")
+        log("  VACUUM ANALYZE")
         conn.execute("VACUUM ANALYZE")
-        info = conn.execute("SELECT rows, bytes, options FROM maxsim.index_info('pages_idx')").fetchone()
+        info = conn.execute("SELECT rows, bytes, pooling FROM maxsim.index_info('pages_idx')").fetchone()
+        rng = np.random.default_rng(args.seed + 1)
+        sources = rng.choice(written, size=min(args.queries, written), replace=False)
+        queries = [corpus.query(int(i)) for i in sources]
+        s0 = time.perf_counter()
+        conn.execute("SELECT id, score FROM maxsim.search('pages_idx', %s, 10)", (Tokens(queries[0]),)).fetchall()
+        first_ms = (time.perf_counter() - s0) * 1000
         latencies, got = [], []
         for q in queries:
             s0 = time.perf_counter()
             rows = conn.execute("SELECT id, score FROM maxsim.search('pages_idx', %s, 10)", (Tokens(q),)).fetchall()
             latencies.append((time.perf_counter() - s0) * 1000)
             got.append([int(r[0]) for r in rows])
-    log("  exact MaxSim in NumPy over the stored representation ...")
-    exact = exact_scores(corpus, queries, args.storage, args.pool_factor, log)
+        load_search = os.getloadavg()[0]
+        split = timed_split(conn, queries)
+        log("  exact MaxSim in NumPy over the stored bytes ...")
+        row_ids, exact_cols = exact_from_stored(conn, queries, args.storage, 128, log)
+    order = np.argsort(row_ids)
+    row_ids, exact = row_ids[order], exact_cols[:, order]
+    pos = {int(r): j for j, r in enumerate(row_ids)}
     top1 = np.mean([g[:1] == [int(s)] for g, s in zip(got, sources)])
-    exact_top1 = np.mean([int(np.argmax(e)) == int(s) for e, s in zip(exact, sources)])
+    exact_top1 = np.mean([int(row_ids[int(np.argmax(e))]) == int(s) for e, s in zip(exact, sources)])
     rec, mass = [], []
     for e, g in zip(exact, got):
         ref = np.argsort(-e, kind="stable")[:10]
-        rec.append(len(set(ref.tolist()) & set(g)) / 10)
-        mass.append(float(e[g].sum() / e[ref].sum()) if g else 0.0)
-    print(f"{args.pages} pages ({raw_bytes / args.pages / 1024:.0f} KiB raw fp16 per page), storage {args.storage},"
-          f" pool factor {args.pool_factor}, first stage {info[2].get('first_stage', info[2].get('pooling', '?'))},"
-          f" {args.queries} needle queries; load {os.getloadavg()[0]:.1f}")
+        rec.append(len(set(row_ids[ref].tolist()) & set(g)) / 10)
+        mass.append(float(sum(e[pos[i]] for i in g) / e[ref].sum()) if g else 0.0)
+    print(f"{written} pages of {args.pages} asked ({raw_bytes / written / 1024:.0f} KiB raw fp16 per page),"
+          f" storage {args.storage}, pool factor {args.pool_factor},"
+          f" first stage {info[2]}, {len(queries)} needle queries;"
+          f" load {os.getloadavg()[0]:.1f} (searches: {load_search:.1f})")
     print()
     print("| measure | value |")
     print("|---|---|")
-    print(f"| build (write_rows, excluding page generation) | {build:.0f} s, {args.pages / build:.0f} pages/s |")
+    print(f"| build (write_rows incl. first-stage training, excluding page generation) | {build:.0f} s,"
+          f" {written / build:.1f} pages/s |")
+    if train_s is not None:
+        print(f"| first-stage training after the writes (codebook.train: sample, k-means, codes of every row,"
+              f" VACUUM, REINDEX) | {train_s:.0f} s |")
     print(f"| index bytes (index_info) | {info[1] / 2**30:.2f} GiB, {info[1] / info[0] / 1024:.1f} KiB/row,"
           f" {info[1] / raw_bytes:.3f} x raw fp16 |")
+    print(f"| first search after the build | {first_ms:.0f} ms |")
     print(f"| default search p50 / p95 | {np.percentile(latencies, 50):.0f} / {np.percentile(latencies, 95):.0f} ms |")
+    print(f"| split, median ms (pgmaxsim.timing pass) | candidates {split['candidates']:.1f},"
+          f" rescore {split['rescore']:.1f}, token fetch {split['fetch']:.1f}, exact scoring {split['score']:.1f} |")
     print(f"| source at top-1: default / exact | {top1:.0%} / {exact_top1:.0%} |")
     print(f"| recall@10 vs exact | {np.mean(rec):.3f} |")
     print(f"| score-mass@10 vs exact | {np.mean(mass):.4f} |")
