@@ -447,3 +447,39 @@ def test_reindex_keeps_every_write_made_while_it_runs(dsn: str) -> None:
         for k, t in last.items():
             expect = quantize.dequantize(*quantize.decode_tokens(quantize.encode_tokens(t, "int8"), DIM, "int8"))
             assert np.array_equal(got[k][0], expect), k
+
+
+def test_streamed_writes_codes_and_all_or_nothing(dsn: str) -> None:
+    """write_rows encodes rows as the COPY sends them: the codes it streams (binary int4[]) are the
+    first stage's codes of the stored tokens, and a bad row anywhere in a batch still fails it
+    before anything is written."""
+    from pgmaxsim import PgmaxsimError, codebook
+    from pgmaxsim.registry import get_index
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("CREATE TABLE src_stream (id bigint PRIMARY KEY)")
+        db.execute("INSERT INTO src_stream SELECT g FROM generate_series(1, 200) g")
+        db.execute("SELECT maxsim.create_index('stream_idx', 'src_stream', 'id', dim => %s, options =>"
+                   " '{\"storage\": \"int8\", \"pool_factor\": 2, \"first_stage\": \"codebook\", \"train_tokens\": 64}')",
+                   (DIM,))
+        docs = corpus(40, seed=3)
+        idx = Index(db, "stream_idx")
+        idx.upsert(list(docs), list(docs.values()))
+        codebook.train(db, "stream_idx")
+        idx = Index(db, "stream_idx")
+        idx.upsert(list(docs), [d[::-1] for d in docs.values()])   # rewritten under the trained codebook
+        spec = get_index(db, "stream_idx")
+        book = codebook.live(db, spec)
+        assert book is not None
+        col = codebook.column(book.slot)
+        rows = db.execute(f"SELECT id, tokens, {col}, version FROM maxsim.{spec.token_table} ORDER BY id").fetchall()
+        assert len(rows) == len(docs)
+        for k, blob, codes, _ in rows:
+            values = quantize.dequantize(*quantize.decode_tokens(bytes(blob), DIM, "int8"))
+            assert codes == codebook.row_codes(book, values), k
+        before = {k: v for k, _, _, v in rows}
+        bad = [docs[1], docs[2], np.full((3, DIM), np.nan, dtype=np.float32), docs[4]]
+        with pytest.raises(PgmaxsimError, match="row 3: .*NaN"):
+            idx.upsert([1, 2, 3, 4], bad)
+        after = dict(db.execute(f"SELECT id, version FROM maxsim.{spec.token_table}").fetchall())
+        assert after == before
