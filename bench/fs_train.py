@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pgmaxsim  # noqa: F401 - the one on PYTHONPATH (or installed), before bench/needle.py adds this tree's
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+            shutil.rmtree(pylib_root, ignore_errors=True)
 
 
 def _run(dsn: str, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import pytest
 from pgmaxsim import Index, codebook
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.registry import get_index
+from pgmaxsim.worker.loop import run_worker
 from psycopg.conninfo import make_conninfo
 from test_firststage_pg import DIM, check_exact, corpus, create, queries_of, search_ids
 
@@ -121,17 +122,22 @@ def test_a_granted_role_trains_and_retrains_and_others_are_refused(
         idx = Index(c, "g")
         idx.upsert(keys[:200], [docs[k] for k in keys[:200]])
         assert status(c, "g") == (None, None, True, False)
+        # a worker of a role that does not manage it leaves it alone; the role's own worker trains it
+        run_worker(app["other"], once=True, install_signals=False, heartbeat_interval=60)
+        assert status(c, "g") == (None, None, True, False)
+        assert run_worker(app["app"], once=True, install_signals=False, heartbeat_interval=60).first_stages_trained == ["g"]
+        assert status(c, "g") == (0, 200, False, False)
         done = codebook.train(c, "g")   # through the entry points, as the role
-        assert (done.gen, done.rows) == (0, 200)
+        assert (done.gen, done.rows) == (1, 200)
         idx.upsert(keys[200:], [docs[k] for k in keys[200:]])   # coded under the role's codebook
-        assert c.execute("SELECT maxsim.train_first_stage('g')").fetchone()[0]["generation"] == 1
-        assert codebook.train(c, "g", seed=2).gen == 2
-        assert status(c, "g")[:3] == (2, 240, False)
+        assert c.execute("SELECT maxsim.train_first_stage('g')").fetchone()[0]["generation"] == 2
+        assert codebook.train(c, "g", seed=2).gen == 3
+        assert status(c, "g")[:3] == (3, 240, False)
         for k in keys[:3]:
             assert search_ids(c, "g", docs[k][:3], 5)[0] == k
     check_exact(owner, "g", docs, queries_of(docs, seed=13))
     spec = get_index(owner, "g")
-    assert owner.execute(f"SELECT count(*) FROM maxsim.{spec.token_table} WHERE codes_1 IS NOT NULL").fetchone()[0] == 0
+    assert owner.execute(f"SELECT count(*) FROM maxsim.{spec.token_table} WHERE codes_0 IS NOT NULL").fetchone()[0] == 0
     # a role that does not manage it: one clear line at every step
     with as_role(app["other"]) as o:
         for stmt in ("SELECT maxsim.train_first_stage('g')",
@@ -148,7 +154,7 @@ def test_a_granted_role_trains_and_retrains_and_others_are_refused(
         with pytest.raises(Exception, match='permission denied for index "g"'):
             codebook.train(o, "g")
         assert o.execute("SELECT count(*) FROM maxsim.first_stage_due()").fetchone()[0] == 0
-    assert status(owner, "g")[0] == 2
+    assert status(owner, "g")[0] == 3
 
 
 def test_one_training_at_a_time(owner: psycopg.Connection[Any], dsn: str) -> None:
@@ -226,8 +232,6 @@ def test_retrain_under_concurrent_searches_and_writes(owner: psycopg.Connection[
 
 
 def test_the_worker_trains_due_indexes_in_the_background(owner: psycopg.Connection[Any], dsn: str) -> None:
-    from pgmaxsim.worker.loop import run_worker
-
     idx = create(owner, opts=SMALL)   # no model: written by the application, trained by the worker
     docs = corpus(300, seed=15)
     idx.upsert(list(docs), list(docs.values()))
@@ -257,3 +261,24 @@ def test_without_plpython_a_client_trains_and_the_sql_entry_point_says_so(embedd
         assert codebook.train(c, "fs").gen == 0
         assert status(c, "fs") == (0, 200, False, False)
         check_exact(c, "fs", docs, queries_of(docs, seed=6))
+
+
+def test_the_cli_retrains_as_the_role_that_manages_the_index(
+        owner: psycopg.Connection[Any], app: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from pgmaxsim.cli import main
+
+    docs = corpus(150, seed=17)
+    with as_role(app["app"]) as c:
+        c.execute("CREATE TABLE src_c (id bigint PRIMARY KEY)")
+        c.execute("INSERT INTO src_c SELECT generate_series(1, 150)")
+        c.execute("GRANT SELECT ON src_c TO PUBLIC")
+        c.execute("SELECT maxsim.create_index('c', 'src_c', 'id', dim => %s, options => %s::jsonb)", (DIM, SMALL))
+        Index(c, "c").upsert(list(docs), list(docs.values()))
+    capsys.readouterr()
+    assert main(["--dsn", app["app"], "index", "reindex", "c", "--first-stage"]) == 0
+    out, _ = capsys.readouterr()
+    assert "index c: first stage codebook" in out and "(generation 0)" in out
+    code = main(["--dsn", app["other"], "index", "reindex", "c", "--first-stage"])
+    _, err = capsys.readouterr()
+    assert code != 0 and "permission denied" in err and len(err.strip().splitlines()) == 1
+    assert status(owner, "c") == (0, 150, False, False)
