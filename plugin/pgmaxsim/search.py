@@ -315,7 +315,7 @@ def _hits(conn: psycopg.Connection[Any], info: IndexSpec, pairs: list[tuple[str,
 def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, candidates: int | None = None, *,
            filter: Filter = None, params: Any = None, rows: bool | Sequence[str] = False,
            encoder: Encoder | None = None, filter_rerank_limit: int = FILTER_RERANK_LIMIT,
-           info: IndexSpec | None = None) -> list[Hit]:
+           info: IndexSpec | None = None, score_here: bool = False) -> list[Hit]:
     """Top-``k`` rows of index ``name`` by MaxSim, best first.
 
     ``query``: text or a PIL image (encoded by the index's model, or ``encoder``)
@@ -326,7 +326,8 @@ def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, ca
     when at most ``filter_rerank_limit`` rows match, all of them are scored
     exactly (``maxsim.rerank``); a broader filter searches deeper and
     post-filters. ``rows``: attach each source row as ``hit.row`` (True: every
-    column; or a list of column names).
+    column; or a list of column names). ``score_here``: score maxsim.search's candidates in
+    this process (:mod:`pgmaxsim.search_here`; for servers without plpython3u, same results).
     """
     if k <= 0:
         raise PgmaxsimError(f"k must be positive, got {k}")
@@ -334,9 +335,9 @@ def search(conn: psycopg.Connection[Any], name: str, query: Any, k: int = 10, ca
     q = encode_query(info, query, encoder)
     with _pending_rows_warned(conn):
         if filter is None:
-            pairs = _search_pairs(conn, info, q, k, candidates)
+            pairs = _search_pairs(conn, info, q, k, candidates, score_here)
         else:
-            pairs = _filtered_pairs(conn, info, q, k, candidates, filter, params, filter_rerank_limit)
+            pairs = _filtered_pairs(conn, info, q, k, candidates, filter, params, filter_rerank_limit, score_here)
     return _hits(conn, info, pairs, rows)
 
 
@@ -360,7 +361,11 @@ def cache_query(conn: psycopg.Connection[Any], name: str, text: str, *, encoder:
 
 
 def _search_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarray, k: int,
-                  candidates: int | None) -> list[tuple[str, float]]:
+                  candidates: int | None, here: bool = False) -> list[tuple[str, float]]:
+    if here:
+        from pgmaxsim.search_here import search_pairs
+
+        return search_pairs(conn, info, q, k, candidates)
     rows = _fetch(conn, info, "SELECT id, score FROM maxsim.search(%s, %s, %s, %s)",
                   (info.name, Tokens(q), k, candidates))
     return [(i, float(s)) for i, s in rows]
@@ -374,7 +379,8 @@ def _rerank_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarray,
 
 
 def _filtered_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarray, k: int,
-                    candidates: int | None, filter: Filter, params: Any, limit: int) -> list[tuple[str, float]]:
+                    candidates: int | None, filter: Filter, params: Any, limit: int,
+                    here: bool = False) -> list[tuple[str, float]]:
     keys = filter_keys(conn, info, filter, params, limit=limit)
     if keys is not None:  # few enough: exact over every matching row
         return _rerank_pairs(conn, info, q, keys, k) if keys else []
@@ -383,7 +389,7 @@ def _filtered_pairs(conn: psycopg.Connection[Any], info: IndexSpec, q: np.ndarra
     want = k * 4
     while True:
         cand = max(candidates or info.candidates, want)
-        found = _search_pairs(conn, info, q, want, cand)
+        found = _search_pairs(conn, info, q, want, cand, here)
         ok = keep_matching(conn, info, [key for key, _ in found], filter, params)
         kept = [(key, s) for key, s in found if key in ok]
         if len(kept) >= k or want >= total or len(found) < want:

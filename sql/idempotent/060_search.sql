@@ -271,9 +271,11 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION maxsim.search(name text, query @vector@.halfvec[], k integer DEFAULT 10,
-                                         candidates integer DEFAULT NULL)
-RETURNS TABLE (id text, score real)
+-- The rows maxsim.search scores exactly for this query and caller (ids NULL: every row), and the
+-- index's id: the checks, the pending-rows NOTICE, the prefilter widened under row-level security
+-- and the centroid rescoring. Runs as the caller; maxsim.search and maxsim.search_tokens share it.
+CREATE OR REPLACE FUNCTION maxsim._search_candidates(name text, query @vector@.halfvec[], k integer,
+                                                    candidates integer, OUT index_id integer, OUT ids text[])
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -282,7 +284,6 @@ DECLARE
     n integer;
     wide integer;
     cand text[];
-    res record;
     filtered boolean;
     round integer := 0;
     seen integer;
@@ -355,9 +356,67 @@ BEGIN
                 maxsim._ms_since(t0);
         END IF;
     END IF;
-    res := maxsim._scores(r.id, query, cand, k);
+    index_id := r.id;
+    ids := cand;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim.search(name text, query @vector@.halfvec[], k integer DEFAULT 10,
+                                         candidates integer DEFAULT NULL)
+RETURNS TABLE (id text, score real)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    cand record;
+    res record;
+BEGIN
+    cand := maxsim._search_candidates(name, query, k, candidates);
+    res := maxsim._scores(cand.index_id, query, cand.ids, k);
     RETURN QUERY SELECT u.id, u.score FROM ROWS FROM (pg_catalog.unnest(res.ranked_ids), pg_catalog.unnest(res.ranked_scores)) WITH ORDINALITY
                                            AS u(id, score, o) ORDER BY u.o;
+END
+$$;
+
+-- The stored bytes of rows `ids` (text keys; NULL = every row) as three parallel arrays
+-- (privileged: reads the token table). Tokens as the tier stores them (pgmaxsim.kernels.quantize).
+CREATE OR REPLACE FUNCTION maxsim._token_bytes(index_id integer, ids text[], OUT row_ids text[],
+                                               OUT blobs bytea[], OUT n_tokens integer[])
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    ctx text;
+    r maxsim.indexes;
+BEGIN
+    GET DIAGNOSTICS ctx = PG_CONTEXT;
+    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_token_bytes'); END IF;
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    EXECUTE pg_catalog.format(
+        'SELECT pg_catalog.array_agg(t.id::text), pg_catalog.array_agg(t.tokens), pg_catalog.array_agg(t.n_tokens)'
+        ' FROM maxsim.%I t WHERE $1 IS NULL OR t.id = ANY ($1::%s[])', r.token_table, r.id_type)
+        INTO row_ids, blobs, n_tokens USING ids;
+END
+$$;
+
+-- What maxsim.search would score for this query and caller, with each row's stored token bytes, for
+-- a client that scores them itself: on a server without plpython3u, MaxSim in SQL arithmetic takes
+-- seconds where NumPy takes milliseconds (pgmaxsim.search scores them so, with the ranking of
+-- maxsim.search: score descending, then id). Only rows the caller can see, as maxsim.search.
+CREATE OR REPLACE FUNCTION maxsim.search_tokens(name text, query @vector@.halfvec[], k integer DEFAULT 10,
+                                                candidates integer DEFAULT NULL)
+RETURNS TABLE (id text, tokens bytea, n_tokens integer)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    cand record;
+    res record;
+BEGIN
+    cand := maxsim._search_candidates(name, query, k, candidates);
+    res := maxsim._token_bytes(cand.index_id, cand.ids);
+    RETURN QUERY SELECT u.id, u.tokens, u.n FROM ROWS FROM (pg_catalog.unnest(res.row_ids), pg_catalog.unnest(res.blobs),
+                                                            pg_catalog.unnest(res.n_tokens)) AS u(id, tokens, n);
 END
 $$;
 
