@@ -4,24 +4,26 @@
     .venv/bin/python bench/cli_latency.py --pg15          # and, in the same run, a PostgreSQL 15 with plpython3u
     .venv/bin/python bench/cli_latency.py -n 40 --dsn postgresql://u@host/db   # a server of yours instead
 
-The embedded server has no plpython3u: its MaxSim runs in pure SQL, which decodes every stored
-half with SQL arithmetic (seconds for the quickstart's 41 rows). --pg15 starts a server like the
-test suite's (tests/pgserver.py), where the same search scores in PL/Python + NumPy, to show what
-the command costs around a fast SQL search.
+The embedded server has no plpython3u: there the search fetches maxsim.search's candidates with
+their stored bytes (maxsim.search_tokens) and scores them in NumPy (pgmaxsim.search_here), where
+SQL arithmetic took seconds. --pg15 starts a server like the test suite's (tests/pgserver.py),
+where maxsim.search scores in PL/Python + NumPy.
 
 It builds the quickstart corpus with ``pgmaxsim demo`` (table demo_documents, index demo; on the
 embedded server in a private data directory unless --data-dir), then times, each as its own
 process as a user types it:
 
-- the first ``pgmaxsim search`` (starts the warm query encoder, which loads the model);
-- ``-n`` warm searches (the queries of the demo and eval sets, in turn): p50 / p95;
+- the first ``pgmaxsim search`` (starts the warm service, which loads the model);
+- ``-n`` warm searches (the queries of the demo and eval sets, in turn): p50 / p95. A warm
+  search is a thin client (pgmaxsim.warm_search): the service encodes, searches and formats;
 
 and, to split the warm figure into its parts, in the same run:
 
-- ``python -c 'import <the search path's modules>'``: interpreter start-up and imports;
-- one query encoding through the warm service (a round trip from this process);
-- ``pgmaxsim.search.search`` from this process on an open connection: the SQL search itself
-  (maxsim.search, then the rows' columns).
+- ``python -c 'import <the thin client's modules>'``: interpreter start-up and imports;
+- the service's answer to one search request from this process (round trip), and the
+  service's own time for it, of which the query encoding;
+- ``pgmaxsim.search.search`` from this process on an open connection (encoding through the
+  service): what a search costs without the thin client, imports aside.
 
 Bytecode is written as a user's installation has it (PYTHONDONTWRITEBYTECODE is unset for the
 children: without .pyc files every call compiles the package again). The warm service runs with
@@ -48,10 +50,9 @@ QUERIES = (
     "solar energy for the greenhouses", "why does the sea rise twice a day", "git rebase onto main",
     "volcanoes and lava", "what limits the efficiency of solar panels", "thunderstorm safety",
 )
-# What a warm `pgmaxsim search` imports (tests/test_cli_latency.py checks that torch is not among them).
-SEARCH_MODULES = ("pgmaxsim.cli", "pgmaxsim.commands.search_cmd", "pgmaxsim.search", "pgmaxsim.display",
-                  "pgmaxsim.query_encoder_service", "pgmaxsim.scorer.client", "pgmaxsim.registry",
-                  "pgmaxsim.db.connect", "pgmaxsim.db.embedded")
+# What a warm `pgmaxsim search` imports (tests/test_cli_latency.py checks that numpy, psycopg and
+# torch are not among them).
+SEARCH_MODULES = ("pgmaxsim.cli", "pgmaxsim.commands.search_cmd", "pgmaxsim.warm_search", "pgmaxsim.db.embedded")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -108,7 +109,7 @@ def main() -> None:
         results.append((args.dsn.split("@")[-1], bench_target(args, dsn=args.dsn)))
     else:
         data = args.data_dir or Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-data-")) / "pgdata"
-        results.append(("embedded PG 18, pure SQL", bench_target(args, data_dir=data)))
+        results.append(("embedded PG 18 (no plpython3u)", bench_target(args, data_dir=data)))
     if args.pg15:
         server = _start_pg15()
         try:
@@ -116,13 +117,15 @@ def main() -> None:
         finally:
             server.stop()
     print(f"after:  {uptime()}")
-    for label, (first, warm, imports, encode, sql) in results:
-        print(f"\n{label}: first search (starts the query encoder, loads the model) {first:.2f} s")
+    for label, (first, warm, imports, parts, sql) in results:
+        print(f"\n{label}: first search (starts the warm service, loads the model) {first:.2f} s")
         print(f"{'warm pgmaxsim search, ms':<44} {'n':>3}  {'p50':>9}  {'p95':>9}  {'min':>9}")
         print(row("pgmaxsim search (whole command)", warm))
-        print(row("  interpreter start-up + imports", imports))
-        print(row("  query encoding (warm service round trip)", encode))
-        print(row("  SQL: maxsim.search + rows (open connection)", sql))
+        print(row("  interpreter start-up + thin-client imports", imports))
+        print(row("  service round trip (one search request)", parts["round trip"]))
+        print(row("    service: encode + search + rows + format", parts["service"]))
+        print(row("    service: of which query encoding", parts["encode"]))
+        print(row("without the thin client: Python search call", sql))
 
 
 def bench_target(args: argparse.Namespace, *, dsn: str | None = None, data_dir: Path | None = None) -> tuple[Any, ...]:
@@ -147,9 +150,9 @@ def bench_target(args: argparse.Namespace, *, dsn: str | None = None, data_dir: 
     warm = [cli(env, "search", QUERIES[i % len(QUERIES)], "--index", "demo")[0] for i in range(args.n)]
     imports = timed(lambda: subprocess.run([sys.executable, "-c", "import " + ", ".join(SEARCH_MODULES)],
                                            env=env, check=True), max(5, args.n // 2))
-    encode, sql = _in_process(env, max(5, args.n // 2))
+    parts, sql = _in_process(env, max(5, args.n // 2))
     _stop_service(env)
-    return first, warm, imports, encode, sql
+    return first, warm, imports, parts, sql
 
 
 def _start_pg15() -> Any:
@@ -168,30 +171,43 @@ def _start_pg15() -> Any:
     return server
 
 
-def _in_process(env: dict[str, str], n: int) -> tuple[list[float], list[float]]:
-    """The encoding round trip and the SQL search, timed from this process on one connection."""
+def _in_process(env: dict[str, str], n: int) -> tuple[dict[str, list[float]], list[float]]:
+    """The service's answer to a search request (round trip, and its own time), and the search
+    as a Python call on one connection, timed from this process."""
     for key in ("DATABASE_URL", "PGMAXSIM_DATA_DIR"):
         os.environ.pop(key, None)
     os.environ.update(env)
     sys.path.insert(0, str(ROOT / "plugin"))
+    from pgmaxsim import search_here, warm_search
     from pgmaxsim.commands.search_cmd import _connect
     from pgmaxsim.query_encoder_service import remote_encoder
     from pgmaxsim.registry import get_index
     from pgmaxsim.search import search
 
+    parts: dict[str, list[float]] = {"round trip": [], "service": [], "encode": []}
+    for i in range(n):
+        options = {"query": QUERIES[i % len(QUERIES)], "index": "demo", "k": 10, "candidates": None,
+                   "exact": False, "filter": None, "json": False, "cache": False}
+        t0 = time.perf_counter()
+        reply = warm_search.search(options, env.get("DATABASE_URL"))
+        parts["round trip"].append(time.perf_counter() - t0)
+        if reply is None:
+            sys.exit("the warm service did not answer the search")
+        parts["service"].append(reply["timing_ms"]["total"] / 1000)
+        parts["encode"].append(reply["timing_ms"]["encode"] / 1000)
     with _connect(env.get("DATABASE_URL")) as conn:
         info = get_index(conn, "demo")
         encoder = remote_encoder(conn, info.id, info.model, info.model_revision)
         if encoder is None:
             sys.exit("the warm query encoder did not answer")
-        tokens = [encoder.encode_query(q) for q in QUERIES]
-        encode = timed(lambda: encoder.encode_query(QUERIES[0]), n)
+        here = search_here.wanted(conn)
         it = iter(range(10**9))
-        sql = timed(lambda: search(conn, "demo", tokens[next(it) % len(tokens)], k=10, rows=True), n)
+        sql = timed(lambda: search(conn, "demo", QUERIES[next(it) % len(QUERIES)], k=10, rows=True,
+                                   encoder=encoder, score_here=here), n)
     from pgmaxsim.db.embedded import stop_embedded
 
     stop_embedded()
-    return encode, sql
+    return parts, sql
 
 
 def _stop_service(env: dict[str, str]) -> None:

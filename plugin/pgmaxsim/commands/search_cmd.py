@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import warnings
-from typing import Any
+from typing import Any, TextIO
 
 from pgmaxsim.errors import PgmaxsimError
 
@@ -17,10 +17,11 @@ examples:
   pgmaxsim search "safety incidents" --index docs --filter "kind = 'pdf'"
   pgmaxsim search "tides" --index docs --json | jq .
 
-The query is encoded with the index's own model: by the scorer service when one
-answers, else by a query encoder that the first search starts and that stays
-warm for 10 minutes without searches (PGMAXSIM_QUERY_ENCODER=off: encode in
-this process, loading the model every time).
+The query is encoded with the index's own model. The first search starts a
+per-user service that keeps the model and the connection warm for 10 minutes
+without searches; later searches ask it, as the same role, and print the same
+(PGMAXSIM_QUERY_ENCODER=off: search in this process, loading the model every
+time). The scorer service encodes when one answers.
 """
 
 
@@ -51,51 +52,74 @@ def _available(conn: Any) -> str:
     return ", ".join(names) if names else "none yet (pgmaxsim index create …, or pgmaxsim demo)"
 
 
-def run(args: argparse.Namespace) -> int:
-    from pgmaxsim import search as queries
-    from pgmaxsim.display import body, label, snippet, table
-    from pgmaxsim.registry import require_schema
-
+def check_options(args: argparse.Namespace) -> None:
     if not args.query.strip():
         raise PgmaxsimError("the query is empty")
     if args.k <= 0:
         raise PgmaxsimError(f"-k must be positive, got {args.k}")
     if args.candidates is not None and args.candidates <= 0:
         raise PgmaxsimError(f"--candidates must be positive, got {args.candidates}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_options(args)
+    # After the first search the warm service searches for us: this process then imports no
+    # NumPy, psycopg or model library (pgmaxsim.warm_search).
+    from pgmaxsim import warm_search
+
+    reply = warm_search.search(vars(args), args.dsn)
+    if reply is not None:
+        sys.stderr.write(str(reply.get("stderr", "")))
+        sys.stdout.write(str(reply.get("stdout", "")))
+        return int(reply.get("code", 1))
     with _connect(args.dsn) as conn:
-        require_schema(conn)
-        if not args.index:
-            raise PgmaxsimError(f"which index? pass --index NAME (indexes: {_available(conn)})")
-        reg = conn.execute("SELECT id, model, model_revision FROM maxsim.list_indexes() WHERE name = %s",
-                           (args.index,)).fetchone()
-        if reg is None:
-            raise PgmaxsimError(f"index {args.index!r} does not exist (indexes: {_available(conn)})")
-        candidates = args.candidates
-        if args.exact:  # >= the row count: exact
-            n = conn.execute("SELECT rows FROM maxsim.index_info(%s)", (args.index,)).fetchone()
-            candidates = max(1, int(n[0]) if n else 1)
-        encoder = _warm_encoder(conn, args, *reg) if reg[1] else None
-        query: Any = args.query
-        if args.cache:  # encode once: the cached tokens are the ones searched
-            query = queries.cache_query(conn, args.index, args.query, encoder=encoder)
-        with warnings.catch_warnings(record=True) as warned:
-            warnings.simplefilter("always", queries.PendingRowsWarning)
-            hits = queries.search(conn, args.index, query, k=args.k, candidates=candidates, filter=args.filter,
-                                  rows=True, encoder=encoder)
-    for w in warned:  # one line each on stderr, as the CLI's other messages
-        print(f"pgmaxsim: {w.message}", file=sys.stderr)
+        return render(conn, args, lambda *reg: _warm_encoder(conn, args, *reg), sys.stdout, sys.stderr)
+
+
+def render(conn: Any, args: argparse.Namespace, encoder_of: Any, out: TextIO, err: TextIO) -> int:
+    """Search as ``args`` say and print the results to ``out`` (messages to ``err``); the exit code.
+
+    Runs in this process, or in the warm service for a thin client (the same output either
+    way). ``encoder_of(index_id, model, revision)``: the query encoder to use, None to load it here.
+    """
+    from pgmaxsim import search as queries
+    from pgmaxsim import search_here
+    from pgmaxsim.display import body, label, snippet, table
+    from pgmaxsim.registry import require_schema
+
+    require_schema(conn)
+    if not args.index:
+        raise PgmaxsimError(f"which index? pass --index NAME (indexes: {_available(conn)})")
+    reg = conn.execute("SELECT id, model, model_revision FROM maxsim.list_indexes() WHERE name = %s",
+                       (args.index,)).fetchone()
+    if reg is None:
+        raise PgmaxsimError(f"index {args.index!r} does not exist (indexes: {_available(conn)})")
+    candidates = args.candidates
+    if args.exact:  # >= the row count: exact
+        n = conn.execute("SELECT rows FROM maxsim.index_info(%s)", (args.index,)).fetchone()
+        candidates = max(1, int(n[0]) if n else 1)
+    encoder = encoder_of(*reg) if reg[1] else None
+    query: Any = args.query
+    if args.cache:  # encode once: the cached tokens are the ones searched
+        query = queries.cache_query(conn, args.index, args.query, encoder=encoder)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", queries.PendingRowsWarning)
+        hits = queries.search(conn, args.index, query, k=args.k, candidates=candidates, filter=args.filter,
+                              rows=True, encoder=encoder, score_here=search_here.wanted(conn))
+    for w in warned:  # one line each, as the CLI's other messages
+        print(f"pgmaxsim: {w.message}", file=err)
     if args.json:
         for rank, h in enumerate(hits, start=1):
             row = {k: v for k, v in (h.row or {}).items() if not isinstance(v, (bytes, memoryview))}
-            print(json.dumps({"rank": rank, "id": h.id, "score": h.score, "row": row}, default=str))
+            print(json.dumps({"rank": rank, "id": h.id, "score": h.score, "row": row}, default=str), file=out)
         return 0
     if not hits:
         print(f"no results: index {args.index!r} has no embedded rows yet"
-              " (run `pgmaxsim worker --once`; `pgmaxsim status` shows the queue)")
+              " (run `pgmaxsim worker --once`; `pgmaxsim status` shows the queue)", file=out)
         return 0
     rows = [[rank, h.id, f"{h.score:.4f}", snippet(label(h.row), 60), snippet(body(h.row), 50)]
             for rank, h in enumerate(hits, start=1)]
-    table(["rank", "id", "score", "title / page", "text"], rows, right=[0, 2])
+    table(["rank", "id", "score", "title / page", "text"], rows, right=[0, 2], out=out)
     return 0
 
 
