@@ -147,8 +147,11 @@ def run_demo(
         from pgmaxsim.display import snippet
         from pgmaxsim.display import table as print_table
 
+        from pgmaxsim import search_here
+
+        here = search_here.wanted(conn)  # as pgmaxsim search: NumPy scoring where SQL would decode halves
         for q in queries:
-            hits = pgq.search(conn, index, q, k=k, rows=True)
+            hits = pgq.search(conn, index, q, k=k, rows=True, score_here=here)
             result.searches.append((q, hits))
             buf = io.StringIO()
             print_table(["rank", "id", "score", "title / page", "text"],
