@@ -181,7 +181,11 @@ def _row_distances(x: np.ndarray) -> np.ndarray:
     """
     y = x @ (x.T @ x)                       # (n, d): X G
     q = np.einsum("ij,ij->i", y, x)
-    return np.maximum(q[:, None] + q[None, :] - 2.0 * (y @ x.T), 0.0)
+    d2 = y @ x.T                            # in place from here: an (n, n) float64 is 8 MB at n = 1,000
+    d2 *= -2.0
+    d2 += q[:, None]
+    d2 += q[None, :]
+    return np.maximum(d2, 0.0, out=d2)
 
 
 def _jump(parent: np.ndarray) -> np.ndarray:
@@ -211,9 +215,8 @@ def _roots_scipy(d2: np.ndarray, k: int) -> np.ndarray | None:
     except ImportError:
         return None
     n = d2.shape[0]
-    d = d2.copy()
-    np.fill_diagonal(d, 0.0)
-    z = linkage(np.sqrt(squareform(d, checks=False)), method="ward")   # rows sorted by height
+    condensed = squareform(d2, checks=False)   # the upper triangle (the diagonal is not read)
+    z = linkage(np.sqrt(condensed, out=condensed), method="ward")   # rows sorted by height
     parent = np.arange(2 * n - 1)
     cut = z[: n - k, :2].astype(np.int64)
     new = n + np.arange(n - k)
