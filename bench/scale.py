@@ -149,6 +149,21 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
 
+def pick_queries(corpus: NeedleCorpus, written: int, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``n`` source pages drawn at random among those written, and their needle queries (a page with
+    fewer tokens of its two main topics than a needle query copies is passed over)."""
+    sources, queries = [], []
+    for i in np.random.default_rng(seed).permutation(written):
+        try:
+            queries.append(corpus.query(int(i)))
+        except ValueError:
+            continue
+        sources.append(int(i))
+        if len(sources) == n:
+            break
+    return np.array(sources), queries
+
+
 def _deadline(hhmm: str | None) -> float:
     """The epoch second of today's ``HH:MM`` UTC (inf when none)."""
     if not hhmm:
@@ -204,9 +219,7 @@ def run(dsn: str, args: argparse.Namespace, log: object) -> int:
         log("  VACUUM ANALYZE")
         conn.execute("VACUUM ANALYZE")
         info = conn.execute("SELECT rows, bytes, pooling FROM maxsim.index_info('pages_idx')").fetchone()
-        rng = np.random.default_rng(args.seed + 1)
-        sources = rng.choice(written, size=min(args.queries, written), replace=False)
-        queries = [corpus.query(int(i)) for i in sources]
+        sources, queries = pick_queries(corpus, written, args.queries, args.seed + 1)
         s0 = time.perf_counter()
         conn.execute("SELECT id, score FROM maxsim.search('pages_idx', %s, 10)", (Tokens(queries[0]),)).fetchall()
         first_ms = (time.perf_counter() - s0) * 1000
