@@ -110,13 +110,8 @@ def search(options: dict[str, Any], dsn: str | None) -> dict[str, Any] | None:
         st_ino = os.lstat(path).st_ino
     except FileNotFoundError:
         return None  # no service yet: the search here starts it
-    from pgmaxsim import __version__
-
-    where = {"dsn": dsn} if dsn else target()
-    request = {"op": "search", "version": __version__, **where, "pgenv": pg_environment(),
-               **{k: options.get(k) for k in OPTIONS}}
     try:
-        reply = ask(path, request)
+        reply = ask(path, _request(options, dsn))
     except Untrusted as e:
         _say(f"ignoring the warm search service: {e}")
         return None
@@ -128,6 +123,27 @@ def search(options: dict[str, Any], dsn: str | None) -> dict[str, Any] | None:
     if not reply.get("ok"):
         return None  # not served (another data directory, an older service …): search here
     return reply
+
+
+def prime(options: dict[str, Any], dsn: str | None) -> None:
+    """Send the search this process just ran to the service without waiting for its answer, so that
+    the next search finds the connection open and the server's caches warm (a new PostgreSQL backend
+    first imports PL/Python's modules: a few hundred ms that the second search would otherwise pay)."""
+    if not enabled():
+        return
+    try:
+        path = socket_path()
+        ask(path, _request(options, dsn), timeout=0.0)
+    except (Untrusted, OSError, ValueError):
+        pass  # only a head start
+
+
+def _request(options: dict[str, Any], dsn: str | None) -> dict[str, Any]:
+    from pgmaxsim import __version__
+
+    where = {"dsn": dsn} if dsn else target()
+    return {"op": "search", "version": __version__, **where, "pgenv": pg_environment(),
+            **{k: options.get(k) for k in OPTIONS}}
 
 
 def ask(path: Path, request: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
@@ -149,6 +165,8 @@ def ask(path: Path, request: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -
             raise ValueError(f"{path} did not greet as a pgmaxsim service: {hello.get('error', hello)}")
         body = json.dumps({**request, "arrays": []}, separators=(",", ":")).encode()
         s.sendall(_PREFIX.pack(MAGIC, len(body), 0) + body)
+        if not timeout:
+            return {}  # sent; the answer is not wanted (prime)
         s.settimeout(timeout)
         return _recv(s)
 

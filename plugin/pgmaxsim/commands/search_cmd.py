@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(str(reply.get("stdout", "")))
         return int(reply.get("code", 1))
     with _connect(args.dsn) as conn:
-        return render(conn, args, lambda *reg: _warm_encoder(conn, args, *reg), sys.stdout, sys.stderr)
+        code = render(conn, args, lambda *reg: _warm_encoder(conn, args, *reg), sys.stdout, sys.stderr)
+    if code == 0:  # the service this search started (or used) opens its connection for the next one now
+        warm_search.prime({**vars(args), "cache": False}, args.dsn)
+    return code
 
 
 def render(conn: Any, args: argparse.Namespace, encoder_of: Any, out: TextIO, err: TextIO) -> int:
