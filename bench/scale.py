@@ -137,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
                                        settings={"shared_buffers": "1GB", "max_wal_size": "4GB",
                                                  "maintenance_work_mem": "512MB"})
-        server.wait_ready()
         dsn = server.dsn()
-        from pgmaxsim.db import migrate
-
-        migrate.upgrade(dsn)
     try:
+        if server is not None:   # inside the try: a failed migration still stops the server
+            from pgmaxsim.db import migrate
+
+            server.wait_ready()
+            migrate.upgrade(dsn)
         return run(dsn, args, log)
     finally:
         if server is not None:
