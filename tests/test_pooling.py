@@ -186,3 +186,14 @@ def test_pool_factor_edge_cases() -> None:
         pooling.pool_tokens(x, 0)
     with pytest.raises(ValueError, match=r"must be \(n, d\)"):
         pooling.pool_tokens(x[0], 2)
+
+
+@pytest.mark.parametrize("module", ["pgmaxsim.pooling", "pgmaxsim.writes", "pgmaxsim.kernels.quantize"])
+def test_doctests(module: str) -> None:
+    """The examples in the docstrings of the pooling, the writer (binary int4[] codes, lock keys)
+    and the tiers' byte layouts hold."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
