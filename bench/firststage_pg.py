@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def first_stage_bytes(conn: psycopg.Connection[Any], name: str) -> int:
     """Bytes the first stage adds to the index: the centroid table (+ HNSW), the pooled HNSW,
-    or the codebook tables + the codes columns + their GIN and partial indexes."""
+    or the codebook tables + the codes columns + their GIN and partial indexes + the sketch lists
+    and the token table's version index."""
     iid, tok, kind = conn.execute("SELECT id, token_table, pooling FROM maxsim.indexes WHERE name = %s",
                                   (name,)).fetchone()
     size = "SELECT coalesce(pg_total_relation_size(to_regclass(%s)), 0)"
@@ -51,7 +52,8 @@ def first_stage_bytes(conn: psycopg.Connection[Any], name: str) -> int:
     if kind == "mean":
         return int(conn.execute(idx, (f"maxsim.{tok}", "pooled_hnsw")).fetchone()[0])
     book = sum(int(conn.execute(size, (f"maxsim.{t}_{iid}",)).fetchone()[0]) for t in ("fs_coarse", "fs_fine"))
-    gin = int(conn.execute(idx, (f"maxsim.{tok}", "codes_|uncoded_")).fetchone()[0])
+    gin = int(conn.execute(idx, (f"maxsim.{tok}", "codes_|uncoded_|_version$")).fetchone()[0])
+    book += int(conn.execute("SELECT maxsim._sk_bytes(%s)", (iid,)).fetchone()[0])   # the residual sketch lists
     col = int(conn.execute(f"SELECT coalesce(sum(pg_column_size(codes_0)), 0) + coalesce(sum(pg_column_size(codes_1)), 0)"
                            f" FROM maxsim.{tok}").fetchone()[0])
     return book + gin + col
@@ -106,9 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="codebook index option (e.g. nprobe=16, tokens_per_code=16, train_sample=1000000)")
     ap.add_argument("--retrain", action="store_true", help="retrain the codebook once after the last write")
+    ap.add_argument("--sketch-tops", default="10",
+                    help="codebook rows per option sketch_top (rows the residual sketch lists put first; 0: off)")
+    ap.add_argument("--build-only", action="store_true", help="stop after writing (with --dsn --reuse: a corpus to reuse)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dsn", help="an existing server with pgvector and pgmaxsim's migrations")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --dsn: keep the indexes fs_<stage> already written there by an earlier run (the"
+                         " write cost is then not measured); only the missing ones are written")
     args = ap.parse_args(argv)
 
     server = None
@@ -132,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+
+
+def _written(conn: psycopg.Connection[Any], name: str, n: int) -> bool:
+    row = conn.execute("SELECT token_table FROM maxsim.indexes WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        return False
+    return int(conn.execute(f"SELECT count(*) FROM maxsim.{row[0]}").fetchone()[0]) == n
 
 
 def _log(msg: str) -> None:
@@ -158,26 +173,37 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
     raw = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         register_tokens(conn)
-        conn.execute("DROP TABLE IF EXISTS pages CASCADE")
-        conn.execute("CREATE TABLE pages (id bigint PRIMARY KEY)")
-        conn.execute("INSERT INTO pages SELECT generate_series(1, %s)", (n,))
-        for s in stages:
+        have = set()
+        if args.reuse:
+            have = {s for s in stages if _written(conn, f"fs_{s}", n)}
+        else:
+            conn.execute("DROP TABLE IF EXISTS pages CASCADE")
+        conn.execute("CREATE TABLE IF NOT EXISTS pages (id bigint PRIMARY KEY)")
+        conn.execute("INSERT INTO pages SELECT generate_series(1, %s) ON CONFLICT DO NOTHING", (n,))
+        todo = [s for s in stages if s not in have]
+        for s in todo:
             opts = {"first_stage": s} | (extra if s == "codebook" else {})
+            if args.reuse:
+                conn.execute("SELECT maxsim.drop_index(name) FROM maxsim.indexes WHERE name = %s", (f"fs_{s}",))
             conn.execute("SELECT maxsim.create_index(%s, 'pages', 'id', dim => 128, options => %s::jsonb)",
                          (f"fs_{s}", json.dumps(opts)))
-        specs = {s: get_index(conn, f"fs_{s}") for s in stages}
-        for a in range(0, n, args.batch):
+        specs = {s: get_index(conn, f"fs_{s}") for s in todo}
+        for a in range(0, n if todo else 0, args.batch):
             ids = list(range(a + 1, min(n, a + args.batch) + 1))
             pages = [corpus.page(i - 1)[0] for i in ids]
             raw += sum(p.shape[0] * p.shape[1] * 2 for p in pages)
-            for s in stages:
+            for s in todo:
                 t = time.perf_counter()
                 writes.write_rows(conn, specs[s], ids, pages)
                 if s == "codebook":   # the worker's trainer, run in line: writes only mark it due
                     codebook.train_due(conn, "fs_codebook")
                 write_s[s] += time.perf_counter() - t
             if (a // args.batch) % 25 == 0:
-                _log(f"  wrote {ids[-1]}/{n}: " + ", ".join(f"{s} {write_s[s] / ids[-1] * 1e3:.1f} ms/row" for s in stages))
+                _log(f"  wrote {ids[-1]}/{n}: " + ", ".join(f"{s} {write_s[s] / ids[-1] * 1e3:.1f} ms/row" for s in todo))
+        if not raw:   # reused: the fp16 bytes of the stored tokens
+            raw = 2 * 128 * int(conn.execute(f"SELECT sum(n_tokens) FROM maxsim.{get_index(conn, f'fs_{stages[0]}').token_table}").fetchone()[0])
+        if args.build_only:
+            return 0
         notes = []
         if "codebook" in stages:
             spec = get_index(conn, "fs_codebook")
@@ -200,8 +226,14 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
         top1 = np.mean([bool(e) and e[0][0] == str(s + 1) for e, s in zip(exact, sources)])
         out.append(f"| exact | {n} (100%) | {top1:.1%} | 1.000 | 1.0000 | - | - | - | - | - |")
         for s in stages:
-            out += table_rows(conn, f"fs_{s}", s, queries, [int(i) + 1 for i in sources], exact, budgets, n, fp16,
-                              write_s[s] / n * 1e3)
+            for top in ([int(t) for t in args.sketch_tops.split(",")] if s == "codebook" else [None]):
+                label = s
+                if top is not None:
+                    conn.execute("UPDATE maxsim.indexes SET options = options || jsonb_build_object('sketch_top', %s::int)"
+                                 " WHERE name = %s", (top, f"fs_{s}"))
+                    label = f"codebook + sketch top {top}" if top else "codebook (no sketch)"
+                out += table_rows(conn, f"fs_{s}", label, queries, [int(i) + 1 for i in sources], exact, budgets, n,
+                                  fp16, write_s[s] / n * 1e3 if s in todo else float("nan"))
     print("\n".join(out))
     return 0
 

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-stages", default="codebook,centroids")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="codebook index option")
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--sketch-tops", default="10",
+                    help="codebook rows per option sketch_top (rows the residual sketch lists put first; 0: off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path("/tmp/pgmaxsim-bench-phrase"))
     args = ap.parse_args(argv)
@@ -110,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                     top1 = np.mean([bool(e) and e[0][0] == str(s) for e, s in zip(exact, src)])
                     out.append(f"| exact | {n} (100%) | {top1:.1%} | 1.000 | 1.0000 | - | - | - | - | - |")
                 for s in stages:
-                    out += table_rows(conn, f"p_{s}", s, qs, src, exact, budgets, n, fp16, write_ms[s])
+                    for top in ([int(t) for t in args.sketch_tops.split(",")] if s == "codebook" else [None]):
+                        label_s = s
+                        if top is not None:
+                            conn.execute("UPDATE maxsim.indexes SET options = options"
+                                         " || jsonb_build_object('sketch_top', %s::int) WHERE name = %s", (top, f"p_{s}"))
+                            label_s = f"codebook + sketch top {top}" if top else "codebook (no sketch)"
+                        out += table_rows(conn, f"p_{s}", label_s, qs, src, exact, budgets, n, fp16, write_ms[s])
         print("\n".join(out))
     finally:
         server.stop()

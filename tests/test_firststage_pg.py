@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from pgmaxsim import Index, codebook
+from pgmaxsim import Index, codebook, sketch_lists
 from pgmaxsim import firststage as fs
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.kernels.reference import maxsim_reference
@@ -83,6 +83,7 @@ def search_ids(db: psycopg.Connection[Any], name: str, q: np.ndarray, n: int) ->
 def check_exact(db: psycopg.Connection[Any], name: str, docs: dict[int, np.ndarray], queries: list[np.ndarray]) -> None:
     """Stored codes = NumPy's assignment of the stored tokens; the candidates (search with
     k = candidates = rows - 1, so the result is the whole candidate set) = the probed rows."""
+    sketch_lists.merge(db, name)   # rows not merged into the sketch lists yet are all candidates (test_sketch_pg.py)
     spec = get_index(db, name)
     book = stored_book(db, name)
     rows = dict(db.execute(f"SELECT id, {codebook.column(book.slot)} FROM maxsim.{spec.token_table}").fetchall())
@@ -255,7 +256,8 @@ def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any])
     stored codes and codebook: WARP's probe score, then PLAID's centroid interaction."""
     conn.autocommit = True
     register_tokens(conn)
-    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8, "nprobe": 6}')
+    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8, "nprobe": 6,'
+                            ' "sketch_top": 0}')   # the codebook's own ranking (tests/test_sketch_pg.py: the sketches)
     docs = corpus(300, seed=13)
     idx.upsert(list(docs), list(docs.values()))
     codebook.train(conn, "fs")

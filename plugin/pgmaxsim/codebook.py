@@ -140,10 +140,13 @@ def row_codes(book: Live, stored: np.ndarray) -> list[int]:
 
 def mark_due(conn: psycopg.Connection[Any], spec: IndexSpec) -> bool:
     """After a write to ``spec``: mark a codebook index due for training when the write took it past
-    its threshold (``maxsim.first_stage_mark``; never waits, never trains). True when marked now."""
+    its threshold (``maxsim.first_stage_mark``; never waits, never trains), and merge the rows written
+    since the sketch lists' last merge once 5 % of the rows are (``maxsim.first_stage_sketch_merge``:
+    a second or so per 100 pages then, nothing otherwise). True when marked now."""
     if not is_codebook(spec):
         return False
     row = conn.execute("SELECT maxsim.first_stage_mark(%s)", (spec.name,)).fetchone()
+    conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, true)", (spec.name,))
     return bool(row and row[0])
 
 
@@ -206,6 +209,8 @@ def train(conn: psycopg.Connection[Any], name: str, *, seed: int = 0) -> Trained
         t1 = time.perf_counter()
         book = Live(gen, cb)
         _fill(conn, spec, book)
+        # the new slot's residual sketch lists (sql/idempotent/034_sketch.sql); the switch merges the rest
+        conn.execute("SELECT maxsim.first_stage_train_sketch(%s, %s)", (name, gen))
         with conn.transaction():
             conn.execute("SELECT maxsim.switch_lock(%s)", (name,))
             _fill(conn, spec, book)

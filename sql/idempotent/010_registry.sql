@@ -229,6 +229,7 @@ BEGIN
             WHEN 'tokens_per_code' THEN ARRAY[1, 1000000]
             WHEN 'train_sample' THEN ARRAY[1000, 100000000]
             WHEN 'max_fine' THEN ARRAY[1, 65536]
+            WHEN 'sketch_top' THEN ARRAY[0, 10000]   -- 034_sketch.sql: rows the sketch lists put first (0: off)
             WHEN 'fs_gen' THEN ARRAY[0, 2000000000]
             WHEN 'fs_rows' THEN ARRAY[0, 2000000000]
         END;
@@ -236,7 +237,7 @@ BEGIN
             RAISE EXCEPTION 'pgmaxsim: unknown option "%"', k USING ERRCODE = '22023',
                 HINT = 'known options: first_stage, storage, pool_factor, candidates, ef_search, probe, rescore, max_centroids,'
                        ' tokens_per_centroid, hnsw_m, hnsw_ef_construction, nprobe, coarse_probe, train_tokens,'
-                       ' tokens_per_code, train_sample, max_fine';
+                       ' tokens_per_code, train_sample, max_fine, sketch_top';
         END IF;
         IF pg_catalog.jsonb_typeof(v) <> 'number' OR (v #>> '{}')::numeric <> pg_catalog.trunc((v #>> '{}')::numeric)
            OR (v #>> '{}')::numeric NOT BETWEEN lim[1] AND lim[2] THEN

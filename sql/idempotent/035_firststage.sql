@@ -48,6 +48,7 @@ BEGIN
         ' vec @vector@.halfvec(%s) NOT NULL, PRIMARY KEY (slot, code))', 'fs_fine_' || index_id, dim);
     EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (slot, cell)',
                               'fs_fine_' || index_id || '_cell', 'fs_fine_' || index_id);
+    PERFORM maxsim._sk_create(index_id, tok);   -- the residual sketch lists (034_sketch.sql)
 END
 $$;
 
@@ -58,6 +59,7 @@ SET search_path TO pg_catalog, pg_temp
 AS $$
     SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_coarse_' || index_id))), 0)
          + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_fine_' || index_id))), 0)
+         + maxsim._sk_bytes(index_id)
 $$;
 
 -- One row's distinct codes under codebook `slot` of index `index_id` (pure SQL: nearest coarse
@@ -107,6 +109,8 @@ DECLARE
     result text[];
     cap integer := greatest(1000, n);
     trained boolean;
+    sketched text[];
+    top integer := coalesce((r.options ->> 'sketch_top')::integer, 10);
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_candidates'); END IF;
@@ -124,6 +128,14 @@ BEGIN
         INTO uncoded USING cap + 1;
     IF pg_catalog.cardinality(uncoded) > cap THEN
         RETURN NULL;
+    END IF;
+    -- With residual sketch lists (034_sketch.sql, PL/Python): they rank the probed rows themselves,
+    -- and the rows not merged into them yet are all kept (at most `cap`; else the GIN ranks below).
+    IF top > 0 THEN
+        sketched := maxsim._sk_candidates(r.id, query, n, cap);
+        IF sketched IS NOT NULL THEN
+            RETURN sketched || coalesce(uncoded, '{}');
+        END IF;
     END IF;
     EXECUTE pg_catalog.format($q$
         WITH q AS (SELECT u.v, u.i FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(v, i)),
@@ -144,6 +156,13 @@ BEGIN
         $q$, 'fs_coarse_' || r.id, 'fs_fine_' || r.id, r.token_table, col)
         INTO result USING query, slot::smallint, (r.options ->> 'coarse_probe')::integer,
                           (r.options ->> 'nprobe')::integer, n;
+    -- the rows whose tokens the residual sketch lists rank closest to query tokens (034_sketch.sql;
+    -- empty without plpython3u or lists): a few more than the rescoring keeps first, for RLS to filter
+    IF top > 0 THEN
+        sketched := maxsim._sk_top(r.id, query, greatest(top, n / 16));
+        result := coalesce(result, '{}') || ARRAY(SELECT u.k FROM pg_catalog.unnest(sketched) AS u(k)
+                                                   WHERE NOT (u.k = ANY (coalesce(result, '{}'))));
+    END IF;
     RETURN coalesce(result, '{}') || coalesce(uncoded, '{}');
 END
 $$;

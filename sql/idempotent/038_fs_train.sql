@@ -282,6 +282,7 @@ DECLARE
     r maxsim.indexes;
     n bigint;
     have boolean;
+    sk jsonb;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_switch'); END IF;
@@ -296,7 +297,9 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: first stage of index "%": generation % has no codebook yet', r.name, gen
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    -- HOOK: per-slot lists of slot gen % 2 are built here (see the top of this file)
+    -- the residual sketch lists of slot gen % 2 (034_sketch.sql): the training built them for the rows
+    -- it had filled; the rows written since are merged here, under the lock
+    sk := maxsim._sk_merge(r.id, gen, false);
     EXECUTE pg_catalog.format('SELECT count(*) FROM maxsim.%I', r.token_table) INTO n;
     UPDATE maxsim.indexes i
        SET options = (i.options - 'fs_due') || pg_catalog.jsonb_build_object('fs_gen', gen, 'fs_rows', n)
@@ -331,6 +334,7 @@ BEGIN
         PERFORM pg_catalog.set_config('pgmaxsim.codes_only', 'off', true);
         EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_coarse_' || r.id) USING old::smallint;
         EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_fine_' || r.id) USING old::smallint;
+        PERFORM maxsim._sk_clear(r.id, old);   -- its sketch lists (034_sketch.sql)
     END IF;
     IF in_session AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
                                WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid()
@@ -379,6 +383,7 @@ DECLARE
     filled bigint := 0;
     idle integer;
     pass integer;
+    sk jsonb;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_train_here'); END IF;
@@ -403,6 +408,7 @@ BEGIN
     -- fill, then hold writers off and fill what they wrote meanwhile, then switch
     FOR pass IN 1..2 LOOP
         IF pass = 2 THEN
+            sk := maxsim._sk_merge(r.id, b.gen, false);   -- the new slot's sketch lists (034_sketch.sql)
             EXECUTE pg_catalog.format('LOCK TABLE maxsim.%I IN EXCLUSIVE MODE', r.token_table);
         END IF;
         idle := 0;

@@ -295,6 +295,7 @@ BEGIN
     EXECUTE pg_catalog.format('DROP FUNCTION IF EXISTS maxsim.%I() CASCADE', 'src_' || r.id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I, maxsim.%I, maxsim.%I',
                               'cen_' || r.id, 'fs_coarse_' || r.id, 'fs_fine_' || r.id);
+    PERFORM maxsim._sk_drop(r.id);   -- 034_sketch.sql
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', r.token_table);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', 'q_' || r.id);   -- outbox on Citus (085_citus.sql)
     DELETE FROM maxsim.indexes WHERE id = r.id;  -- cascades to queue, failed, changes

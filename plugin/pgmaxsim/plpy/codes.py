@@ -76,26 +76,38 @@ def _int4_array(blob: bytes) -> np.ndarray:
 
 
 def rescore(plpy: Any, index: dict[str, Any], q: np.ndarray, keys: list[str], n: int) -> list[str]:
-    """The best ``n`` of rows ``keys`` by PLAID's centroid interaction (MaxSim with each token
+    """The best ``n`` of rows ``keys``: first the (up to option ``sketch_top``) rows the residual
+    sketch lists rank highest (pgmaxsim.plpy.sketch: near-copies of query tokens, which centroids
+    cannot tell apart), then the rest by PLAID's centroid interaction (MaxSim with each token
     replaced by its code's centroid, over all of a row's codes: pgmaxsim.firststage), then every
     row without live codes (never dropped: nothing is known about them)."""
+    from pgmaxsim.plpy import sketch
+
     gen = index["options"].get("fs_gen")
     cb = None if gen is None else _codebook(plpy, int(index["id"]), int(gen))
     if cb is None:
         return keys
     col = f"codes_{int(gen) % 2}"
     plan = plpy.prepare(
-        f"SELECT t.id::text AS id, pg_catalog.array_send(t.{col}) AS codes"
+        f"SELECT t.id::text AS id, pg_catalog.array_send(t.{col}) AS codes, t.version"
         f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.id = ANY ($1::{index['id_type']}[])",
         ["text[]"])
     coded: list[tuple[str, np.ndarray]] = []
     uncoded: list[str] = []
+    version_of: dict[str, int] = {}
     for r in plpy.execute(plan, [keys]):
         (uncoded.append(r["id"]) if r["codes"] is None else coded.append((r["id"], _int4_array(r["codes"]))))
+        version_of[r["id"]] = int(r["version"])
     if len(coded) <= n:
         return [k for k, _ in coded] + uncoded
+    kept = sketch.first(plpy, index, q, {k: version_of[k] for k, _ in coded}, min(n, sketch.sketch_top(index)))
+    if kept:
+        taken = set(kept)
+        coded = [(k, c) for k, c in coded if k not in taken]
+        if not coded or len(kept) >= n:
+            return kept + [k for k, _ in coded][:n - len(kept)] + uncoded
     per_row = fs.InvertedLists(np.concatenate([[0], np.cumsum([len(c) for _, c in coded])]).astype(np.int64),
                                np.concatenate([c for _, c in coded]).astype(np.int32))
     score = fs.centroid_interaction(cb, q, per_row, np.arange(len(coded)))
-    best = np.argsort(-score, kind="stable")[:n]
-    return [coded[int(i)][0] for i in best] + uncoded
+    best = np.argsort(-score, kind="stable")[:n - len(kept)]
+    return kept + [coded[int(i)][0] for i in best] + uncoded

@@ -1,0 +1,156 @@
+"""The residual sketch lists of a codebook first stage, inside the backend (``maxsim._sk_top``, and the
+centroid-interaction rescoring of pgmaxsim.plpy.codes; sql/idempotent/034_sketch.sql).
+
+Per query: probe the live codebook (the same probe as the GIN path), read the lists of the probed
+codes, score the row versions the XTR-WARP way (pgmaxsim.sketch.scores). The scores of one query are
+kept for the rest of its statement (keyed by the statement's start and snapshot), so the rescoring
+step reuses what ``_sk_top`` computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from pgmaxsim import firststage as fs
+from pgmaxsim import sketch
+from pgmaxsim.plpy.tokens import decode_query
+
+#: Rows the sketch puts first among the candidates when the option is absent (bench/FIRST_STAGE.md:
+#: the top 10 by sketch score + the rest of the budget by the codebook's centroid interaction).
+TOP = 10
+
+_codecs: dict[tuple[int, int, int], sketch.Codec] = {}
+_last: dict[str, Any] = {}
+
+
+def sketch_top(index: dict[str, Any]) -> int:
+    return int(index["options"].get("sketch_top", TOP))
+
+
+def _codec(plpy: Any, index_id: int, gen: int) -> sketch.Codec | None:
+    """The sketch codec of generation ``gen`` (None: no lists built for it, or no tables)."""
+    oid = plpy.execute(f"SELECT pg_catalog.to_regclass('maxsim.fs_skm_{int(index_id)}')::oid AS o")[0]["o"]
+    if oid is None:
+        return None
+    key = (int(index_id), int(gen), int(oid))
+    if key in _codecs:
+        return _codecs[key]
+    rows = plpy.execute(f"SELECT m.mag FROM maxsim.fs_skm_{int(index_id)} m"
+                        f" WHERE m.slot = {int(gen) % 2} AND m.gen = {int(gen)}")
+    if not rows:
+        return None
+    _codecs.clear()
+    _codecs[key] = sketch.Codec(np.asarray(rows[0]["mag"], dtype=np.float32))
+    return _codecs[key]
+
+
+def _statement(plpy: Any) -> str:
+    return plpy.execute("SELECT pg_catalog.statement_timestamp()::text || ' '"
+                        " || pg_catalog.pg_current_snapshot()::text AS s")[0]["s"]
+
+
+def _entries(plpy: Any, index_id: int, slot: int, codes: np.ndarray, nbytes: int) -> sketch.Entries:
+    plan = plpy.prepare(f"SELECT l.code, l.base, l.offs, l.sk FROM maxsim.fs_sk_{int(index_id)} l"
+                        f" WHERE l.slot = $1 AND l.code = ANY ($2)", ["int2", "int4[]"])
+    parts = []
+    for r in plpy.execute(plan, [slot, [int(c) for c in np.unique(codes)]]):
+        sk = np.frombuffer(r["sk"], dtype=np.uint8).reshape(-1, nbytes)
+        parts.append(sketch.Entries(np.full(len(sk), int(r["code"]), np.int64),
+                                    sketch.unpack_versions(int(r["base"]), r["offs"], len(sk)), sk))
+    return sketch.Entries.concat(parts, nbytes)
+
+
+def scores(plpy: Any, index: dict[str, Any], q: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """``(versions, score, base)`` of query ``q`` (float32 ``(nq, d)``) under the live codebook's
+    lists, or None (no codebook, no lists for its generation)."""
+    from pgmaxsim.plpy import codes as codes_mod
+
+    gen = index["options"].get("fs_gen")
+    if gen is None:
+        return None
+    key = "/".join([str(index["id"]), str(gen), hashlib.sha1(q.tobytes()).hexdigest(), _statement(plpy)])
+    if _last.get("key") == key:
+        return _last["value"]
+    cb = codes_mod._codebook(plpy, int(index["id"]), int(gen))
+    codec = None if cb is None else _codec(plpy, int(index["id"]), int(gen))
+    if cb is None or codec is None:
+        value = None
+    else:
+        qn = fs.normalise(q)
+        pc, ps = fs.probe(cb, qn, int(index["options"].get("nprobe", 8)), int(index["options"].get("coarse_probe", 2)))
+        ent = _entries(plpy, int(index["id"]), int(gen) % 2, pc, codec.bits // 8)
+        value = sketch.scores(codec, qn, pc, ps, ent)
+    _last.clear()
+    _last.update(key=key, value=value)
+    return value
+
+
+def _keys(plpy: Any, index: dict[str, Any], best: np.ndarray, n: int) -> list[str]:
+    """The keys of the live rows among versions ``best`` (in that order), at most ``n``."""
+    if not len(best):
+        return []
+    plan = plpy.prepare(f"SELECT t.id::text AS id, t.version FROM maxsim.{plpy.quote_ident(index['token_table'])} t"
+                        f" WHERE t.version = ANY ($1)", ["int8[]"])
+    key_of = {int(r["version"]): r["id"] for r in plpy.execute(plan, [best.tolist()])}
+    return [key_of[int(v)] for v in best if int(v) in key_of][:n]
+
+
+def top(plpy: Any, index_id: int, query: bytes, n: int) -> list[str]:
+    """Keys of the (up to) ``n`` live rows with the best sketch scores (``maxsim._sk_top``)."""
+    from pgmaxsim.plpy.api import index_by_id
+
+    index = index_by_id(plpy, index_id)
+    if n <= 0 or sketch_top(index) <= 0:
+        return []
+    got = scores(plpy, index, decode_query(query).astype(np.float32))
+    if got is None:
+        return []
+    return _keys(plpy, index, sketch.top(*got, n + max(16, n // 4)), n)   # spares: entries of rows since updated
+
+
+def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list[str] | None:
+    """The first stage from the lists alone (``maxsim._sk_candidates``): the ``n`` best rows by
+    sketch score, plus every coded row not merged into the lists yet (at most ``cap`` of them;
+    more, or no lists for the live codebook: None, and the codebook's GIN ranks instead)."""
+    from pgmaxsim.plpy.api import index_by_id
+
+    index = index_by_id(plpy, index_id)
+    gen = index["options"].get("fs_gen")
+    if gen is None or sketch_top(index) <= 0:
+        return None
+    q = decode_query(query).astype(np.float32)
+    got = scores(plpy, index, q)
+    if got is None:
+        return None
+    slot = int(gen) % 2
+    plan = plpy.prepare(
+        f"SELECT t.id::text AS id FROM maxsim.{plpy.quote_ident(index['token_table'])} t"
+        f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{int(index_id)} s"
+        f" WHERE s.slot = $1 AND s.version = t.version) LIMIT $2", ["int2", "int4"])
+    pending = [r["id"] for r in plpy.execute(plan, [slot, cap + 1])]
+    if len(pending) > cap:
+        return None
+    keys = _keys(plpy, index, sketch.top(*got, n + max(16, n // 4), above=False), n)
+    seen = set(keys)
+    return keys + [k for k in pending if k not in seen]
+
+
+def first(plpy: Any, index: dict[str, Any], q: np.ndarray, version_of: dict[str, int], n: int) -> list[str]:
+    """Of rows ``version_of`` (key -> its live version), the (up to) ``n`` with the best sketch
+    scores above the floor, best first (what centroid interaction must not drop)."""
+    if n <= 0 or not version_of:
+        return []
+    got = scores(plpy, index, q)
+    if got is None:
+        return []
+    versions, score, base = got
+    keys = list(version_of)
+    v = np.array([version_of[k] for k in keys], dtype=np.int64)
+    at = np.minimum(np.searchsorted(versions, v), max(len(versions) - 1, 0))
+    hit = (versions[at] == v) if len(versions) else np.zeros(len(v), bool)
+    s = np.where(hit, score[at] if len(versions) else 0.0, -np.inf)
+    order = [i for i in np.lexsort((np.arange(len(keys)), -s)) if s[i] > base + 1e-6][:n]
+    return [keys[int(i)] for i in order]

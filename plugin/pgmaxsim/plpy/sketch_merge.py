@@ -1,0 +1,197 @@
+"""Merging rows into an index's residual sketch lists, inside the backend (``maxsim._sk_merge``;
+sql/idempotent/034_sketch.sql, pgmaxsim.sketch).
+
+A merge adds every row that has codes under generation ``gen`` and whose version is not merged
+into that slot yet, as one new segment (one list row per code present), and records the versions
+it merged, in the caller's transaction: a search sees the segment whole or not at all. Past
+:data:`MAX_SEGMENTS` segments the lists are rewritten as one, without the entries of rows updated
+or deleted since. The first merge of a generation measures its codec (and clears what an older
+generation left in the slot). Runs as the schema owner (called by SECURITY DEFINER functions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pgmaxsim import firststage as fs
+from pgmaxsim import sketch
+
+#: Rows fetched per round while merging.
+BATCH = 128
+#: Segments per slot before a merge compacts them into one (a query reads every segment of a code).
+MAX_SEGMENTS = 8
+#: Entries held in memory before a segment is written (~20 bytes each while merging).
+FLUSH_ENTRIES = 10_000_000
+#: List rows per INSERT.
+WRITE_ROWS = 4096
+#: Rows (drawn at random) whose tokens a new codec's magnitudes are measured on.
+CODEC_ROWS = 200
+
+
+def threshold(merged_rows: int) -> int:
+    """Rows written since the last merge that call for one: 5 % of the merged rows, at least 256
+    (a merge reads each pending row's tokens once; segments are compacted every 8 merges).
+
+    >>> threshold(0), threshold(10_000), threshold(100_000)
+    (256, 500, 5000)
+    """
+    return max(256, merged_rows // 20)
+
+
+class _Lists:
+    """The sketch tables of one index and slot, and the statements on them."""
+
+    def __init__(self, plpy: Any, index: dict[str, Any], gen: int) -> None:
+        self.plpy, self.index, self.gen, self.slot = plpy, index, int(gen), int(gen) % 2
+        i = int(index["id"])
+        self.sk, self.skrow, self.skm = f"maxsim.fs_sk_{i}", f"maxsim.fs_skrow_{i}", f"maxsim.fs_skm_{i}"
+        self.tok = f"maxsim.{plpy.quote_ident(index['token_table'])}"
+        self.codes = f"codes_{self.slot}"
+
+    def q(self, text: str, types: list[str], args: list[Any]) -> Any:
+        return self.plpy.execute(self.plpy.prepare(text, types), args)
+
+    def clear(self) -> None:
+        for t in (self.sk, self.skrow, self.skm):
+            self.q(f"DELETE FROM {t} WHERE slot = $1", ["int2"], [self.slot])
+
+    def codec(self, cb: fs.Codebook) -> sketch.Codec:
+        """The slot's codec for this generation, measured and stored when it has none."""
+        row = self.q(f"SELECT gen, mag FROM {self.skm} WHERE slot = $1", ["int2"], [self.slot])
+        if row and int(row[0]["gen"]) == self.gen:
+            return sketch.Codec(np.asarray(row[0]["mag"], dtype=np.float32))
+        self.clear()   # an older generation's lists in this slot
+        xs = [self.stored(r["tokens"], r["n_tokens"]) for r in self.q(
+            f"SELECT t.tokens, t.n_tokens FROM {self.tok} t WHERE t.{self.codes} IS NOT NULL"
+            f" ORDER BY pg_catalog.random() LIMIT $1", ["int4"], [CODEC_ROWS])]
+        x = np.concatenate(xs) if xs else np.zeros((0, int(self.index["dim"])), np.float32)
+        codec = sketch.train(cb, x, fs.assign(cb, x))
+        self.q(f"INSERT INTO {self.skm} (slot, gen, mag) VALUES ($1, $2, $3)", ["int2", "int4", "float4[]"],
+               [self.slot, self.gen, codec.mag.tolist()])
+        return codec
+
+    def stored(self, blob: bytes, n: int) -> np.ndarray:
+        from pgmaxsim import fs_train
+
+        return fs_train.stored_tokens(blob, int(n), int(self.index["dim"]),
+                                      self.index["options"].get("storage", "fp16"))
+
+    def pending_plan(self) -> Any:
+        return self.plpy.prepare(
+            f"SELECT t.version, t.tokens, t.n_tokens FROM {self.tok} t WHERE t.{self.codes} IS NOT NULL"
+            f" AND NOT EXISTS (SELECT 1 FROM {self.skrow} s WHERE s.slot = $1 AND s.version = t.version)", ["int2"])
+
+    def write(self, ent: sketch.Entries, versions: list[int]) -> None:
+        """One new segment of ``ent`` and the versions it merges."""
+        seg = self.q(f"SELECT coalesce(max(seg), -1) + 1 AS s FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])[0]["s"]
+        order = np.lexsort((ent.version, ent.code))
+        code, ver, sk = ent.code[order], ent.version[order], ent.sk[order]
+        cuts = np.flatnonzero(np.diff(code)) + 1
+        starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(code)]])
+        plan = self.plpy.prepare(
+            f"INSERT INTO {self.sk} (slot, code, seg, base, offs, sk)"
+            f" SELECT $1, u.c, $2, u.b, u.o, u.s FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4),"
+            f" pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, b, o, s)",
+            ["int2", "int4", "int4[]", "int8[]", "bytea[]", "bytea[]"])
+        for a in range(0, len(starts), WRITE_ROWS):
+            cs, bs, os_, ss = [], [], [], []
+            for s, e in zip(starts[a:a + WRITE_ROWS], ends[a:a + WRITE_ROWS]):
+                base, offs = sketch.pack_versions(ver[s:e])
+                cs.append(int(code[s]))
+                bs.append(base)
+                os_.append(offs)
+                ss.append(sk[s:e].tobytes())
+            self.plpy.execute(plan, [self.slot, int(seg), cs, bs, os_, ss])
+        if versions:
+            self.q(f"INSERT INTO {self.skrow} (slot, version) SELECT $1, u.v FROM pg_catalog.unnest($2) AS u(v)"
+                   f" ON CONFLICT DO NOTHING", ["int2", "int8[]"], [self.slot, versions])
+
+    def segments(self) -> int:
+        return int(self.q(f"SELECT count(DISTINCT seg) AS n FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])[0]["n"])
+
+    def compact(self, nbytes: int) -> None:
+        """Rewrite the slot's segments as one, without entries of rows no longer live."""
+        live = np.array([int(r["version"]) for r in self.q(f"SELECT version FROM {self.tok}", [], [])], dtype=np.int64)
+        parts = []
+        for r in self.q(f"SELECT code, base, offs, sk FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot]):
+            n = len(r["sk"]) // nbytes
+            parts.append(sketch.Entries(np.full(n, int(r["code"]), np.int64),
+                                        sketch.unpack_versions(int(r["base"]), r["offs"], n),
+                                        np.frombuffer(r["sk"], np.uint8).reshape(n, nbytes)))
+        ent = sketch.Entries.concat(parts, nbytes)
+        keep = np.isin(ent.version, live)
+        self.q(f"DELETE FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])
+        self.q(f"DELETE FROM {self.skrow} s WHERE s.slot = $1 AND NOT EXISTS"
+               f" (SELECT 1 FROM {self.tok} t WHERE t.version = s.version)", ["int2"], [self.slot])
+        if keep.any():
+            self.write(sketch.Entries(ent.code[keep], ent.version[keep], ent.sk[keep]), [])
+
+    def due(self) -> bool:
+        """Whether enough rows are newer than the newest merged version (a cheap lower bound)."""
+        est = self.q("SELECT greatest(c.reltuples, 0)::bigint AS n FROM pg_catalog.pg_class c"
+                     " WHERE c.oid = pg_catalog.to_regclass($1)", ["text"], [self.skrow])
+        bar = threshold(int(est[0]["n"]) if est else 0)
+        top = self.q(f"SELECT max(version) AS v FROM {self.skrow} WHERE slot = $1", ["int2"], [self.slot])[0]["v"]
+        n = self.q(f"SELECT count(*) AS n FROM (SELECT 1 FROM {self.tok} t WHERE t.version > $1 LIMIT $2) s",
+                   ["int8", "int4"], [-1 if top is None else int(top), bar])[0]["n"]
+        return int(n) >= bar
+
+
+def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, Any]:
+    """Merge the pending rows of generation ``gen`` (see the module docstring); ``only_if_due``:
+    only when :func:`threshold` rows are newer than the lists. Another merge of the index running:
+    nothing (it takes them)."""
+    from pgmaxsim.plpy import codes as codes_mod
+    from pgmaxsim.plpy.api import index_by_id
+
+    out: dict[str, Any] = {"rows": 0, "entries": 0, "compacted": False}
+    index = index_by_id(plpy, index_id)
+    got = plpy.execute(f"SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pgmaxsim/sketch/{int(index_id)}')) AS ok")
+    if not got[0]["ok"]:
+        return out | {"busy": True}
+    cb = codes_mod._codebook(plpy, int(index_id), int(gen))
+    if cb is None:
+        return out
+    lists = _Lists(plpy, index, gen)
+    if only_if_due and lists.q(f"SELECT 1 FROM {lists.skm} WHERE slot = $1 AND gen = $2", ["int2", "int4"],
+                               [lists.slot, int(gen)]) and not lists.due():
+        return out
+    codec = lists.codec(cb)
+    nbytes = codec.bits // 8
+    parts: list[sketch.Entries] = []
+    versions: list[int] = []
+    held = 0
+    cur = plpy.cursor(lists.pending_plan(), [lists.slot])
+    while True:
+        rows = cur.fetch(BATCH)
+        if not rows:
+            break
+        for r in rows:
+            x = lists.stored(r["tokens"], r["n_tokens"])
+            c = fs.assign(cb, x)
+            parts.append(sketch.Entries(c.astype(np.int64), np.full(len(x), int(r["version"]), np.int64),
+                                        sketch.encode(cb, codec, x, c)))
+            versions.append(int(r["version"]))
+            held += len(x)
+        if held >= FLUSH_ENTRIES:
+            lists.write(sketch.Entries.concat(parts, nbytes), versions)
+            out["rows"] += len(versions)
+            out["entries"] += held
+            parts, versions, held = [], [], 0
+    if versions:
+        lists.write(sketch.Entries.concat(parts, nbytes), versions)
+        out["rows"] += len(versions)
+        out["entries"] += held
+    if lists.segments() > MAX_SEGMENTS:
+        lists.compact(nbytes)
+        out["compacted"] = True
+    return out
+
+
+def clear(plpy: Any, index_id: int, slot: int) -> None:
+    """Drop slot ``slot``'s lists, merged versions and codec (the old slot after a switch)."""
+    for kind in ("fs_sk", "fs_skrow", "fs_skm"):
+        if plpy.execute(f"SELECT pg_catalog.to_regclass('maxsim.{kind}_{int(index_id)}') IS NOT NULL AS e")[0]["e"]:
+            plpy.execute(plpy.prepare(f"DELETE FROM maxsim.{kind}_{int(index_id)} WHERE slot = $1", ["int2"]), [int(slot)])

@@ -1,0 +1,182 @@
+"""Residual sign sketches of tokens, and their XTR-WARP scoring (pure NumPy; bench/FIRST_STAGE.md).
+
+The codebook first stage (:mod:`pgmaxsim.firststage`) knows, per row, only which codes its tokens
+fall in: a row holding one near-copy of a query token looks like every other row of that code. A
+*sketch* adds 8 bytes per token: the signs of 64 coordinates of the token's residual against its
+code's centroid, after a fixed random rotation (``sign64`` in bench/needle_sketch.py). With them a
+probed token's similarity to a query token is estimated as::
+
+    q . t  ~=  q . c  +  q . r_hat,     r_hat = rot @ (scale * mag * sign(rot^T r))
+
+which is what separates a near-copy (~0.95) from the other tokens of its code. The tokens are kept
+in cluster-major lists (code -> entries), so a query reads only the entries of the codes it probes.
+
+A row's sketch score is XTR-WARP's: per query token the best estimate among its probed entries of
+that row, else the token's lowest probed centroid similarity (the missing-similarity floor).
+
+Shapes: ``d`` dims, ``nq`` query tokens, ``p`` probed codes per query token, ``E`` list entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from pgmaxsim import firststage as fs
+
+#: Sign bits per token: 8 bytes (sign64 reached the needle target at 10K; sign32 slipped).
+BITS = 64
+#: Seed of the fixed rotation (a retrain keeps it: only the magnitudes are learnt).
+SEED = 5
+
+
+@lru_cache(maxsize=8)
+def rotation(d: int, bits: int = BITS, seed: int = SEED) -> np.ndarray:
+    """``(d, min(bits, d))`` orthonormal columns of a fixed random rotation (deterministic in d, seed).
+
+    >>> r = rotation(16, 8); r.shape, bool(np.allclose(r.T @ r, np.eye(8), atol=1e-5))
+    ((16, 8), True)
+    """
+    if bits >= d:
+        return np.eye(d, dtype=np.float32)
+    q, _ = np.linalg.qr(np.random.default_rng([seed, 5]).standard_normal((d, d)))
+    return np.ascontiguousarray(q[:, :bits], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """The sketch codec of one codebook generation: the rotation and the mean |coordinate|."""
+
+    mag: np.ndarray   # (bits,) float32
+
+    @property
+    def bits(self) -> int:
+        return len(self.mag)
+
+    def rot(self, d: int) -> np.ndarray:
+        return rotation(d, self.bits)
+
+
+def residuals(cb: fs.Codebook, tokens: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``(n, d)`` unit tokens minus their codes' centroids."""
+    return fs.normalise(np.asarray(tokens, dtype=np.float32)) - cb.centroid(codes)
+
+
+def train(cb: fs.Codebook, tokens: np.ndarray, codes: np.ndarray, bits: int = BITS) -> Codec:
+    """The codec of codebook ``cb`` from a sample of tokens and their codes."""
+    r = residuals(cb, tokens, codes) @ rotation(tokens.shape[1], bits)
+    return Codec(np.abs(r).mean(0).astype(np.float32) if len(r) else np.full(r.shape[1], 1e-3, np.float32))
+
+
+def encode(cb: fs.Codebook, codec: Codec, tokens: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``(n, bits // 8)`` uint8: each token's packed residual signs."""
+    return np.packbits(residuals(cb, tokens, codes) @ codec.rot(tokens.shape[1]) > 0, axis=1)
+
+
+@dataclass(frozen=True)
+class Entries:
+    """List entries of some codes: for entry ``e`` its code, row version and sketch."""
+
+    code: np.ndarray     # (E,) int64
+    version: np.ndarray  # (E,) int64
+    sk: np.ndarray       # (E, bits // 8) uint8
+
+    @classmethod
+    def concat(cls, parts: list[Entries], nbytes: int) -> Entries:
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, nbytes), np.uint8))
+        return cls(np.concatenate([p.code for p in parts]), np.concatenate([p.version for p in parts]),
+                   np.concatenate([p.sk for p in parts]))
+
+
+def pack_versions(v: np.ndarray) -> tuple[int, bytes]:
+    """A list row's versions as ``(base, bytes)``: uint32 offsets from the smallest when they fit,
+    else int64 (the reader tells them apart by length).
+
+    >>> b, raw = pack_versions(np.array([7, 9, 12])); b, len(raw), unpack_versions(b, raw, 3).tolist()
+    (7, 12, [7, 9, 12])
+    """
+    base = int(v.min()) if len(v) else 0
+    off = v - base
+    if len(v) and int(off.max()) >= 2**32:
+        return 0, v.astype("<i8").tobytes()
+    return base, off.astype("<u4").tobytes()
+
+
+def unpack_versions(base: int, raw: bytes, n: int) -> np.ndarray:
+    if len(raw) == 8 * n:
+        return np.frombuffer(raw, dtype="<i8").astype(np.int64)
+    return np.frombuffer(raw, dtype="<u4").astype(np.int64) + int(base)
+
+
+def weights(codec: Codec, qn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit query token ``(nq, d)``: bit weights ``(nq, bits)`` and offsets ``(nq,)`` such that
+    ``q_i . r_hat = 2 * bits . w_i - off_i``."""
+    w = (qn @ codec.rot(qn.shape[1])) * codec.mag * (qn.shape[1] / codec.bits)
+    return w.astype(np.float32), w.sum(1).astype(np.float32)
+
+
+_BITS_OF_BYTE = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)   # (256, 8)
+
+
+def byte_tables(w: np.ndarray) -> np.ndarray:
+    """``(nq, bits // 8, 256)``: for query token i, sketch byte k holding value b, the sum of
+    ``w[i]`` over the bits set in b (packbits order: the first of 8 coordinates is the high bit).
+    Scoring then reads 8 table entries per sketch instead of unpacking 64 bits.
+
+    >>> w = np.arange(16, dtype=np.float32)[None, :]
+    >>> float(byte_tables(w)[0, 1, 0b10000001])   # bits 0 and 7 of byte 1: w[8] + w[15]
+    23.0
+    """
+    nq, bits = w.shape
+    return np.einsum("vj,qkj->qkv", _BITS_OF_BYTE, w.reshape(nq, bits // 8, 8)).astype(np.float32)
+
+
+def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, ent: Entries
+           ) -> tuple[np.ndarray, np.ndarray, float]:
+    """WARP scores of the row versions reached by probe ``(codes, sims)`` (each ``(nq, p)``, best
+    first) over list entries ``ent`` of (at least) the probed codes.
+
+    Returns ``(versions, score, base)``: the distinct versions reached, their scores, and the score
+    of a row reached by none (the sum of the floors).
+    """
+    nq, p = codes.shape
+    floor = sims[:, -1].astype(np.float32) if p else np.zeros(nq, np.float32)
+    base = float(floor.sum())
+    if not len(ent.code) or not p:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), base
+    order = np.argsort(ent.code, kind="stable")
+    sc = ent.code[order]
+    ucode, start, count = np.unique(sc, return_index=True, return_counts=True)
+    flat = codes.ravel().astype(np.int64)
+    at = np.minimum(np.searchsorted(ucode, flat), len(ucode) - 1)
+    present = ucode[at] == flat
+    length = np.where(present, count[at], 0)
+    total = int(length.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), base
+    which = np.repeat(np.arange(len(flat)), length)
+    first = np.repeat(start[at] - (np.cumsum(length) - length), length)
+    pos = order[first + np.arange(total)]
+    qi = which // p
+    w, off = weights(codec, qn)
+    lut = byte_tables(w)                                  # (nq, bytes, 256)
+    sk = ent.sk[pos]                                      # (M, bytes)
+    dot = lut[qi[:, None], np.arange(sk.shape[1])[None, :], sk].sum(1)
+    est = sims.ravel()[which].astype(np.float32) + 2.0 * dot - off[qi]
+    versions, vi = np.unique(ent.version[pos], return_inverse=True)
+    best = np.repeat(floor[:, None], len(versions), axis=1)
+    np.maximum.at(best, (qi, vi), est)   # an estimate below the floor keeps the floor
+    return versions, best.sum(0), base
+
+
+def top(versions: np.ndarray, score: np.ndarray, base: float, n: int, above: bool = True) -> np.ndarray:
+    """The ``n`` best versions (best first; ties by version): those scoring above ``base``, or with
+    ``above=False`` every version reached (a row holding a probed code whose tokens all estimate
+    below the floors is still reached, as the codebook's GIN would find it)."""
+    keep = score > base + 1e-6 if above else np.ones(len(score), bool)
+    v, s = versions[keep], score[keep]
+    order = np.lexsort((v, -s))[:n]
+    return v[order]

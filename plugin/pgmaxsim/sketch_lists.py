@@ -1,0 +1,43 @@
+"""Keeping an index's residual sketch lists current, from a client (sql/idempotent/034_sketch.sql;
+the merging itself runs in the server: pgmaxsim.plpy.sketch_merge).
+
+- Writers merge after each write once 5 % of the rows are not in the lists
+  (:func:`pgmaxsim.codebook.mark_due` calls ``maxsim.first_stage_sketch_merge(name, true)``).
+- A training builds the new codebook's lists before its switch, and the switch merges the rows
+  written meanwhile (pgmaxsim.codebook.train, maxsim.train_first_stage).
+- :func:`merge` merges now (tests, benchmarks, after bulk loads).
+
+Why this is exact under writes: a list entry names a row version, and every write gives a row a
+new version (maxsim._tok_row), so entries of rows updated or deleted since map to no live row and
+drop out at query time; rows not merged yet are all candidates (up to a cap; beyond it the
+codebook's GIN ranks). Merges of one index are serialized; each commits its segment and the
+versions it merged in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pgmaxsim.plpy.sketch_merge import MAX_SEGMENTS, threshold
+
+__all__ = ["MAX_SEGMENTS", "Merged", "merge", "threshold"]
+
+
+@dataclass
+class Merged:
+    rows: int
+    entries: int
+    compacted: bool
+
+
+def merge(conn: psycopg.Connection[Any], name: str) -> Merged | None:
+    """Merge the rows written since the last merge into the live codebook's lists, as any role that
+    manages the index. None: not a trained codebook index, no plpython3u, or another session merging."""
+    row = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s)", (name,)).fetchone()
+    got = row[0] if row else None
+    if not got or got.get("busy"):
+        return None
+    return Merged(int(got["rows"]), int(got["entries"]), bool(got["compacted"]))

@@ -1,0 +1,275 @@
+"""Residual sketch lists of the codebook first stage inside PostgreSQL (sql/idempotent/034_sketch*.sql,
+pgmaxsim.sketch, pgmaxsim.sketch_lists, pgmaxsim.plpy.sketch): the backend's sketch ranking equals
+NumPy's over the stored tokens, codebook and codec; a row holding a near-copy of a query token is
+found with a budget far below the rows sharing its topics; writes, deletes, TRUNCATE, merges,
+compaction and retrains keep the lists exact; both scoring paths agree."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgmaxsim import Index, codebook, fs_train, sketch, sketch_lists
+from pgmaxsim import firststage as fs
+from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.kernels.reference import maxsim_reference
+from pgmaxsim.registry import get_index
+
+DIM = 96   # > 64: the sketch's rotation keeps 64 of 96 coordinates
+TOPICS = 6
+OPTS = '{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8, "nprobe": 4}'
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def fp16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float16).astype(np.float32)
+
+
+class Needles:
+    """bench/needle.py in small: rows of 20-40 tokens around a few shared topics, each token its
+    topic plus a private direction; a query = near-copies of 3 tokens of one row + 3 generic
+    tokens of its topic, so the rows of that topic tie on all but the copied tokens."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.topics = unit(self.rng.standard_normal((TOPICS, DIM)))
+
+    def rows(self, n: int, start: int = 1) -> dict[int, np.ndarray]:
+        out = {}
+        for i in range(n):
+            m = int(self.rng.integers(20, 41))
+            t = self.topics[self.rng.integers(0, TOPICS, m)]
+            out[start + i] = fp16(unit(t + unit(self.rng.standard_normal((m, DIM)))))
+        return out
+
+    def query(self, row: np.ndarray) -> np.ndarray:
+        pick = self.rng.choice(len(row), 3, replace=False)
+        near = unit(row[pick] + 0.15 * unit(self.rng.standard_normal((3, DIM))))
+        topic = self.topics[int(np.argmax(row[pick[0]] @ self.topics.T))]
+        gen = unit(topic + 0.25 * unit(self.rng.standard_normal((3, DIM))))
+        return fp16(np.concatenate([near, gen]))
+
+
+def create(db: psycopg.Connection[Any], name: str = "sk", opts: str = OPTS, n_src: int = 2000) -> Index:
+    register_tokens(db)
+    db.execute(f"CREATE TABLE src_{name} (id bigint PRIMARY KEY)")
+    db.execute(f"INSERT INTO src_{name} SELECT g FROM generate_series(1, {n_src}) g")
+    db.execute("SELECT maxsim.create_index(%s, %s::regclass, 'id', dim => %s, options => %s::jsonb)",
+               (name, f"src_{name}", DIM, opts))
+    return Index(db, name)
+
+
+def sk_top(db: psycopg.Connection[Any], name: str, q: np.ndarray, n: int) -> list[int]:
+    """The backend's sketch ranking (maxsim._sk_top: internal, called here as the schema owner)."""
+    spec = get_index(db, name)
+    got = db.execute("SELECT maxsim._sk_top(%s, %s, %s)", (spec.id, Tokens(q), n)).fetchone()[0]
+    return [int(k) for k in got]
+
+
+def search_ids(db: psycopg.Connection[Any], name: str, q: np.ndarray, k: int, n: int) -> list[int]:
+    return [int(r[0]) for r in db.execute("SELECT id FROM maxsim.search(%s, %s, %s, %s)", (name, Tokens(q), k, n))]
+
+
+def reference_top(db: psycopg.Connection[Any], name: str, q: np.ndarray, n: int) -> list[int]:
+    """NumPy over every stored row: codes and sketches under the stored codebook and codec, WARP score."""
+    spec = get_index(db, name)
+    book = codebook.live(db, spec)
+    assert book is not None
+    mag = db.execute(f"SELECT mag FROM maxsim.fs_skm_{spec.id} WHERE slot = %s AND gen = %s",
+                     (book.slot, book.gen)).fetchone()[0]
+    codec = sketch.Codec(np.asarray(mag, np.float32))
+    parts, key_of = [], {}
+    for key, blob, m, version in db.execute(f"SELECT id, tokens, n_tokens, version FROM maxsim.{spec.token_table}"):
+        x = fs_train.stored_tokens(bytes(blob), m, spec.dim, spec.storage)
+        c = fs.assign(book.cb, x)
+        parts.append(sketch.Entries(c.astype(np.int64), np.full(len(x), version, np.int64), sketch.encode(book.cb, codec, x, c)))
+        key_of[int(version)] = int(key)
+    qn = fs.normalise(q)
+    pc, ps = fs.probe(book.cb, qn, int(spec.options["nprobe"]), int(spec.options["coarse_probe"]))
+    best = sketch.top(*sketch.scores(codec, qn, pc, ps, sketch.Entries.concat(parts, codec.bits // 8)), n)
+    return [key_of[int(v)] for v in best]
+
+
+def write(idx: Index, docs: dict[int, np.ndarray]) -> None:
+    idx.upsert(list(docs), list(docs.values()))
+
+
+def test_sketch_ranking_matches_numpy_and_finds_the_needle(conn: psycopg.Connection[Any]) -> None:
+    idx = create(conn)
+    nd = Needles()
+    docs = nd.rows(400)
+    write(idx, docs)
+    codebook.train(conn, "sk")   # trains, fills the codes, builds the lists, switches
+    spec = get_index(conn, "sk")
+    assert conn.execute(f"SELECT count(*) FROM maxsim.fs_skrow_{spec.id}").fetchone()[0] == 400
+    keys = list(docs)
+    found = 0
+    for k in keys[:12]:
+        q = nd.query(docs[k])
+        got = sk_top(conn, "sk", q, 10)
+        want = reference_top(conn, "sk", q, 10)
+        assert got[:5] == want[:5] and len(set(got) & set(want)) >= 9   # float32 sums: near-ties may swap
+        found += got[0] == k
+        # 8 rows scored exactly of 400 (2 %): the source row first, as exact search ranks it
+        ref = {i: float(maxsim_reference(q, d)) for i, d in docs.items()}
+        assert max(ref, key=ref.get) == k
+        assert search_ids(conn, "sk", q, 1, 8) == [k]
+    assert found >= 11
+
+
+def test_writes_deletes_truncate_merges_and_compaction_keep_it_exact(conn: psycopg.Connection[Any]) -> None:
+    idx = create(conn)
+    nd = Needles(1)
+    docs = nd.rows(300)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    spec = get_index(conn, "sk")
+    # new rows: not in the lists until a merge (the codebook's GIN still ranks them), then found
+    more = nd.rows(30, start=301)
+    write(idx, more)
+    q_new = nd.query(more[305])
+    assert 305 not in sk_top(conn, "sk", q_new, 10)
+    done = sketch_lists.merge(conn, "sk")
+    assert done is not None and done.rows == 30
+    assert sk_top(conn, "sk", q_new, 10)[0] == 305
+    docs |= more
+    # an update replaces the row's tokens: its old entries map to no live row
+    q_old = nd.query(docs[7])
+    assert sk_top(conn, "sk", q_old, 10)[0] == 7
+    docs[7] = nd.rows(1, start=7)[7]
+    write(idx, {7: docs[7]})
+    assert 7 not in sk_top(conn, "sk", q_old, 10)
+    # a delete: the same
+    q_del = nd.query(docs[11])
+    assert sk_top(conn, "sk", q_del, 10)[0] == 11
+    conn.execute("DELETE FROM src_sk WHERE id = 11")
+    docs.pop(11)
+    assert 11 not in sk_top(conn, "sk", q_del, 10)
+    assert sk_top(conn, "sk", q_new, 10) == reference_top(conn, "sk", q_new, 10)
+    # merges past MAX_SEGMENTS compact the lists into one segment without the dead entries
+    compacted = []
+    for i in range(sketch_lists.MAX_SEGMENTS + 1):
+        extra = nd.rows(3, start=400 + 3 * i)
+        write(idx, extra)
+        docs |= extra
+        done = sketch_lists.merge(conn, "sk")
+        assert done is not None and done.rows == (4 if i == 0 else 3)   # the first one also merges updated row 7
+        compacted.append(done.compacted)
+    assert any(compacted)
+    segs = conn.execute(f"SELECT count(DISTINCT seg) FROM maxsim.fs_sk_{spec.id}").fetchone()[0]
+    assert segs <= sketch_lists.MAX_SEGMENTS
+    entries = conn.execute(f"SELECT sum(length(sk)) / 8 FROM maxsim.fs_sk_{spec.id}").fetchone()[0]
+    live = conn.execute(f"SELECT sum(n_tokens) FROM maxsim.{spec.token_table}").fetchone()[0]
+    assert entries == live   # every live row merged once; the updated and deleted rows' entries are gone
+    for k in (305, 410, 1, 200):
+        q = nd.query(docs[k])
+        assert sk_top(conn, "sk", q, 10)[:5] == reference_top(conn, "sk", q, 10)[:5]
+    # TRUNCATE: no entry maps to a row; rows written again are found after their merge
+    conn.execute("TRUNCATE src_sk")
+    assert sk_top(conn, "sk", q_new, 10) == []
+    assert search_ids(conn, "sk", q_new, 5, 5) == []
+    write(idx, {305: more[305]})
+    sketch_lists.merge(conn, "sk")
+    assert sk_top(conn, "sk", q_new, 10) == [305]
+
+
+def test_writers_merge_once_enough_rows_are_pending(conn: psycopg.Connection[Any]) -> None:
+    idx = create(conn)
+    nd = Needles(2)
+    write(idx, nd.rows(200))
+    codebook.train(conn, "sk")
+    spec = get_index(conn, "sk")
+    merged = f"SELECT count(*) FROM maxsim.fs_skrow_{spec.id}"
+    write(idx, nd.rows(100, start=201))                       # under the threshold: pending
+    assert conn.execute(merged).fetchone()[0] == 200
+    write(idx, nd.rows(sketch_lists.threshold(200), start=301))   # past it: the writer merges after its commit
+    assert conn.execute(merged).fetchone()[0] == 300 + sketch_lists.threshold(200)
+
+
+def test_retrain_under_concurrent_needle_searches(conn: psycopg.Connection[Any]) -> None:
+    idx = create(conn)
+    nd = Needles(3)
+    docs = nd.rows(300)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    keys = list(docs)
+    probes = [(k, nd.query(docs[k])) for k in keys[:6]]
+    for k, q in probes:
+        assert search_ids(conn, "sk", q, 1, 6) == [k]
+    dsn = conn.info.dsn
+    stop = threading.Event()
+    seen: list[tuple[int, list[int]]] = []
+    errors: list[BaseException] = []
+
+    def searcher() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                register_tokens(c)
+                i = 0
+                while not stop.is_set() or i < 4:
+                    k, q = probes[i % len(probes)]
+                    seen.append((k, search_ids(c, "sk", q, 1, 6)))
+                    i += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=searcher)
+    t.start()
+    try:
+        for gen in (1, 2):
+            assert codebook.train(conn, "sk", seed=gen).gen == gen
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert seen and all(got == [k] for k, got in seen)
+    spec = get_index(conn, "sk")
+    # only the live slot's lists remain
+    assert conn.execute(f"SELECT array_agg(DISTINCT slot) FROM maxsim.fs_sk_{spec.id}").fetchone()[0] == [0]
+    assert conn.execute(f"SELECT array_agg(slot) FROM maxsim.fs_skm_{spec.id}").fetchone()[0] == [0]
+
+
+def test_scorer_and_in_backend_scoring_agree(conn: psycopg.Connection[Any], dsn: str) -> None:
+    from pgmaxsim.scorer.server import Limits, Scorer, ScorerService
+    from pgmaxsim.scorer.store import CpuBackend
+    from test_scorer import _sock, _wait_sync, use_scorer
+
+    idx = create(conn)
+    nd = Needles(4)
+    docs = nd.rows(200)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    queries = [(k, nd.query(docs[k])) for k in list(docs)[:5]]
+    backend = [conn.execute("SELECT id, score FROM maxsim.search('sk', %s, 5, 6)", (Tokens(q),)).fetchall() for _, q in queries]
+    svc = ScorerService(Scorer(dsn, CpuBackend(), Limits(max_ids=500, max_query_tokens=64, max_k=100),
+                               poll_interval=0.2), _sock()).start()
+    try:
+        _wait_sync(svc.scorer)
+        use_scorer(conn, svc.address)
+        served = svc.scorer.served["score"]
+        scored = [conn.execute("SELECT id, score FROM maxsim.search('sk', %s, 5, 6)", (Tokens(q),)).fetchall() for _, q in queries]
+        assert svc.scorer.served["score"] > served
+    finally:
+        use_scorer(conn, None)
+        svc.stop()
+    for (k, _), a, b in zip(queries, backend, scored):
+        assert [r[0] for r in a] == [r[0] for r in b] and a[0][0] == str(k)
+        np.testing.assert_allclose([r[1] for r in a], [r[1] for r in b], rtol=1e-4, atol=1e-4)
+
+
+def test_without_plpython_the_codebook_gin_path_answers(embedded_dsn: str) -> None:
+    with psycopg.connect(embedded_dsn, autocommit=True) as db:
+        idx = create(db, n_src=300)
+        nd = Needles(5)
+        docs = nd.rows(120)
+        write(idx, docs)
+        codebook.train(db, "sk")   # the lists are built (client-side NumPy) but not read there
+        k = list(docs)[3]
+        q = nd.query(docs[k])
+        assert sk_top(db, "sk", q, 10) == []
+        assert search_ids(db, "sk", q, 1, 119) == [k]
