@@ -282,3 +282,25 @@ def test_the_cli_retrains_as_the_role_that_manages_the_index(
     _, err = capsys.readouterr()
     assert code != 0 and "permission denied" in err and len(err.strip().splitlines()) == 1
     assert status(owner, "c") == (0, 150, False, False)
+
+
+def test_stopping_the_trainer_mid_training_leaves_a_whole_first_stage(owner: psycopg.Connection[Any], dsn: str) -> None:
+    """The worker's trainer cancelled while it trains (as a worker's stop does): no lock left behind,
+    and the index either switched or is still due with no codebook; the next training goes through."""
+    import time
+
+    from pgmaxsim.worker.train import Trainer
+
+    idx = create(owner, opts=SMALL)
+    docs = corpus(900, seed=18)
+    idx.upsert(list(docs), list(docs.values()))
+    trainer = Trainer(dsn, None)
+    trainer.poke(force=True)
+    deadline = time.monotonic() + 30
+    while not status(owner, "fs")[3] and trainer.busy and time.monotonic() < deadline:
+        time.sleep(0.01)
+    trainer.stop()
+    gen, rows, due, training = status(owner, "fs")
+    assert not training and (gen, rows, due) in ((None, None, True), (0, 900, False))
+    assert codebook.train(owner, "fs").gen == (0 if gen is None else 1)
+    check_exact(owner, "fs", docs, queries_of(docs, seed=19))

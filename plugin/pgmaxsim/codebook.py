@@ -27,6 +27,7 @@ always candidates.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,12 +180,14 @@ class Trained:
     seconds_fill: float
 
 
-def train(conn: psycopg.Connection[Any], name: str, *, seed: int = 0) -> Trained:
+def train(conn: psycopg.Connection[Any], name: str, *, seed: int = 0, stop: threading.Event | None = None) -> Trained:
     """(Re)train the codebook of index ``name`` and switch to it, as any role that manages it
     (the steps of sql/idempotent/038_fs_train.sql; see the module docstring).
 
     ``conn`` must be in autocommit mode: each step and each filled batch commits, and only the
-    switch holds the token table (EXCLUSIVE: writers wait a moment, searches go on).
+    switch holds the token table (EXCLUSIVE: writers wait a moment, searches go on). ``stop`` set
+    (the worker stopping): PgmaxsimError at the next step or batch before the switch, the index as it
+    was (its half-built slot is cleared by the next training).
     """
     import time
 
@@ -205,10 +208,11 @@ def train(conn: psycopg.Connection[Any], name: str, *, seed: int = 0) -> Trained
     try:
         if not n_tokens:
             raise PgmaxsimError(f"index {name!r} has no rows yet: nothing to train its first stage on")
-        cb, used = _build(conn, spec, gen, int(n_tokens), int(take), seed)
+        cb, used = _build(conn, spec, gen, int(n_tokens), int(take), seed, stop)
         t1 = time.perf_counter()
         book = Live(gen, cb)
-        _fill(conn, spec, book)
+        _fill(conn, spec, book, stop)
+        _check(stop)
         # the new slot's residual sketch lists (sql/idempotent/034_sketch.sql); the switch merges the rest
         conn.execute("SELECT maxsim.first_stage_train_sketch(%s, %s)", (name, gen))
         with conn.transaction():
@@ -225,8 +229,13 @@ def train(conn: psycopg.Connection[Any], name: str, *, seed: int = 0) -> Trained
     return Trained(name, gen, cb.n_coarse, cb.n_fine, used, int(n_rows), t1 - t0, time.perf_counter() - t1)
 
 
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise PgmaxsimError("training stopped before its switch")
+
+
 def _build(conn: psycopg.Connection[Any], spec: IndexSpec, gen: int, n_tokens: int, take: int,
-           seed: int) -> tuple[fs.Codebook, int]:
+           seed: int, stop: threading.Event | None = None) -> tuple[fs.Codebook, int]:
     """The new codebook (rounded as stored) from ``take`` rows drawn in a seeded order, and the
     number of sample tokens; stored in the next slot (step "codebook")."""
     from pgmaxsim.db.adapters import Tokens
@@ -239,13 +248,15 @@ def _build(conn: psycopg.Connection[Any], spec: IndexSpec, gen: int, n_tokens: i
                                  (spec.name, seed, take, off, SAMPLE_PAGE)).fetchone()
             blobs += tok or []
             ns += n or []
+            _check(stop)
     cb, used = fs_train.build(blobs, ns, spec.dim, spec.storage, n_tokens, spec.options, seed)
+    _check(stop)
     conn.execute("SELECT maxsim.first_stage_train_codebook(%s, %s, %s, %s)",
                  (spec.name, gen, Tokens(cb.coarse), Tokens(cb.fine.reshape(-1, spec.dim))))
     return cb, used
 
 
-def _fill(conn: psycopg.Connection[Any], spec: IndexSpec, book: Live) -> int:
+def _fill(conn: psycopg.Connection[Any], spec: IndexSpec, book: Live, stop: threading.Event | None = None) -> int:
     """Assign codes in ``book``'s slot to every row that has none there (step "fill"); each batch
     commits on its own unless the caller holds a transaction. Returns the rows filled."""
     n = idle = 0
@@ -256,6 +267,7 @@ def _fill(conn: psycopg.Connection[Any], spec: IndexSpec, book: Live) -> int:
                 (spec.name, book.gen, BATCH)).fetchone()
         if not ids:
             return n
+        _check(stop)
         flat, lens = fs_train.batch_codes(book.cb, blobs, ns, spec.dim, spec.storage)
         got = conn.execute("SELECT maxsim.first_stage_train_codes(%s, %s, %s::text[], %s::int8[], %s::int4[], %s::int4[])",
                            (spec.name, book.gen, ids, versions, flat, lens)).fetchone()[0]

@@ -9,8 +9,9 @@ A write that takes a codebook index past its threshold only marks it due
   including indexes whose embeddings the application writes) and trains them one after another
   (:func:`pgmaxsim.codebook.train`: steps that each commit; searches and writes go on).
 - :meth:`Trainer.drain` (``--once``): train what is due now, and wait.
-- :meth:`Trainer.stop`: cancel a training in progress (the index stays due, its live codebook
-  untouched: the half-built slot is cleared by the next training) and wait for the thread.
+- :meth:`Trainer.stop`: stop a training in progress at its next step or batch (its running query
+  is cancelled; a k-means in progress is waited for), before its switch: the index stays due, its
+  live codebook untouched (the half-built slot is cleared by the next training); then wait for the thread.
 
 A failed training is logged and retried after a back-off (:data:`RETRY_S`, doubling), not every round.
 """
@@ -115,7 +116,7 @@ class Trainer:
         from pgmaxsim import codebook
 
         try:
-            done = codebook.train(conn, name)
+            done = codebook.train(conn, name, stop=self._stopping)
         except (psycopg.Error, PgmaxsimError) as e:
             if self._stopping.is_set():
                 return
