@@ -15,6 +15,7 @@ import pytest
 from pgmaxsim import Index, codebook
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.registry import get_index
+from pgmaxsim.worker import report
 from pgmaxsim.worker.loop import run_worker
 from psycopg.conninfo import make_conninfo
 from test_firststage_pg import DIM, check_exact, corpus, create, queries_of, search_ids
@@ -236,8 +237,12 @@ def test_the_worker_trains_due_indexes_in_the_background(owner: psycopg.Connecti
     docs = corpus(300, seed=15)
     idx.upsert(list(docs), list(docs.values()))
     assert status(owner, "fs") == (None, None, True, False)
+    st = report.status(owner, "fs")
+    assert st.indexes[0].first_stage_due
+    assert "the first stage of fs is due for training and no worker is running" in report.render(st)
     run_worker(dsn, once=True, install_signals=False, heartbeat_interval=60)
     assert status(owner, "fs") == (0, 300, False, False)
+    assert not report.status(owner, "fs").indexes[0].first_stage_due
     check_exact(owner, "fs", docs, queries_of(docs, seed=16))
 
 

@@ -40,6 +40,7 @@ class IndexStatus:
     reembed: str | None = None  # "<shadow> (<model>): <rows> rows, <pending> pending" while re-embedding
     shadow_of: str | None = None
     workers_running: int = 0  # workers with a fresh heartbeat that embedded rows of this index lately
+    first_stage_due: bool = False  # a codebook first stage marked due for training (a worker trains it)
 
     @property
     def eta_s(self) -> float | None:
@@ -80,21 +81,23 @@ def status(conn: psycopg.Connection[Any], index: str | None = None, *, errors: i
         " (SELECT s.name FROM maxsim.reembeds r JOIN maxsim.indexes s ON s.id = r.shadow_id"
         "   WHERE r.index_id = i.id),"
         " (SELECT m.name FROM maxsim.reembeds r JOIN maxsim.indexes m ON m.id = r.index_id"
-        "   WHERE r.shadow_id = i.id)"
+        "   WHERE r.shadow_id = i.id),"
+        " i.pooling = 'codebook' AND i.options ? 'fs_due'"
         " FROM maxsim.indexes i WHERE (%s::text IS NULL OR i.name = %s) ORDER BY i.name",
         (index, index)).fetchall()
     if index is not None and not rows:
         raise PgmaxsimError(f"index {index!r} does not exist")
     rates = throughput(conn)
     out: list[IndexStatus] = []
-    for (iid, name, model, rev, dim, tok, pending, retrying, failed, _, last_at, shadow, shadow_of) in rows:
+    for (iid, name, model, rev, dim, tok, pending, retrying, failed, _, last_at, shadow, shadow_of, due) in rows:
         n = conn.execute(sql.SQL("SELECT count(*) FROM maxsim.{}").format(sql.Identifier(tok))).fetchone()
         errs = [FailedRow(*r) for r in conn.execute(
             "SELECT row_id, step, error, attempts, failed_at FROM maxsim.failed WHERE index_id = %s"
             " ORDER BY failed_at DESC, row_id LIMIT %s", (iid, errors)).fetchall()]
         rate, running = rates.get(iid, (None, 0))
         st = IndexStatus(name, model, rev, dim, int(n[0]) if n else 0, int(pending), int(retrying), int(failed),
-                         rate, last_at, errs, shadow_of=shadow_of, workers_running=running)
+                         rate, last_at, errs, shadow_of=shadow_of, workers_running=running,
+                         first_stage_due=bool(due))
         if shadow:
             st.reembed = shadow
         out.append(st)
@@ -180,12 +183,19 @@ def render(st: Status) -> str:
             note = f"re-embedding into {i.reembed}"
         elif i.shadow_of:
             note = f"re-embedding of {i.shadow_of}"
+        if i.first_stage_due:
+            note = (note + "; " if note else "") + "first stage due for training"
         idx_rows.append([i.name, model, str(i.dim), str(i.rows), str(i.pending), str(i.retrying), str(i.failed),
                          rate, _duration(i.eta_s), note])
     parts = [table(["index", "model", "dim", "rows", "pending", "retrying", "failed", "throughput", "eta", ""],
                    idx_rows) if idx_rows else "no indexes (create one with maxsim.create_index)"]
     if any(i.pending for i in st.indexes) and not any(w.state == "running" for w in st.workers):
         parts.append("rows are pending and no worker is running: start one with `pgmaxsim worker`")
+    due = [i.name for i in st.indexes if i.first_stage_due]
+    if due and not any(w.state == "running" for w in st.workers):
+        parts.append(f"the first stage of {', '.join(due)} is due for training and no worker is running (an"
+                     f" untrained index is searched exactly): `pgmaxsim worker`, `pgmaxsim index reindex {due[0]}"
+                     f" --first-stage` or SELECT maxsim.train_first_stage('{due[0]}')")
     for i in st.indexes:
         if i.last_errors:
             parts.append(f"\nlast failures of {i.name} ({i.failed} in maxsim.failed):")
