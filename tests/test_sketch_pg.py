@@ -91,7 +91,7 @@ def reference_top(db: psycopg.Connection[Any], name: str, q: np.ndarray, n: int)
         key_of[int(version)] = int(key)
     qn = fs.normalise(q)
     pc, ps = fs.probe(book.cb, qn, int(spec.options["nprobe"]), int(spec.options["coarse_probe"]))
-    best = sketch.top(*sketch.scores(codec, qn, pc, ps, sketch.Entries.concat(parts, codec.bits // 8)), n)
+    best = sketch.scores(codec, qn, pc, ps, sketch.Entries.concat(parts, codec.bits // 8)).top(n)
     return [key_of[int(v)] for v in best]
 
 

@@ -284,6 +284,8 @@ def _compact(conn: psycopg.Connection[Any], spec: IndexSpec) -> None:
     entries as live ones. VACUUM makes the heap space reusable; the codes' indexes are rebuilt
     (CONCURRENTLY: searches and writers go on), which also packs the live GIN tighter."""
     tables = [spec.token_table, f"fs_coarse_{spec.id}", f"fs_fine_{spec.id}"]
+    tables += [t for t in (f"fs_sk_{spec.id}", f"fs_skrow_{spec.id}")   # the old slot's sketch lists (034_sketch.sql)
+               if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"maxsim.{t}",)).fetchone()[0]]
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(
         sql.SQL(", ").join(sql.Identifier("maxsim", t) for t in tables)))
     for slot in (0, 1):

@@ -134,19 +134,39 @@ def byte_tables(w: np.ndarray) -> np.ndarray:
     return np.einsum("vj,qkj->qkv", _BITS_OF_BYTE, w.reshape(nq, bits // 8, 8)).astype(np.float32)
 
 
-def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, ent: Entries
-           ) -> tuple[np.ndarray, np.ndarray, float]:
+@dataclass(frozen=True)
+class Scores:
+    """Sketch scores of the row versions a query reached (``versions`` sorted)."""
+
+    versions: np.ndarray
+    score: np.ndarray    # the XTR-WARP estimate from the sketches
+    lifted: np.ndarray   # the same with each entry counted at least at its code's similarity
+    base: float          # the score of a row reached by none (the sum of the floors)
+
+    def top(self, n: int, lifted: bool = False) -> np.ndarray:
+        """The ``n`` best versions: by the sketch score among those above ``base``, or (``lifted``)
+        every version reached, by the lifted score."""
+        if lifted:
+            return top(self.versions, self.lifted, self.base, n, above=False)
+        return top(self.versions, self.score, self.base, n)
+
+
+def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, ent: Entries) -> Scores:
     """WARP scores of the row versions reached by probe ``(codes, sims)`` (each ``(nq, p)``, best
     first) over list entries ``ent`` of (at least) the probed codes.
 
-    Returns ``(versions, score, base)``: the distinct versions reached, their scores, and the score
-    of a row reached by none (the sum of the floors).
+    ``Scores.lifted`` counts an entry at least at its code's similarity (the codebook's GIN
+    estimate), so the sketch only raises rows above that ranking: the broad part of a query (topic
+    words) ranks as the codebook ranks it, near-copies stand out. Ranking the whole budget by the
+    plain sketch score instead cost recall@10 (0.64-0.87 instead of 0.86-0.98 on the 10K needle at
+    0.6-2 %): noisy estimates below the centroid's similarity lose rows the credit the codebook gives.
     """
     nq, p = codes.shape
     floor = sims[:, -1].astype(np.float32) if p else np.zeros(nq, np.float32)
     base = float(floor.sum())
+    none = Scores(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32), base)
     if not len(ent.code) or not p:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32), base
+        return none
     order = np.argsort(ent.code, kind="stable")
     sc = ent.code[order]
     ucode, start, count = np.unique(sc, return_index=True, return_counts=True)
@@ -156,7 +176,7 @@ def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, en
     length = np.where(present, count[at], 0)
     total = int(length.sum())
     if total == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.float32), base
+        return none
     which = np.repeat(np.arange(len(flat)), length)
     first = np.repeat(start[at] - (np.cumsum(length) - length), length)
     pos = order[first + np.arange(total)]
@@ -169,7 +189,9 @@ def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, en
     versions, vi = np.unique(ent.version[pos], return_inverse=True)
     best = np.repeat(floor[:, None], len(versions), axis=1)
     np.maximum.at(best, (qi, vi), est)   # an estimate below the floor keeps the floor
-    return versions, best.sum(0), base
+    lifted = best.copy()   # never below the probed centroid's similarity: the codebook's credit, plus the sketch's
+    np.maximum.at(lifted, (qi, vi), sims.ravel()[which].astype(np.float32))
+    return Scores(versions, best.sum(0), lifted.sum(0), base)
 
 
 def top(versions: np.ndarray, score: np.ndarray, base: float, n: int, above: bool = True) -> np.ndarray:

@@ -63,9 +63,9 @@ def _entries(plpy: Any, index_id: int, slot: int, codes: np.ndarray, nbytes: int
     return sketch.Entries.concat(parts, nbytes)
 
 
-def scores(plpy: Any, index: dict[str, Any], q: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """``(versions, score, base)`` of query ``q`` (float32 ``(nq, d)``) under the live codebook's
-    lists, or None (no codebook, no lists for its generation)."""
+def scores(plpy: Any, index: dict[str, Any], q: np.ndarray) -> sketch.Scores | None:
+    """The sketch scores of query ``q`` (float32 ``(nq, d)``) under the live codebook's lists
+    (pgmaxsim.sketch.scores), or None (no codebook, no lists for its generation)."""
     from pgmaxsim.plpy import codes as codes_mod
 
     gen = index["options"].get("fs_gen")
@@ -108,7 +108,7 @@ def top(plpy: Any, index_id: int, query: bytes, n: int) -> list[str]:
     got = scores(plpy, index, decode_query(query).astype(np.float32))
     if got is None:
         return []
-    return _keys(plpy, index, sketch.top(*got, n + max(16, n // 4)), n)   # spares: entries of rows since updated
+    return _keys(plpy, index, got.top(n + max(16, n // 4)), n)   # spares: entries of rows since updated
 
 
 def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list[str] | None:
@@ -133,7 +133,7 @@ def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list
     pending = [r["id"] for r in plpy.execute(plan, [slot, cap + 1])]
     if len(pending) > cap:
         return None
-    keys = _keys(plpy, index, sketch.top(*got, n + max(16, n // 4), above=False), n)
+    keys = _keys(plpy, index, got.top(n + max(16, n // 4), lifted=True), n)
     seen = set(keys)
     return keys + [k for k in pending if k not in seen]
 
@@ -146,7 +146,7 @@ def first(plpy: Any, index: dict[str, Any], q: np.ndarray, version_of: dict[str,
     got = scores(plpy, index, q)
     if got is None:
         return []
-    versions, score, base = got
+    versions, score, base = got.versions, got.score, got.base
     keys = list(version_of)
     v = np.array([version_of[k] for k in keys], dtype=np.int64)
     at = np.minimum(np.searchsorted(versions, v), max(len(versions) - 1, 0))
