@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -109,13 +110,18 @@ def main() -> None:
         results.append((args.dsn.split("@")[-1], bench_target(args, dsn=args.dsn)))
     else:
         data = args.data_dir or Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-data-")) / "pgdata"
-        results.append(("embedded PG 18 (no plpython3u)", bench_target(args, data_dir=data)))
+        try:
+            results.append(("embedded PG 18 (no plpython3u)", bench_target(args, data_dir=data)))
+        finally:
+            if not args.data_dir:
+                _remove_when_stopped(data)
     if args.pg15:
-        server = _start_pg15()
+        server, pylib_root = _start_pg15()
         try:
             results.append(("PostgreSQL 15, PL/Python", bench_target(args, dsn=server.dsn())))
         finally:
             server.stop()
+            shutil.rmtree(pylib_root, ignore_errors=True)
     print(f"after:  {uptime()}")
     for label, (first, warm, imports, parts, sql) in results:
         print(f"\n{label}: first search (starts the warm service, loads the model) {first:.2f} s")
@@ -150,13 +156,17 @@ def bench_target(args: argparse.Namespace, *, dsn: str | None = None, data_dir: 
     warm = [cli(env, "search", QUERIES[i % len(QUERIES)], "--index", "demo")[0] for i in range(args.n)]
     imports = timed(lambda: subprocess.run([sys.executable, "-c", "import " + ", ".join(SEARCH_MODULES)],
                                            env=env, check=True), max(5, args.n // 2))
-    parts, sql = _in_process(env, max(5, args.n // 2))
-    _stop_service(env)
+    try:
+        parts, sql = _in_process(env, max(5, args.n // 2))
+    finally:
+        _stop_service(env)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return first, warm, imports, parts, sql
 
 
-def _start_pg15() -> Any:
-    """A PostgreSQL 15 + pgvector + plpython3u like the test suite's, with the schema migrated."""
+def _start_pg15() -> tuple[Any, Path]:
+    """A PostgreSQL 15 + pgvector + plpython3u like the test suite's, with the schema migrated,
+    and the directory of the Python modules it imports (to remove after it)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from pgserver import LocalPostgres, make_readable_pylib
 
@@ -168,7 +178,7 @@ def _start_pg15() -> Any:
     from pgmaxsim.db import migrate
 
     migrate.upgrade(server.dsn())
-    return server
+    return server, pylib_root
 
 
 def _in_process(env: dict[str, str], n: int) -> tuple[dict[str, list[float]], list[float]]:
@@ -211,14 +221,26 @@ def _in_process(env: dict[str, str], n: int) -> tuple[dict[str, list[float]], li
 
 
 def _stop_service(env: dict[str, str]) -> None:
-    """SIGTERM the bench's query encoder: it releases the embedded server, which then stops."""
+    """SIGTERM the bench's query encoder and wait for it: it releases the embedded server, which then stops."""
     import signal
 
     from pgmaxsim.query_encoder_service import _ping, socket_path
 
     answer = _ping(socket_path())
     if answer and answer.get("pid"):
-        os.kill(int(answer["pid"]), signal.SIGTERM)
+        pid = int(answer["pid"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.1)
+
+
+def _remove_when_stopped(pgdata: Path) -> None:
+    """Remove the bench's embedded data directory once its server has stopped (its last user gone)."""
+    deadline = time.monotonic() + 60
+    while (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shutil.rmtree(pgdata.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

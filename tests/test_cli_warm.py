@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,6 +142,7 @@ def notes(pg_server: Any) -> Iterator[dict[str, Any]]:
         yield {"dsn": dsn, "reader": reader, "run_dir": run_dir, "env": service_env(run_dir)}
     finally:
         stop_services(run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(f'DROP OWNED BY "{reader}" CASCADE')
             c.execute(f'DROP ROLE "{reader}"')

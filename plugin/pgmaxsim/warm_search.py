@@ -44,6 +44,9 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REPLY = 64 << 20
 #: Seconds to wait for a reply: the first search of a model loads it in the service.
 REPLY_TIMEOUT_S = 300.0
+#: Seconds to wait for the service's greeting: it answers one search at a time (a busy one is still
+#: sooner than loading the model here).
+HELLO_TIMEOUT_S = 30.0
 #: Request fields the service reads (the search's options, as the CLI parsed them).
 OPTIONS = ("query", "index", "k", "candidates", "exact", "filter", "json", "cache")
 
@@ -54,6 +57,14 @@ class Untrusted(Exception):
 
 def enabled() -> bool:
     return os.environ.get("PGMAXSIM_QUERY_ENCODER", "auto").lower() not in ("off", "0", "no", "false")
+
+
+def encoding_threads() -> str:
+    """Threads a query is encoded on, by the service or by a search in the command (the same count, so
+    that both give the same floats): 1 unless PGMAXSIM_QUERY_ENCODER_THREADS says otherwise. A query
+    is a few dozen tokens; on a busy machine a second thread costs far more in waits than it saves
+    (MiniLM on 2 cores at load 10: p50 11-24 ms on one thread, 126-479 ms on two)."""
+    return os.environ.get("PGMAXSIM_QUERY_ENCODER_THREADS", "1")
 
 
 def private_dir(create: bool = True) -> Path:
@@ -133,7 +144,7 @@ def prime(options: dict[str, Any], dsn: str | None) -> None:
         return
     try:
         path = socket_path()
-        ask(path, _request(options, dsn), timeout=0.0)
+        ask(path, _request(options, dsn), timeout=0.0, wait=2.0)
     except (Untrusted, OSError, ValueError):
         pass  # only a head start
 
@@ -146,8 +157,10 @@ def _request(options: dict[str, Any], dsn: str | None) -> dict[str, Any]:
             **{k: options.get(k) for k in OPTIONS}}
 
 
-def ask(path: Path, request: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
-    """One request to the service at ``path`` after checking that it is ours; its reply header.
+def ask(path: Path, request: dict[str, Any], timeout: float = REPLY_TIMEOUT_S,
+        wait: float = HELLO_TIMEOUT_S) -> dict[str, Any]:
+    """One request to the service at ``path`` after checking that it is ours; its reply header
+    (``timeout`` 0: none wanted). ``wait``: for its greeting, while it answers someone else.
 
     Raises Untrusted, OSError (ConnectionRefusedError: nobody listens) or ValueError (not our protocol).
     """
@@ -160,6 +173,7 @@ def ask(path: Path, request: dict[str, Any], timeout: float = REPLY_TIMEOUT_S) -
         uid = _UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
         if uid != os.geteuid():
             raise Untrusted(f"the process listening on {path} runs as uid {uid}, not as this user")
+        s.settimeout(wait)
         hello = _recv(s)
         if not hello.get("ok") or hello.get("hello") != "pgmaxsim-scorer":
             raise ValueError(f"{path} did not greet as a pgmaxsim service: {hello.get('error', hello)}")

@@ -72,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(str(reply.get("stderr", "")))
         sys.stdout.write(str(reply.get("stdout", "")))
         return int(reply.get("code", 1))
+    import os
+
+    # encode here on as many threads as the service does, so that both print the same scores
+    os.environ["OMP_NUM_THREADS"] = warm_search.encoding_threads()
     with _connect(args.dsn) as conn:
         code = render(conn, args, lambda *reg: _warm_encoder(conn, args, *reg), sys.stdout, sys.stderr)
     if code == 0:  # the service this search started (or used) opens its connection for the next one now
