@@ -27,6 +27,7 @@ always candidates.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -147,7 +148,12 @@ def mark_due(conn: psycopg.Connection[Any], spec: IndexSpec) -> bool:
     if not is_codebook(spec):
         return False
     row = conn.execute("SELECT maxsim.first_stage_mark(%s)", (spec.name,)).fetchone()
-    conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, true)", (spec.name,))
+    if conn.autocommit:   # never inside the caller's transaction: a failed merge must not undo its write
+        try:
+            conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, true)", (spec.name,))
+        except psycopg.Error as e:   # the rows stay candidates until a later merge
+            logging.getLogger("pgmaxsim").warning("pgmaxsim: index %s: merging its sketch lists failed: %s",
+                                                  spec.name, str(e).splitlines()[0] if str(e) else e)
     return bool(row and row[0])
 
 
