@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,10 @@ def env() -> Iterator[dict[str, str]]:
     _stop_service(e)
     pid = _postmaster(base / "pgdata")
     if pid:  # whatever a failed test left
-        psutil.Process(pid).terminate()
+        proc = psutil.Process(pid)
+        proc.terminate()
+        psutil.wait_procs([proc], timeout=30)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def run(env: dict[str, str], *argv: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
