@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from importtime import imported
 
 pytestmark = pytest.mark.slow
 
@@ -50,17 +51,6 @@ def run(env: dict[str, str], *argv: str, python: tuple[str, ...] = ()) -> subpro
                        text=True, timeout=600, check=False)
     assert r.returncode == 0, (argv, r.stdout, r.stderr)
     return r
-
-
-def imported(importtime_stderr: str) -> set[str]:
-    """Top-level package names in a ``python -X importtime`` report."""
-    names = set()
-    for line in importtime_stderr.splitlines():
-        if line.startswith("import time:") and line.count("|") == 2:
-            name = line.rsplit("|", 1)[1].strip()
-            if name != "imported package":
-                names.add(name.split(".")[0])
-    return names
 
 
 def test_a_warm_search_imports_no_model_library_and_ranks_as_a_cold_one(env: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 import psycopg
 import pytest
+from importtime import imported
 from pgmaxsim import Index
 from pgmaxsim.search import search
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -84,17 +85,6 @@ def test_scoring_here_ranks_as_maxsim_search(server: str, request: pytest.Fixtur
 def run(env: dict[str, str], *argv: str, python: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *python, "-m", "pgmaxsim.cli", *argv], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
-
-
-def imported(importtime_stderr: str) -> set[str]:
-    """Top-level package names in a ``python -X importtime`` report."""
-    names = set()
-    for line in importtime_stderr.splitlines():
-        if line.startswith("import time:") and line.count("|") == 2:
-            name = line.rsplit("|", 1)[1].strip()
-            if name != "imported package":
-                names.add(name.split(".")[0])
-    return names
 
 
 def service_env(run_dir: Path) -> dict[str, str]:
