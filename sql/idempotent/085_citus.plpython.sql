@@ -3,14 +3,19 @@
 -- shard's node as the role the coordinator connected as (the schema owner, from maxsim._scores),
 -- they read only what that role may read.
 
+--
+-- `scorer`: the coordinator's scorer settings (maxsim.settings, as JSON) when an admin configured a
+-- scorer: the shard's rows are then scored by the scorer of this node (pgmaxsim scorer --dsn <this
+-- node>, pgmaxsim.scorer.citus_node) where it holds them at the caller's versions, the rest here.
 CREATE OR REPLACE FUNCTION maxsim._citus_shard_score(shard regclass, query bytea, ids text[], k integer, dim integer,
-                                                     storage text, id_type regtype, index_name text)
+                                                     storage text, id_type regtype, index_name text,
+                                                     scorer text DEFAULT NULL)
 RETURNS TABLE (id text, score real)
 LANGUAGE plpython3u STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 from pgmaxsim.plpy import shards
-return shards.score_shard(plpy, shard, query, ids, k, dim, storage, id_type, index_name)
+return shards.score_shard(plpy, shard, query, ids, k, dim, storage, id_type, index_name, scorer)
 $$;
 
 -- Whether a shard can be scored in one call (maxsim._citus_shard_score) on this server.

@@ -66,8 +66,9 @@ BEGIN
 END
 $$;
 
--- BEFORE ROW trigger of a distributed token table's shards: a new version per write (the sequence
--- gives each node its own range). No change log: a scorer does not serve distributed indexes.
+-- BEFORE ROW trigger of a distributed token table's shards: a new version per write (Citus gives
+-- the sequence a range of its own on every node, so a version names one write cluster-wide). No
+-- change log: a node's scorer follows its shards by their versions (pgmaxsim.scorer.citus_node).
 CREATE OR REPLACE FUNCTION maxsim._citus_tok_row() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path TO pg_catalog, pg_temp
@@ -347,14 +348,22 @@ DECLARE
     storage text := coalesce(r.options ->> 'storage', 'fp16');
     sampler text := maxsim._citus_sampler();
     scored text;
+    scorer text;
 BEGIN
     IF maxsim._citus_batched() AND sampler IS NOT NULL THEN
+        -- The scorer an admin configured (maxsim.set_scorer): each node's shards then ask the
+        -- scorer of their node, at the same address ({port}: that node's port).
+        SELECT pg_catalog.jsonb_object_agg(s.key, s.value)::text INTO scorer
+          FROM maxsim.settings s
+         WHERE s.key IN ('scorer', 'scorer_timeout_ms', 'scorer_secret_file', 'scorer_user')
+           AND coalesce(pg_catalog.btrim(s.value), '') <> ''
+        HAVING pg_catalog.bool_or(s.key = 'scorer');
         RETURN QUERY EXECUTE pg_catalog.format(
             'SELECT u.id, u.score FROM maxsim.%I t TABLESAMPLE %s (1)'
-            ' CROSS JOIN LATERAL maxsim._citus_shard_score(t.tableoid::regclass, $1, $2, $3, %s, %L, %L::regtype, %L) u'
+            ' CROSS JOIN LATERAL maxsim._citus_shard_score(t.tableoid::regclass, $1, $2, $3, %s, %L, %L::regtype, %L, $4) u'
             ' ORDER BY u.score DESC, u.id COLLATE "C" LIMIT $3',
             r.token_table, sampler, r.dim, storage, pg_catalog.format_type(r.id_type, NULL), r.name)
-            USING pg_catalog.array_send(query), ids, k;
+            USING pg_catalog.array_send(query), ids, k, scorer;
         RETURN;
     END IF;
     scored := pg_catalog.format('SELECT t.id::text AS id, maxsim._citus_score(t.tokens, t.n_tokens, $1, %s, %L) AS score'

@@ -12,6 +12,7 @@ examples:
   pgmaxsim scorer --socket /run/pgmaxsim/scorer.sock --allow-user postgres --int8
   pgmaxsim scorer --tcp 127.0.0.1:7433 --secret-file /etc/pgmaxsim/scorer.secret
   pgmaxsim scorer --backend cpu --index docs
+  pgmaxsim scorer --dsn 'host=worker1 dbname=app'   # on each Citus node: serves that node's shards
 
 Only root, the scorer's own OS user and the --allow-user users (default: postgres) may
 connect to its socket (mode 0660, in a directory no other user can write); TCP peers must

@@ -190,6 +190,19 @@ class ScorerClient:
         )
         return Scored(ids, arr["scores"].astype(np.float32), arr["found"].astype(bool))
 
+    def score_shard(self, shard: str, query: np.ndarray, ids: Sequence[str], versions: Sequence[int]) -> Scored:
+        """``score`` against a Citus token shard a node's scorer holds (``shard``: its name,
+        e.g. ``maxsim.tok_3_102012``; see :mod:`.citus_node`)."""
+        ids = [str(i) for i in ids]
+        v = as_i8(versions)
+        if v.shape != (len(ids),):
+            raise ValueError("ids and versions must have the same length")
+        head, arr = self.request(
+            {"op": "score", "shard": str(shard)},
+            {"query": check_query(query), "ids": pack_ids(ids), "versions": v},
+        )
+        return Scored(ids, arr["scores"].astype(np.float32), arr["found"].astype(bool))
+
     def search(self, index: int, query: np.ndarray, k: int, snapshot: str,
                exclude: Sequence[str] = ()) -> SearchReply:
         """Exhaustive top-``k`` over the scorer's copy of the index."""

@@ -91,6 +91,8 @@ class Scorer:
         self.journal_seconds = journal_seconds
         self.stores: dict[int, IndexStore] = {}
         self.failed: dict[int, IndexStore] = {}
+        #: on a Citus node: the token shards placed on it, by shard name (:mod:`.citus_node`)
+        self.shards: dict[str, IndexStore] = {}
         self._reload: set[int] = set()
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -113,6 +115,8 @@ class Scorer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for store in self.shards.values():
+            store.release()
         if self._report_conn is not None:
             self._report_conn.close()
 
@@ -179,9 +183,21 @@ class Scorer:
             self._stop.wait(self.poll_interval)
 
     def sync_once(self, conn: Any) -> None:
-        from pgmaxsim.scorer import sync
+        from pgmaxsim.scorer import citus_node, sync
 
+        citus, registry = citus_node.probe(conn)
+        if citus:
+            try:
+                citus_node.sync_shards(self.shards, conn, self.backend, self.journal_seconds)
+            except OutOfMemory as exc:
+                log.error("scorer: out of memory while loading this node's shards: %s", exc)
+            if not registry:     # a Citus worker: no registry, only shards
+                self.sync_count += 1
+                return
         reg = sync.registry(conn, self.index_names)
+        if citus:                # distributed indexes live in the shards (above, on their nodes)
+            for iid in citus_node.distributed_index_ids(conn):
+                reg.pop(iid, None)
         for iid in list(self.stores):
             if iid not in reg:
                 self.stores.pop(iid).release()
@@ -273,6 +289,16 @@ class Scorer:
             raise ScorerError("unknown_index", f"the scorer does not hold index {iid}")
         return store
 
+    def _shard(self, name: Any, op: str) -> IndexStore:
+        """A Citus token shard held on this node (``score`` only: shards keep no change journal)."""
+        if op != "score":
+            raise ScorerError("bad_request", "a Citus shard answers score requests only")
+        store = self.shards.get(str(name))
+        if store is None:
+            raise ScorerError("unknown_index", f"the scorer does not hold shard {name!r} (not on this node, or"
+                              " not loaded yet)")
+        return store
+
     def _query(self, arrays: dict[str, np.ndarray], store: IndexStore) -> np.ndarray:
         if "query" not in arrays:
             raise ScorerError("bad_request", "request has no query")
@@ -287,7 +313,9 @@ class Scorer:
             return {"ok": True, "backend": self.backend.name, "pid": os.getpid()}, {}
         if op == "status":
             return {"ok": True, "backend": self.backend.name, "limits": self.limits.as_dict(),
-                    "syncs": self.sync_count, "served": dict(self.served), "indexes": self.status()}, {}
+                    "syncs": self.sync_count, "served": dict(self.served), "indexes": self.status(),
+                    "shards": [{"shard": n, "rows": st.rows, "tokens": st.tokens, "storage": st.meta.storage}
+                               for n, st in sorted(self.shards.items())]}, {}
         if op == "reload":
             idx = head.get("index")
             self._reload.update(list(self.stores) + list(self.failed) if idx is None else [int(idx)])
@@ -296,7 +324,10 @@ class Scorer:
             return self._encode_query(head)
         if op not in ("score", "search"):
             raise ScorerError("bad_request", f"unknown op {op!r}")
-        store = self._store(head.get("index"))
+        if "shard" in head:
+            store = self._shard(head.get("shard"), op)
+        else:
+            store = self._store(head.get("index"))
         q = self._query(arrays, store)
         if not self._slots.acquire(timeout=self.limits.queue_timeout):
             raise ScorerError("overloaded", f"more than {self.limits.max_inflight} requests in flight")
