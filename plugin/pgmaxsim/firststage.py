@@ -127,18 +127,26 @@ def train(sample: np.ndarray, n_coarse: int = 256, n_fine: int = 256, rounds: in
 
 
 def assign(cb: Codebook, tokens: np.ndarray) -> np.ndarray:
-    """``(n, d)`` tokens -> ``(n,)`` int32 codes under ``cb`` (nearest coarse, then nearest fine)."""
+    """``(n, d)`` tokens -> ``(n,)`` int32 codes under ``cb`` (nearest coarse, then nearest fine).
+
+    Cost: ``n * (n_coarse + n_fine) * d`` multiply-adds in float32 GEMMs, one for the coarse cells
+    and one per cell present (its tokens sorted together, so each is one contiguous block). Give it
+    many rows' tokens at once (pgmaxsim.writes codes a write's rows in chunks): a cell's fine
+    centroids are then read once for all of them, and a cell's GEMM has more than a page's few rows.
+    """
     x = np.asarray(tokens)
     out = np.empty(len(x), dtype=np.int32)
     for a in range(0, len(x), BLOCK):
         blk = normalise(x[a:a + BLOCK])
         cell = (blk @ cb.coarse.T).argmax(axis=1)
         order = np.argsort(cell, kind="stable")
-        bounds = np.flatnonzero(np.diff(cell[order])) + 1
-        for grp in np.split(order, bounds):
-            if len(grp):
-                c = int(cell[grp[0]])
-                out[a + grp] = c * cb.n_fine + (blk[grp] @ cb.fine[c].T).argmax(axis=1)
+        cells = cell[order]
+        srt = blk[order]
+        starts = np.flatnonzero(np.concatenate([[True], cells[1:] != cells[:-1]])).tolist()
+        fine = np.empty(len(order), dtype=np.int64)
+        for s, e in zip(starts, starts[1:] + [len(order)]):
+            fine[s:e] = (srt[s:e] @ cb.fine[int(cells[s])].T).argmax(axis=1)
+        out[a + order] = cells * cb.n_fine + fine
     return out
 
 

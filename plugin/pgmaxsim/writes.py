@@ -30,6 +30,8 @@ that commit, and its trigger removes the rows just written.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import itertools
@@ -175,34 +177,78 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
     return tok_rows, cen_rows
 
 
+#: Rows whose first-stage codes are assigned in one call: a codebook cell's fine centroids are read
+#: once for all their tokens, and each cell's GEMM gets several pages' tokens instead of a few.
+CODE_CHUNK = 8
+
+
 def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tuple[np.ndarray, np.ndarray]],
                  content_hashes: Sequence[bytes | None] | None, model: str | None, model_revision: str | None,
                  layouts: Sequence[Layout | None] | None, book: codebook.Live | None,
                  cen_rows: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
     """Token rows of :func:`encode_rows`, one at a time (``checked``: :func:`_check_tokens` of each
-    key); each row's centroid rows are appended to ``cen_rows`` as it is made."""
+    key); each row's centroid rows are appended to ``cen_rows`` as it is made.
+
+    With a codebook, rows go in chunks of :data:`CODE_CHUNK`: the chunk's codes are assigned on a
+    helper thread (NumPy's GEMMs release the GIL) while this thread encodes the next chunk and the
+    COPY sends the previous one, so the assignment (the write path's largest client cost, ~2-3 ms
+    per 1,000-token page) runs on a core the client would otherwise leave to the server alone."""
     storage, factor = index.storage, index.pool_factor
+
+    def encoded(key: str, i: int) -> tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]:
+        arr, half = checked[key]
+        if storage == "fp16" and factor == 1:   # the common case: the bytes are the fp16 values
+            blob, stored = half.tobytes(), half.astype(np.float32)
+        else:
+            blob = quantize.encode_tokens(pooling.pool_tokens(arr, factor) if factor > 1 else arr, storage)
+            stored = quantize.dequantize(*quantize.decode_tokens(blob, index.dim, storage))
+        try:
+            pooled, cents = pooling.pool(stored, index.pooling, index.options)
+            pooled_bin = encode_halfvec(pooled)
+        except CodecError as e:
+            raise PgmaxsimError(f"row {key}: {e}") from None
+        h = None if content_hashes is None else content_hashes[i]
+        lay = None if layouts is None or len(stored) != len(arr) else _layout_bytes(key, layouts[i], len(arr))
+        return ((index.key_value(key), blob, len(stored), len(arr), pooled_bin, model, model_revision,
+                 None if h is None else bytes(h), lay), stored, cents)
+
+    def sent(row: tuple[Any, ...], cents: np.ndarray | None) -> tuple[Any, ...]:
+        if cents is not None:
+            cen_rows.extend((row[0], c, encode_halfvec(vec)) for c, vec in enumerate(cents))
+        return row
+
     with _one_blas_thread():
-        for key, i in latest.items():
-            arr, half = checked[key]
-            if storage == "fp16" and factor == 1:   # the common case: the bytes are the fp16 values
-                blob, stored = half.tobytes(), half.astype(np.float32)
-            else:
-                blob = quantize.encode_tokens(pooling.pool_tokens(arr, factor) if factor > 1 else arr, storage)
-                stored = quantize.dequantize(*quantize.decode_tokens(blob, index.dim, storage))
-            try:
-                pooled, cents = pooling.pool(stored, index.pooling, index.options)
-                pooled_bin = encode_halfvec(pooled)
-            except CodecError as e:
-                raise PgmaxsimError(f"row {key}: {e}") from None
-            kv = index.key_value(key)
-            h = None if content_hashes is None else content_hashes[i]
-            lay = None if layouts is None or len(stored) != len(arr) else _layout_bytes(key, layouts[i], len(arr))
-            yield ((kv, blob, len(stored), len(arr), pooled_bin, model, model_revision,
-                    None if h is None else bytes(h), lay)
-                   + (() if book is None else (_int4_array(codebook.row_codes(book, stored)),)))
-            if cents is not None:
-                cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
+        if book is None:
+            for key, i in latest.items():
+                row, _, cents = encoded(key, i)
+                yield sent(row, cents)
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgmaxsim-codes") as helper:
+            queued: collections.deque[tuple[list[tuple[Any, ...]], concurrent.futures.Future[list[bytes]]]] = \
+                collections.deque()
+            items = iter(latest.items())
+            while chunk := list(itertools.islice(items, CODE_CHUNK)):
+                done = [encoded(key, i) for key, i in chunk]
+                rows = [sent(row, cents) for row, _, cents in done]
+                queued.append((rows, helper.submit(_chunk_codes, book, [stored for _, stored, _ in done])))
+                if len(queued) > 1:   # the previous chunk goes while this one is coded
+                    yield from _with_codes(*queued.popleft())
+            while queued:
+                yield from _with_codes(*queued.popleft())
+
+
+def _chunk_codes(book: codebook.Live, stored: list[np.ndarray]) -> list[bytes]:
+    """Each row's distinct codes (sorted) under ``book`` as a binary ``int4[]``, assigned in one call."""
+    from pgmaxsim import firststage
+
+    codes = firststage.assign(book.cb, np.concatenate(stored))
+    cuts = np.cumsum([len(x) for x in stored])[:-1]
+    return [_int4_array(np.unique(c)) for c in np.split(codes, cuts)]
+
+
+def _with_codes(rows: list[tuple[Any, ...]], codes: concurrent.futures.Future[list[bytes]]) -> Iterator[tuple[Any, ...]]:
+    for row, c in zip(rows, codes.result()):
+        yield row + (c,)
 
 
 def _layout_bytes(key: str, layout: Layout | None, n_tokens: int) -> bytes | None:

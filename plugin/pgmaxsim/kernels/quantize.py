@@ -37,14 +37,19 @@ def quantize_int8(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> q.tolist(), [round(float(v), 6) for v in s]
     ([[64, -127, 32]], [0.007874])
     """
-    x = np.asarray(tokens, dtype=np.float32)
+    x = np.array(tokens, dtype=np.float32)   # a copy, worked on in place (one float32 buffer in all)
     if x.ndim != 2:
         raise ValueError(f"tokens must be (T, d), got shape {x.shape}")
-    amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], dtype=np.float32)
+    if x.shape[1]:
+        amax = np.maximum(x.max(axis=1), -x.min(axis=1))   # max |x| without an abs() copy
+    else:
+        amax = np.zeros(x.shape[0], dtype=np.float32)
     scales = (amax / 127.0).astype(np.float32)
-    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    q = np.clip(np.rint(x / safe[:, None]), -127, 127).astype(np.int8)
-    return q, scales
+    safe = np.where(scales > 0, scales, np.float32(1.0))
+    np.divide(x, safe[:, None], out=x)
+    np.rint(x, out=x)
+    np.clip(x, -127, 127, out=x)   # only a subnormal scale (amax < ~1e-36) can push past 127
+    return x.astype(np.int8), scales
 
 
 def dequantize_int8(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
