@@ -387,6 +387,12 @@ def test_storage_switch_and_reembedding_are_refused_in_one_line(conn: psycopg.Co
     with pytest.raises(psycopg.errors.FeatureNotSupported, match=r'index "sw" is distributed \(Citus\): re-embedding'):
         conn.execute("SELECT maxsim.create_index('sw#reembed', 'sw', 'id', 'body', model => %s)", (MINILM,))
     assert [r[0] for r in conn.execute("SELECT name FROM maxsim.list_indexes() WHERE name LIKE 'sw%%'")] == ["sw"]
+    # reindex --first-stage: says why there is nothing to retrain (not "create it with first_stage=codebook")
+    from pgmaxsim.codebook import train
+    from pgmaxsim.errors import PgmaxsimError
+
+    with pytest.raises(PgmaxsimError, match=r"index 'sw' is distributed \(Citus\): its first stage is 'mean'"):
+        train(conn, "sw")
 
 
 def test_int8_storage_scores_as_on_one_node(conn: psycopg.Connection[Any]) -> None:

@@ -30,3 +30,17 @@ def shard_groups(conn: Any, source: str | None, keys: list[str]) -> list[list[st
             " FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, o) ORDER BY u.o", (source, keys)).fetchall():
         groups.setdefault(int(shard), []).append(key)
     return list(groups.values())
+
+
+def distributed_index(conn: Any, spec: Any) -> bool:
+    """Whether index ``spec`` (:class:`pgmaxsim.registry.IndexSpec`) is distributed: its token table
+    is a Citus distributed table (False where Citus is not installed)."""
+    row = conn.execute("SELECT maxsim._citus_distributed(pg_catalog.to_regclass(pg_catalog.format('maxsim.%%I', %s::text)))",
+                       (spec.token_table,)).fetchone()
+    return bool(row and row[0])
+
+
+#: Why ``reindex --first-stage`` does nothing for a distributed index (pgmaxsim.codebook.train).
+FIRST_STAGE_REFUSED = ("index {name!r} is distributed (Citus): its first stage is 'mean' (each row's pooled vector,"
+                       " kept in the token row on the row's shard), which has nothing to retrain; the codebook first"
+                       " stage is not supported on distributed indexes (docs/SCALING.md)")

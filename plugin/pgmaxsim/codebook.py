@@ -203,6 +203,10 @@ def train(conn: psycopg.Connection[Any], name: str, *, seed: int = 0, stop: thre
         raise PgmaxsimError("training a first-stage codebook needs an autocommit connection (each step commits)")
     spec = get_index(conn, name)
     if not is_codebook(spec):
+        from pgmaxsim import citus
+
+        if citus.distributed_index(conn, spec):
+            raise PgmaxsimError(citus.FIRST_STAGE_REFUSED.format(name=name))
         raise PgmaxsimError(f"index {name!r} has first stage {spec.pooling!r}; --first-stage retrains a"
                             " 'codebook' first stage (create the index with options first_stage=codebook)")
     register_tokens(conn)
