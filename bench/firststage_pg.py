@@ -30,6 +30,7 @@ index_info.bytes per row, write cost per row.
 from __future__ import annotations
 
 import argparse
+import calendar
 import os
 import sys
 import tempfile
@@ -136,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                          " writes, drained at the end as `worker --once` does")
     ap.add_argument("--resume", action="store_true",
                     help="with --dsn: as --reuse, and an index stopped part way is written on from its last batch")
+    ap.add_argument("--sources-among", type=int, default=0,
+                    help="draw the query sources among the first N pages (default: all); with --write-until, a run"
+                         " stopped at any size >= N keeps the same queries and its streamed reference")
+    ap.add_argument("--write-until", help="HH:MM (UTC): stop writing then and go on with the pages written")
     ap.add_argument("--no-vacuum", action="store_true", help="skip the VACUUM ANALYZE before searching")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -183,6 +188,15 @@ def _prefix(conn: psycopg.Connection[Any], name: str) -> int | None:
         return None
     m, top = conn.execute(f"SELECT count(*), coalesce(max(id::bigint), 0) FROM maxsim.{row[0]}").fetchone()
     return int(m) if int(m) == int(top) else None
+
+
+def _deadline(hhmm: str | None) -> float:
+    """The epoch second of today's ``HH:MM`` UTC (inf when none)."""
+    if not hhmm:
+        return float("inf")
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0))
 
 
 def _log(msg: str) -> None:
@@ -242,11 +256,11 @@ class StreamExact:
                  **{f"key_{k}": np.array(str(v)) for k, v in self.key.items()})
         os.replace(tmp, self.path)
 
-    def top10(self) -> list[list[tuple[str, float]]]:
-        """The exact top-10 of each query as ``exact_top10`` gives it (ids are page + 1)."""
-        assert self.done == self.scores.shape[1], "not every page is scored"
+    def top10(self, n: int) -> list[list[tuple[str, float]]]:
+        """The exact top-10 of each query over pages ``0 .. n-1`` as ``exact_top10`` gives it (ids are page + 1)."""
+        assert self.done >= n, "not every page is scored"
         out = []
-        for row in self.scores:
+        for row in self.scores[:, :n]:
             top = np.argsort(-row, kind="stable")[:10]
             out.append([(str(int(j) + 1), float(row[j])) for j in top])
         return out
@@ -314,8 +328,10 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
     n = args.pages
     stages = args.first_stages.split(",")
     corpus = NeedleCorpus(n, args.seed)
-    sources = np.random.default_rng(args.seed + 1).choice(n, size=args.queries, replace=False)
+    among = args.sources_among or n
+    sources = np.random.default_rng(args.seed + 1).choice(among, size=args.queries, replace=False)
     queries = [corpus.query(int(i)) for i in sources]
+    stop_at = _deadline(args.write_until)
     extra = {}
     for pair in args.option:
         k, _, v = pair.partition("=")
@@ -351,8 +367,8 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
         ref = get_index(conn, f"fs_{stages[0]}")
         exact_ref = None
         if args.exact in ("stream", "both"):
-            key = {"pages": n, "seed": args.seed, "queries": args.queries, "storage": ref.storage,
-                   "pool_factor": ref.pool_factor}
+            key = {"pages": n, "seed": args.seed, "queries": args.queries, "sources_among": among,
+                   "storage": ref.storage, "pool_factor": ref.pool_factor}
             exact_ref = StreamExact(queries, n, ref.storage, ref.pool_factor, key,
                                     Path(args.checkpoint) if args.checkpoint else None)
             if exact_ref.done:
@@ -364,6 +380,11 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
         first -= first % args.batch
         t_loop = time.perf_counter()
         for a in range(first, n, args.batch):
+            if time.time() >= stop_at and todo:
+                n = a   # the pages written: page i is the same whatever the corpus size (NeedleCorpus)
+                _log(f"  --write-until {args.write_until} reached: going on with the {n} pages written")
+                assert n >= among and n >= max(start.values()), "stopped before the query sources were written"
+                break
             ids = list(range(a + 1, min(n, a + args.batch) + 1))
             t = time.perf_counter()
             pages = [corpus.page(i - 1)[0] for i in ids]
@@ -438,11 +459,14 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
             _log(f"  VACUUM ANALYZE {time.perf_counter() - t:.0f} s")
         fp16 = raw / n
         # exact reference (scores are the same in every index of one tier: the same stored tokens)
+        if args.write_until and todo and n < args.pages:
+            notes.append(f"stopped writing at --write-until {args.write_until}: {n:,} of {args.pages:,} pages written"
+                         f" (the first {n:,} pages of the {args.pages:,}-page corpus: go on with --resume)")
         if exact_ref is not None and exact_ref.done < n:
             for a in range(exact_ref.done - exact_ref.done % args.batch, n, args.batch):
                 exact_ref.add(a, [corpus.page(i)[0] for i in range(a, min(n, a + args.batch))])
             exact_ref.save()
-        exact = exact_ref.top10() if exact_ref is not None else exact_top10(conn, f"fs_{stages[0]}", queries, n)
+        exact = exact_ref.top10(n) if exact_ref is not None else exact_top10(conn, f"fs_{stages[0]}", queries, n)
         if args.exact == "both":
             notes.append(compare_exact(exact_top10(conn, f"fs_{stages[0]}", queries, n), exact))
             _log(notes[-1])
