@@ -190,6 +190,24 @@ def _prefix(conn: psycopg.Connection[Any], name: str) -> int | None:
     return int(m) if int(m) == int(top) else None
 
 
+def pick_sources(corpus: NeedleCorpus, among: int, k: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``k`` query source pages drawn among the first ``among`` and their needle queries. A page with
+    fewer tokens of its two main topics than a query copies cannot be a source: it is replaced by the
+    next page of a seeded permutation (the draw is unchanged where every page can, as at 10K)."""
+    rng = np.random.default_rng(seed)
+    sources = [int(i) for i in rng.choice(among, size=k, replace=False)]
+    spare = (int(i) for i in rng.permutation(among) if int(i) not in sources)
+    queries = []
+    for j, i in enumerate(sources):
+        while True:
+            try:
+                queries.append(corpus.query(i))
+                break
+            except ValueError:
+                i = sources[j] = next(spare)
+    return np.array(sources), queries
+
+
 def _deadline(hhmm: str | None) -> float:
     """The epoch second of today's ``HH:MM`` UTC (inf when none)."""
     if not hhmm:
@@ -329,8 +347,7 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
     stages = args.first_stages.split(",")
     corpus = NeedleCorpus(n, args.seed)
     among = args.sources_among or n
-    sources = np.random.default_rng(args.seed + 1).choice(among, size=args.queries, replace=False)
-    queries = [corpus.query(int(i)) for i in sources]
+    sources, queries = pick_sources(corpus, among, args.queries, args.seed + 1)
     stop_at = _deadline(args.write_until)
     extra = {}
     for pair in args.option:
