@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="draw the query sources among the first N pages (default: all); with --write-until, a run"
                          " stopped at any size >= N keeps the same queries and its streamed reference")
     ap.add_argument("--write-until", help="HH:MM (UTC): stop writing then and go on with the pages written")
+    ap.add_argument("--merge-before-search", action="store_true",
+                    help="merge the rows written since the sketch lists' last merge before searching (else they"
+                         " are searched as pending rows, as right after a write)")
+    ap.add_argument("--split", action="store_true",
+                    help="a second pass at the first budget with pgmaxsim.timing: median ms per search stage")
     ap.add_argument("--no-vacuum", action="store_true", help="skip the VACUUM ANALYZE before searching")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -206,6 +211,25 @@ def pick_sources(corpus: NeedleCorpus, among: int, k: int, seed: int) -> tuple[n
             except ValueError:
                 i = sources[j] = next(spare)
     return np.array(sources), queries
+
+
+def _merge_pending(conn: psycopg.Connection[Any], name: str, merge: bool) -> str:
+    """How many rows of codebook index ``name`` are not yet in its live sketch lists (search takes them
+    all as candidates, or falls back to the GIN path past max(1,000, candidates)); with ``merge``,
+    merge them now (maxsim.first_stage_sketch_merge, what writers do past 5 % pending), timed."""
+    iid, tok, gen = conn.execute("SELECT id, token_table, (options ->> 'fs_gen')::int FROM maxsim.indexes"
+                                 " WHERE name = %s", (name,)).fetchone()
+    if gen is None:
+        return f"{name}: untrained (searched exactly)"
+    pending = "SELECT count(*) FROM maxsim.{t} t WHERE NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{i} s" \
+              " WHERE s.slot = {g} AND s.version = t.version)".format(t=tok, i=iid, g=gen % 2)
+    before = int(conn.execute(pending).fetchone()[0])
+    if not merge or not before:
+        return f"{name}: {before} rows pending (not in the sketch lists) at search time"
+    t = time.perf_counter()
+    conn.execute("SELECT maxsim.first_stage_sketch_merge(%s)", (name,))
+    return (f"{name}: {before} rows pending after the last write, merged before searching in"
+            f" {time.perf_counter() - t:.1f} s ({int(conn.execute(pending).fetchone()[0])} left)")
 
 
 def _deadline(hhmm: str | None) -> float:
@@ -487,6 +511,9 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
         if args.exact == "both":
             notes.append(compare_exact(exact_top10(conn, f"fs_{stages[0]}", queries, n), exact))
             _log(notes[-1])
+        if "codebook" in stages:
+            notes.append(_merge_pending(conn, "fs_codebook", args.merge_before_search))
+            _log(notes[-1])
         budgets = [max(10, int(float(b[:-1]) / 100 * n)) if b.endswith("%") else int(b)
                    for b in args.budgets.split(",")]
         for s in stages:
@@ -509,6 +536,15 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
                     label = f"codebook + sketch top {top}" if top else "codebook (no sketch)"
                 out += table_rows(conn, f"fs_{s}", label, queries, [int(i) + 1 for i in sources], exact, budgets, n,
                                   fp16, write_s[s] / n * 1e3 if s in todo and not reused else float("nan"))
+                if args.split:
+                    from scale import timed_split
+
+                    sp = timed_split(conn, queries, f"fs_{s}", budgets[0])
+                    notes.append(f"{label}, {budgets[0]} candidates, median ms per stage (pgmaxsim.timing):"
+                                 f" candidates {sp['candidates']:.1f}, rescore {sp['rescore']:.1f},"
+                                 f" token fetch {sp['fetch']:.1f}, exact scoring {sp['score']:.1f}")
+                    _log(notes[-1])
+                    out.append(notes[-1])
     out.append(f"(whole run {time.time() - t_start:.0f} s; load at the end {os.getloadavg()})")
     print("\n".join(out))
     return 0

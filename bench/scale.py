@@ -89,7 +89,8 @@ _SPLIT = {  # notice pattern -> what it times (060_search.sql, plpy/api.py)
 }
 
 
-def timed_split(conn: psycopg.Connection, queries: list[np.ndarray]) -> dict[str, float]:
+def timed_split(conn: psycopg.Connection, queries: list[np.ndarray], name: str = "pages_idx",
+                candidates: int | None = None) -> dict[str, float]:
     """Median ms of each search stage over ``queries`` (pgmaxsim.timing notices)."""
     seen: dict[str, list[float]] = {k: [] for k in _SPLIT}
     notes: list[str] = []
@@ -97,7 +98,7 @@ def timed_split(conn: psycopg.Connection, queries: list[np.ndarray]) -> dict[str
     conn.execute("SET pgmaxsim.timing = on")
     for q in queries:
         notes.clear()
-        conn.execute("SELECT id, score FROM maxsim.search('pages_idx', %s, 10)", (Tokens(q),)).fetchall()
+        conn.execute("SELECT id, score FROM maxsim.search(%s, %s, 10, %s)", (name, Tokens(q), candidates)).fetchall()
         for key, pat in _SPLIT.items():
             vals = [float(m.group(1)) for n in notes for m in [pat.search(n)] if m]
             seen[key].append(sum(vals))
