@@ -9,8 +9,9 @@ worker's and Index.upsert's write path) on autocommit connections, so the codebo
 trains as the write path decides; it prints
 
 - bytes/row: maxsim.index_info(name).bytes / rows (token table with TOAST and indexes, pooled
-  vectors with their HNSW, centroid table with its HNSW or codebook tables and the codes' GIN
-  indexes), and that over the raw fp16 token bytes (n_tokens x dim x 2) of the same rows.
+  vectors with their HNSW, centroid table with its HNSW or codebook tables, sketch lists and the
+  codes' GIN indexes), and that over the raw fp16 token bytes (n_tokens x dim x 2) of the same rows;
+  "of which first stage": index_info's first_stage_bytes over the same raw bytes (issue 18's figure).
   Targets: fp16 <= 1.1x, int8 <= 0.55x, int8 + pool 4 <= 1/8. ``--breakdown`` adds where the
   bytes are (each relation, as a share of the raw fp16 bytes);
 - write: pages/s of write_rows (batches of --batch rows: validation, pooling, quantizing, the
@@ -123,8 +124,8 @@ def breakdown(conn: psycopg.Connection[Any], name: str, raw: float) -> list[tupl
           FROM pg_index i WHERE i.indrelid = %(t)s::regclass
         UNION ALL SELECT 'table ' || c.relname, pg_total_relation_size(c.oid) FROM pg_class c
           JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'maxsim' AND c.relname IN (%(c)s, %(fc)s, %(ff)s)
-        """, {"t": f"maxsim.{tok}", "c": f"cen_{iid}", "fc": f"fs_coarse_{iid}", "ff": f"fs_fine_{iid}"}).fetchall()
+         WHERE n.nspname = 'maxsim' AND c.relkind = 'r' AND c.relname ~ %(first)s
+        """, {"t": f"maxsim.{tok}", "first": f"^(cen|fs_[a-z_]+|skpend)_{iid}$"}).fetchall()
     return [(label.replace(f"maxsim.{tok}", "tok"), b / raw) for label, b in rows]
 
 
@@ -163,9 +164,9 @@ def main() -> None:
                           (f"t{i}", json.dumps(opts)))
         print(f"{args.pages} pages ({np.mean([len(p) for p in pages]):.0f} tokens mean, d={D}),"
               f" write batches of {args.batch} rows, load {os.getloadavg()[0]:.1f}\n")
-        print("| stored | first stage | bytes/row | x raw fp16 | write pages/s | bare COPY pages/s: plain / EXTERNAL"
-              " | x bare: plain / EXTERNAL | train s |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        print("| stored | first stage | bytes/row | x raw fp16 | of which first stage | write pages/s"
+              " | bare COPY pages/s: plain / EXTERNAL | x bare: plain / EXTERNAL | train s |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         parts = {}
         for i, label in enumerate(labels):
             storage, factor, first, train_tokens = TIERS[label]
@@ -173,12 +174,14 @@ def main() -> None:
             write, train, bare, bare_ext = fill(dsn, f"t{i}", pages, args.batch, storage, factor)
             with psycopg.connect(dsn, autocommit=True) as c:
                 c.execute("VACUUM ANALYZE")
-                nbytes, rows = c.execute("SELECT bytes, rows FROM maxsim.index_info(%s)", (f"t{i}",)).fetchone()
+                nbytes, fs_bytes, rows = c.execute("SELECT bytes, first_stage_bytes, rows FROM maxsim.index_info(%s)",
+                                                   (f"t{i}",)).fetchone()
                 if args.breakdown:
                     parts[label] = breakdown(c, f"t{i}", raw_total)
             name = storage if factor == 1 else f"{storage} + pool_factor {factor}"
             n = len(pages)
             print(f"| {name} | {first} | {nbytes / rows / 1024:.1f} KiB | {nbytes / raw_total:.3f} |"
+                  f" {fs_bytes / raw_total:.3f} |"
                   f" {n / write:.0f} | {n / bare:.0f} / {n / bare_ext:.0f} | {bare / write:.2f} / {bare_ext / write:.2f}"
                   f" | {train:.0f} |", flush=True)
         for label, items in parts.items():

@@ -127,6 +127,32 @@ def test_index_info_reports_tier_and_bytes_as_the_catalog(db: psycopg.Connection
                       (f"maxsim.tok_{iid}",)).fetchone()[0] == "e"
 
 
+@pytest.mark.parametrize("first", ["codebook", "centroids"])
+def test_index_info_reports_the_first_stages_bytes_apart(dsn: str, first: str) -> None:
+    from pgmaxsim import codebook
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        register_tokens(db)
+        create(db, "int8", 1, pooling_=first)
+        docs = corpus(60, seed=4)
+        Index(db, "t_idx").upsert(list(docs), list(docs.values()))
+        if first == "codebook":
+            codebook.train(db, "t_idx")
+        total, fs_bytes, iid, tok = db.execute(
+            "SELECT bytes, first_stage_bytes, id, token_table FROM maxsim.index_info('t_idx')").fetchone()
+        # the codebook's, sketch lists' and pending rows' tables (sql/idempotent/035_firststage.sql, 034_sketch.sql)
+        names = [f"cen_{iid}"] if first == "centroids" else [t for (t,) in db.execute(
+            "SELECT relname FROM pg_class WHERE relname ~ %s AND relkind = 'r'", (f"^(fs_[a-z_]+|skpend)_{iid}$",))]
+        indexes = [f"{tok}_codes_0_gin", f"{tok}_codes_1_gin", f"{tok}_uncoded_0", f"{tok}_uncoded_1"]
+        catalog = sum(db.execute("SELECT pg_total_relation_size(%s::regclass)", (f"maxsim.{t}",)).fetchone()[0]
+                      for t in names)
+        catalog += sum(db.execute("SELECT coalesce(pg_relation_size(to_regclass(%s)), 0)", (f"maxsim.{t}",)).fetchone()[0]
+                       for t in indexes)
+        assert fs_bytes == catalog and 0 < fs_bytes < total
+        assert total - fs_bytes >= db.execute("SELECT pg_total_relation_size(reltoastrelid) FROM pg_class"
+                                              " WHERE oid = %s::regclass", (f"maxsim.{tok}",)).fetchone()[0]
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ('{"storage": "int4"}', 'option storage must be "fp16" or "int8"'),
     ('{"storage": 8}', 'option storage must be "fp16" or "int8"'),

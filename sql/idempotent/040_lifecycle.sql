@@ -343,7 +343,22 @@ AS $$
          + maxsim._fs_bytes(r.id)
 $$;
 
--- Live counts of an index: rows, tokens, queued rows (privileged: reads the owner's tables).
+-- The first stage's part of _index_bytes: its own tables (the centroid table with its HNSW; the codebook,
+-- sketch-list and pending tables, maxsim._fs_bytes) and its indexes on the token table (the pooled
+-- vectors' HNSW; the codes' GIN and "uncoded" indexes). The pooled vector and codes inside each token row
+-- are counted in _index_bytes only (a few hundred bytes of a row's heap tuple, not told apart from it).
+CREATE OR REPLACE FUNCTION maxsim._first_stage_bytes(r maxsim.indexes) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'cen_' || r.id))), 0)
+         + maxsim._fs_bytes(r.id)
+         + coalesce((SELECT sum(pg_catalog.pg_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', r.token_table || x))))
+                       FROM pg_catalog.unnest(ARRAY['_pooled_hnsw', '_codes_0_gin', '_codes_1_gin', '_uncoded_0', '_uncoded_1']) AS u(x)), 0)::bigint
+$$;
+
+-- Live counts of an index: rows, tokens, queued rows, bytes, the first stage's bytes (privileged: reads the
+-- owner's tables).
 CREATE OR REPLACE FUNCTION maxsim._counts(index_id integer) RETURNS bigint[]
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
@@ -361,7 +376,7 @@ BEGIN
     EXECUTE pg_catalog.format('SELECT count(*), coalesce(sum(n_tokens), 0) FROM maxsim.%I', r.token_table)
         INTO n_rows, n_tokens;
     SELECT count(*) INTO n_pending FROM maxsim.queue q WHERE q.index_id = r.id;
-    RETURN ARRAY[n_rows, n_tokens, n_pending, maxsim._index_bytes(r)];
+    RETURN ARRAY[n_rows, n_tokens, n_pending, maxsim._index_bytes(r), maxsim._first_stage_bytes(r)];
 END
 $$;
 
@@ -371,7 +386,7 @@ $$;
 CREATE OR REPLACE FUNCTION maxsim.index_info(name text)
 RETURNS TABLE (id integer, source regclass, id_column text, id_type regtype, dim integer, model text,
                pooling text, options jsonb, token_table text, rows bigint, tokens bigint, pending bigint,
-               storage text, pool_factor integer, bytes bigint, bytes_per_row bigint)
+               storage text, pool_factor integer, bytes bigint, bytes_per_row bigint, first_stage_bytes bigint)
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -389,6 +404,7 @@ BEGIN
         counts := maxsim._counts(r.id);
         rows := counts[1]; tokens := counts[2]; pending := counts[3]; bytes := counts[4];
         bytes_per_row := CASE WHEN counts[1] > 0 THEN pg_catalog.round(counts[4]::numeric / counts[1])::bigint END;
+        first_stage_bytes := counts[5];
     END IF;
     RETURN NEXT;
 END

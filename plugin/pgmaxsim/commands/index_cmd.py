@@ -208,6 +208,8 @@ def run_show(args: argparse.Namespace) -> int:
         ("storage", f"{i['storage']}, pool factor {i['pool_factor']}"),
         ("bytes", f"{human_bytes(total)}" + (f" ({human_bytes(i['bytes_per_row'])} per row)" if rows else "")
          + " (tokens with TOAST, pooled vectors, centroids, their indexes)"),
+        ("first stage", "-" if i.get("first_stage_bytes") is None
+         else f"{human_bytes(i['first_stage_bytes'])} of those (its tables and indexes)"),
         ("pending", i["pending"]),
         ("failed", nfailed[0] if nfailed else 0),
         ("created", reg[3].isoformat(timespec="seconds") if reg[3] else "-"),
