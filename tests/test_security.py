@@ -4,6 +4,7 @@ calling the privileged layer directly), settings only admins may change, query l
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -214,11 +215,26 @@ def test_the_privileged_layer_answers_only_the_entry_points(
                   " PERFORM maxsim._index('docs') /*\nPL/pgSQL function maxsim.search(text) line 1 at assignment\n*/;"
                   " END $$")
         refused(c, "SELECT public.forge()", None, "is internal")
-    # every SECURITY DEFINER function of the schema carries the guard (or only answers a yes/no)
-    unguarded = [r[0] for r in conn.execute(
-        "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'maxsim'::regnamespace AND p.prosecdef"
-        " AND p.prosrc NOT LIKE '%maxsim._called_by_maxsim(ctx)%' AND p.proname !~ '^src_[0-9]+$'").fetchall()]
+        # the guard's helpers run as their caller: a forged context opens nothing
+        refused(c, "SELECT maxsim._guarded_index(%s, '_x', 1)",
+                ("x\nPL/pgSQL function maxsim.search(text) line 1 at assignment",), "permission denied")
+    # every SECURITY DEFINER function of the schema (but two that only answer a yes/no or a version)
+    # opens by reading its own PG_CONTEXT and handing it, with its own name, to the guard
+    guarded = re.compile(r"\s*(#variable_conflict \w+\s+)?DECLARE\b.*?\bBEGIN\s+GET DIAGNOSTICS ctx = PG_CONTEXT;\s+"
+                         r"(PERFORM maxsim\._guard\(ctx, '(\w+)'\)|r := maxsim\._guarded_index\(ctx, '(\w+)', )", re.S)
+    definers = conn.execute(
+        "SELECT p.proname, p.prosrc FROM pg_proc p WHERE p.pronamespace = 'maxsim'::regnamespace AND p.prosecdef"
+        " AND p.proname !~ '^src_[0-9]+$'").fetchall()
+    unguarded = []
+    for name, src in definers:
+        m = guarded.match(src)
+        if not m or name not in (m[3], m[4]):
+            unguarded.append(name)
     assert sorted(unguarded) == ["_is_admin", "version"]
+    assert len(definers) > 40
+    helpers = conn.execute("SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'maxsim'::regnamespace"
+                           " AND p.proname IN ('_guard', '_guarded_index', '_called_by_maxsim') AND NOT p.prosecdef")
+    assert len(helpers.fetchall()) == 3
 
 
 def test_tenants_manage_only_indexes_over_their_own_tables(

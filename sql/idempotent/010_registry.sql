@@ -9,9 +9,11 @@
 --     the source table as the caller, so its privileges and row-level security apply.
 --   * What they need from maxsim's own tables (owned by the schema owner; nobody else has any right on
 --     them) comes from SECURITY DEFINER functions with a leading underscore. Each of those starts with
---     `GET DIAGNOSTICS ctx = PG_CONTEXT` and refuses to run unless its direct caller is a PL/pgSQL
---     function of schema maxsim (maxsim._called_by_maxsim): only the schema owner can create those, so
---     the privileged layer is reachable only through the entry points and their checks.
+--     `GET DIAGNOSTICS ctx = PG_CONTEXT` and hands its own context to maxsim._guard (or to
+--     maxsim._guarded_index, which also reads the registry row it works on), which refuses to go on
+--     unless the function's direct caller is a PL/pgSQL function of schema maxsim
+--     (maxsim._called_by_maxsim): only the schema owner can create those, so the privileged layer is
+--     reachable only through the entry points and their checks.
 --   * Everything else runs with the caller's rights (SECURITY INVOKER), which give no access to
 --     maxsim's tables: EXECUTE on it is harmless. tests/test_security.py checks that every SECURITY
 --     DEFINER function of the schema carries the guard.
@@ -39,6 +41,35 @@ BEGIN
 END
 $$;
 
+-- The guard of a SECURITY DEFINER function `fn`: `ctx` is that function's own PG_CONTEXT (a function
+-- reading PG_CONTEXT only sees itself on top, so each guarded function reads it and passes it here).
+-- Runs as its caller: called directly, with a forged `ctx`, it opens nothing.
+CREATE OR REPLACE FUNCTION maxsim._guard(ctx text, fn text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT maxsim._called_by_maxsim(ctx) THEN
+        PERFORM maxsim._internal(fn);
+    END IF;
+END
+$$;
+
+-- maxsim._guard, then the registry row of index `index_id` (STRICT: an error when there is none).
+-- Runs as its caller, so it reads the registry only for a SECURITY DEFINER function of the schema.
+CREATE OR REPLACE FUNCTION maxsim._guarded_index(ctx text, fn text, index_id integer) RETURNS maxsim.indexes
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+BEGIN
+    PERFORM maxsim._guard(ctx, fn);
+    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _guarded_index.index_id;
+    RETURN r;
+END
+$$;
+
 -- Whether role `who` is a pgmaxsim admin: a superuser, a member of the schema owner, or a member of
 -- a role given grant_usage(..., admin => true). Information only (no guard needed).
 CREATE OR REPLACE FUNCTION maxsim._is_admin(who name) RETURNS boolean
@@ -62,7 +93,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_index'); END IF;
+    PERFORM maxsim._guard(ctx, '_index');
     SELECT * INTO r FROM maxsim.indexes i WHERE i.name = _index.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgmaxsim: index "%" does not exist', name
@@ -107,6 +138,34 @@ BEGIN
         RAISE EXCEPTION 'pgmaxsim: permission denied for index "%": only the owner of % (or a pgmaxsim admin) may change it',
             r.name, coalesce(r.source::text, 'its source table') USING ERRCODE = 'insufficient_privilege';
     END IF;
+END
+$$;
+
+-- The registry row of index `name` for an entry point that reads it (search, rerank, explain, ...)
+-- or changes it (writes, reindexing, the worker's calls): the caller's rights checked as above.
+CREATE OR REPLACE FUNCTION maxsim._index_to_read(name text) RETURNS maxsim.indexes
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+BEGIN
+    r := maxsim._index(name);
+    PERFORM maxsim._check_read(r);
+    RETURN r;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim._index_to_manage(name text) RETURNS maxsim.indexes
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    r maxsim.indexes;
+BEGIN
+    r := maxsim._index(name);
+    PERFORM maxsim._check_manage(r);
+    RETURN r;
 END
 $$;
 
@@ -258,7 +317,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_registry'); END IF;
+    PERFORM maxsim._guard(ctx, '_registry');
     RETURN ARRAY(SELECT i FROM maxsim.indexes i ORDER BY i.id);
 END
 $$;

@@ -91,8 +91,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_sk_merge'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _sk_merge.index_id;
+    r := maxsim._guarded_index(ctx, '_sk_merge', _sk_merge.index_id);
     IF r.pooling <> 'codebook' OR gen IS NULL OR NOT maxsim.has_plpython() THEN
         RETURN NULL;
     END IF;
@@ -112,8 +111,7 @@ DECLARE
     r maxsim.indexes;
     res jsonb;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     IF r.pooling <> 'codebook' OR (r.options ->> 'fs_gen') IS NULL THEN
         RETURN NULL;
     END IF;
@@ -133,8 +131,7 @@ DECLARE
     r maxsim.indexes;
     res jsonb;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     IF gen IS DISTINCT FROM coalesce((r.options ->> 'fs_gen')::integer + 1, 0) THEN
         RAISE EXCEPTION 'pgmaxsim: first stage of index "%": generation % is not the one being trained', r.name, gen
             USING ERRCODE = 'object_not_in_prerequisite_state';

@@ -113,7 +113,7 @@ DECLARE
     top integer := coalesce((r.options ->> 'sketch_top')::integer, 10);
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_candidates'); END IF;
+    PERFORM maxsim._guard(ctx, '_fs_candidates');
     IF slot IS NULL THEN
         RETURN NULL;
     END IF;
@@ -180,8 +180,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_codebook'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_fs_codebook', index_id);
     gen := (r.options ->> 'fs_gen')::integer;
     IF maxsim._fs_slot(r) IS NULL THEN
         RETURN;
@@ -203,8 +202,7 @@ DECLARE
     r maxsim.indexes;
     res record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     res := maxsim._fs_codebook(r.id);
     gen := res.gen; coarse := res.coarse; fine := res.fine;
 END

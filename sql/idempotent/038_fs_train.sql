@@ -75,8 +75,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_mark'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_mark.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_mark', _fs_mark.index_id);
     IF r.pooling IS DISTINCT FROM 'codebook' OR r.options ? 'fs_due' OR NOT maxsim._fs_due(r) THEN
         RETURN false;
     END IF;
@@ -112,7 +111,7 @@ DECLARE
     got boolean;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_begin'); END IF;
+    PERFORM maxsim._guard(ctx, '_fs_begin');
     -- the training lock: advisory, keys (1885762674, index id); maxsim.first_stage_status reads it
     IF in_session THEN
         got := pg_catalog.pg_try_advisory_lock(1885762674, _fs_begin.index_id);
@@ -164,8 +163,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_sample'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_sample.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_sample', _fs_sample.index_id);
     EXECUTE pg_catalog.format(
         'SELECT pg_catalog.array_agg(s.tokens ORDER BY s.o), pg_catalog.array_agg(s.n_tokens ORDER BY s.o) FROM ('
         ' SELECT t.tokens, t.n_tokens, pg_catalog.md5(t.id::text || $1::text) AS o FROM maxsim.%I t'
@@ -187,8 +185,7 @@ DECLARE
     n_fine integer;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_put_codebook'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_put_codebook.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_put_codebook', _fs_put_codebook.index_id);
     PERFORM maxsim._fs_check_next(r, gen, false);
     IF coalesce(pg_catalog.cardinality(coarse), 0) = 0 OR coalesce(pg_catalog.cardinality(fine), 0) = 0
        OR pg_catalog.cardinality(fine) % pg_catalog.cardinality(coarse) <> 0 THEN
@@ -221,8 +218,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_uncoded'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_uncoded.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_uncoded', _fs_uncoded.index_id);
     PERFORM maxsim._fs_check_next(r, gen, true);
     EXECUTE pg_catalog.format(
         'SELECT pg_catalog.array_agg(s.id::text), pg_catalog.array_agg(s.version), pg_catalog.array_agg(s.tokens),'
@@ -246,8 +242,7 @@ DECLARE
     n integer;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_set_codes'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_set_codes.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_set_codes', _fs_set_codes.index_id);
     PERFORM maxsim._fs_check_next(r, gen, true);
     IF pg_catalog.cardinality(ids) <> pg_catalog.cardinality(versions) OR pg_catalog.cardinality(ids) <> pg_catalog.cardinality(lens)
        OR (SELECT coalesce(sum(l), 0) FROM pg_catalog.unnest(lens) AS l) <> pg_catalog.cardinality(flat)
@@ -285,8 +280,7 @@ DECLARE
     sk jsonb;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_switch'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_switch.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_switch', _fs_switch.index_id);
     -- the token table first, then the registry row (the order writers take them in)
     EXECUTE pg_catalog.format('LOCK TABLE maxsim.%I IN EXCLUSIVE MODE', r.token_table);
     SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_switch.index_id FOR NO KEY UPDATE;
@@ -323,8 +317,7 @@ DECLARE
     live boolean;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_end'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_end.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_end', _fs_end.index_id);
     live := gen IS NOT NULL AND (r.options ->> 'fs_gen')::integer IS NOT DISTINCT FROM gen;
     IF live AND gen > 0 THEN
         old := (gen - 1) % 2;
@@ -355,8 +348,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_is_due'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_is_due.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_is_due', _fs_is_due.index_id);
     RETURN r.options ? 'fs_due' OR maxsim._fs_due(r);
 END
 $$;
@@ -386,8 +378,7 @@ DECLARE
     sk jsonb;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_fs_train_here'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _fs_train_here.index_id;
+    r := maxsim._guarded_index(ctx, '_fs_train_here', _fs_train_here.index_id);
     b := maxsim._fs_begin(r.id, false);
     IF b.gen IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: the first stage of index "%" is being trained by another session', r.name
@@ -442,8 +433,7 @@ AS $$
 DECLARE
     r maxsim.indexes;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     IF r.pooling IS DISTINCT FROM 'codebook' THEN
         RAISE EXCEPTION 'pgmaxsim: index "%" has first stage ''%''; only a ''codebook'' first stage is trained', name, r.pooling
             USING ERRCODE = 'wrong_object_type',
@@ -464,8 +454,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     IF r.pooling IS DISTINCT FROM 'codebook' THEN
         RETURN false;
     END IF;
@@ -485,8 +474,7 @@ AS $$
 DECLARE
     r maxsim.indexes;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     first_stage := r.pooling;
     generation := (r.options ->> 'fs_gen')::integer;
     trained_rows := (r.options ->> 'fs_rows')::bigint;

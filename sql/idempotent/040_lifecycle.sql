@@ -69,7 +69,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_create_index'); END IF;
+    PERFORM maxsim._guard(ctx, '_create_index');
     IF name IS NULL OR pg_catalog.length(name) NOT BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'pgmaxsim: index name must be 1 to 200 characters' USING ERRCODE = '22023';
     END IF;
@@ -269,8 +269,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     done := maxsim._drop_index(r.id);
 END
 $$;
@@ -284,7 +283,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_drop_index'); END IF;
+    PERFORM maxsim._guard(ctx, '_drop_index');
     -- The registry row first: a worker's batch share-locks it (maxsim.batch_begin) before it touches
     -- the source and the token table, so taking it first here waits for the batch instead of
     -- deadlocking against it over the tables. NO KEY UPDATE, not UPDATE: writers of the source
@@ -371,8 +370,7 @@ DECLARE
     n_pending bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_counts'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_counts', index_id);
     EXECUTE pg_catalog.format('SELECT count(*), coalesce(sum(n_tokens), 0) FROM maxsim.%I', r.token_table)
         INTO n_rows, n_tokens;
     SELECT count(*) INTO n_pending FROM maxsim.queue q WHERE q.index_id = r.id;

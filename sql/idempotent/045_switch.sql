@@ -23,7 +23,7 @@ DECLARE
     sid integer;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_reembed_shadow'); END IF;
+    PERFORM maxsim._guard(ctx, '_reembed_shadow');
     SELECT r.shadow_id INTO sid FROM maxsim.reembeds r WHERE r.index_id = _reembed_shadow.index_id;
     RETURN sid;
 END
@@ -39,7 +39,7 @@ DECLARE
     flat bigint[];
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_reembed_pairs'); END IF;
+    PERFORM maxsim._guard(ctx, '_reembed_pairs');
     SELECT coalesce(pg_catalog.array_agg(v ORDER BY r.index_id, o), '{}') INTO flat
       FROM maxsim.reembeds r,
            LATERAL (VALUES (1, r.index_id::bigint), (2, r.shadow_id::bigint),
@@ -58,7 +58,7 @@ DECLARE
     n bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_failed_count'); END IF;
+    PERFORM maxsim._guard(ctx, '_failed_count');
     SELECT count(*) INTO n FROM maxsim.failed f WHERE f.index_id = _failed_count.index_id;
     RETURN n;
 END
@@ -73,7 +73,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_reembed_begin'); END IF;
+    PERFORM maxsim._guard(ctx, '_reembed_begin');
     UPDATE maxsim.indexes SET model_revision = revision WHERE id = shadow_id;
     INSERT INTO maxsim.reembeds (index_id, shadow_id) VALUES (index_id, shadow_id);
     RETURN true;
@@ -88,7 +88,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_reembed_end'); END IF;
+    PERFORM maxsim._guard(ctx, '_reembed_end');
     DELETE FROM maxsim.reembeds r WHERE r.index_id = _reembed_end.index_id;
     RETURN FOUND;
 END
@@ -109,8 +109,7 @@ DECLARE
     t text := 'maxsim_read_' || index_id;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_read_stage'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _read_stage.index_id;
+    r := maxsim._guarded_index(ctx, '_read_stage', _read_stage.index_id);
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS pg_temp.%I', t);
     IF snap IS NULL THEN
         EXECUTE pg_catalog.format('CREATE TEMP TABLE %I AS SELECT * FROM maxsim.%I t WHERE t.version > %s'
@@ -143,8 +142,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_switch_lock'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _switch_lock.index_id;
+    r := maxsim._guarded_index(ctx, '_switch_lock', _switch_lock.index_id);
     EXECUTE pg_catalog.format('LOCK TABLE maxsim.%I IN EXCLUSIVE MODE', r.token_table);
     RETURN true;
 END
@@ -235,7 +233,7 @@ DECLARE
     rel text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_switch_index'); END IF;
+    PERFORM maxsim._guard(ctx, '_switch_index');
     IF reembed THEN
         PERFORM 1 FROM maxsim.reembeds r
           WHERE r.index_id = _switch_index.index_id AND r.shadow_id = _switch_index.shadow_id
@@ -318,10 +316,8 @@ DECLARE
     busy integer;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    s := maxsim._index(shadow);
-    PERFORM maxsim._check_manage(r);
-    PERFORM maxsim._check_manage(s);
+    r := maxsim._index_to_manage(name);
+    s := maxsim._index_to_manage(shadow);
     IF r.source IS DISTINCT FROM s.source OR r.id = s.id THEN
         RAISE EXCEPTION 'pgmaxsim: index "%" is not over the same source as "%"', shadow, name
             USING ERRCODE = 'invalid_parameter_value';
@@ -348,8 +344,7 @@ DECLARE
     regs maxsim.indexes[];
     counts bigint[];
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     sid := maxsim._reembed_shadow(r.id);
     IF sid IS NULL THEN RETURN; END IF;
     regs := maxsim._registry();
@@ -396,8 +391,7 @@ DECLARE
     shadow text;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     sid := maxsim._reembed_shadow(r.id);
     IF sid IS NULL THEN RETURN false; END IF;
     regs := maxsim._registry();
@@ -418,8 +412,7 @@ DECLARE
     r maxsim.indexes;
     t text;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     t := maxsim._read_stage(r.id, current_user, NULL, after_version, lim);
     RETURN t;
 END
@@ -433,8 +426,7 @@ DECLARE
     r maxsim.indexes;
     t text;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     t := maxsim._read_stage(r.id, current_user, snap, NULL, NULL);
     RETURN t;
 END
@@ -449,8 +441,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     done := maxsim._switch_lock(r.id);
 END
 $$;
@@ -467,10 +458,8 @@ DECLARE
     sid integer;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    s := maxsim._index(shadow);
-    PERFORM maxsim._check_manage(r);
-    PERFORM maxsim._check_manage(s);
+    r := maxsim._index_to_manage(name);
+    s := maxsim._index_to_manage(shadow);
     sid := maxsim._reembed_shadow(r.id);
     IF sid IS NOT DISTINCT FROM s.id THEN
         done := maxsim._switch_index(r.id, s.id, true);

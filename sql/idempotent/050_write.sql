@@ -39,8 +39,7 @@ DECLARE
     marked boolean;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_write'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_write', index_id);
     IF id IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: id is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -105,8 +104,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     done := maxsim._write(r.id, id::text, tokens);
 END
 $$;
@@ -121,8 +119,7 @@ DECLARE
     n bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_delete'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_delete', index_id);
     EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE id = ANY ($1::%s[])', r.token_table, r.id_type)
         USING ids;
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -141,8 +138,7 @@ DECLARE
     keys text[];
     n bigint;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     keys := ARRAY(SELECT x::text FROM pg_catalog.unnest(ids) AS u(x));
     n := maxsim._delete(r.id, keys);   -- a plain assignment: see maxsim._called_by_maxsim
     RETURN n;
@@ -168,8 +164,7 @@ DECLARE
     cen text := 'maxsim_stage_cen_' || tag;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_stage_tables'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_stage_tables', index_id);
     -- the token table's columns with none of its defaults or constraints (no sequence to call)
     EXECUTE pg_catalog.format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM maxsim.%I WITH NO DATA',
                               tok, r.token_table);
@@ -216,8 +211,7 @@ DECLARE
     n bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_stage_commit'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_stage_commit', index_id);
     tok := maxsim._stage_table(tok_stage);
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
       FROM pg_catalog.pg_attribute a
@@ -248,8 +242,7 @@ DECLARE
     r maxsim.indexes;
     names text[];
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     names := maxsim._stage_tables(r.id, current_user);
     RETURN names;
 END
@@ -264,8 +257,7 @@ DECLARE
     r maxsim.indexes;
     n bigint;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     n := maxsim._stage_commit(r.id, stages[1], stages[2]);
     RETURN n;
 END

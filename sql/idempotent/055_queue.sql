@@ -15,7 +15,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_queue_claim'); END IF;
+    PERFORM maxsim._guard(ctx, '_queue_claim');
     SELECT pg_catalog.array_agg(x.qid ORDER BY x.qid), pg_catalog.array_agg(x.row_id ORDER BY x.qid),
            pg_catalog.array_agg(x.attempts ORDER BY x.qid)
       INTO qids, row_ids, attempts
@@ -36,8 +36,7 @@ DECLARE
     res record;
     moved bigint;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     IF among IS NULL THEN
         moved := maxsim._citus_collect(r.id);   -- a distributed index's outbox (085_citus.sql)
     END IF;
@@ -60,7 +59,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_queue_settle'); END IF;
+    PERFORM maxsim._guard(ctx, '_queue_settle');
     IF outcome = 'done' THEN
         DELETE FROM maxsim.queue q WHERE q.index_id = _queue_settle.index_id AND q.qid = ANY (qids);
         DELETE FROM maxsim.failed f WHERE f.index_id = _queue_settle.index_id AND f.row_id = ANY (row_ids);
@@ -94,8 +93,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     done := maxsim._queue_settle(r.id, outcome, qids, row_ids, attempts, step, error, delay_s);
 END
 $$;
@@ -114,8 +112,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_queue_state'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _queue_state.index_id;
+    r := maxsim._guarded_index(ctx, '_queue_state', _queue_state.index_id);
     SELECT count(*), EXTRACT(epoch FROM min(q.not_before) FILTER (WHERE q.not_before > pg_catalog.now()) - pg_catalog.now()),
            count(DISTINCT q.row_id) FILTER (WHERE q.attempts > 0)
       INTO queued, due_in, retrying
@@ -141,8 +138,7 @@ DECLARE
     r maxsim.indexes;
     res record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     res := maxsim._queue_state(r.id, hash_ids);
     queued := res.queued; due_in := res.due_in; retrying := res.retrying; failed_ids := res.failed_ids;
     hash_keys := res.hash_keys; hashes := res.hashes;
@@ -161,7 +157,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_queue_totals'); END IF;
+    PERFORM maxsim._guard(ctx, '_queue_totals');
     SELECT pg_catalog.array_agg(coalesce(s.queued, 0) ORDER BY g.o), pg_catalog.array_agg(s.due_in ORDER BY g.o),
            pg_catalog.array_agg(coalesce(s.retrying, 0) ORDER BY g.o)
       INTO queued, due_in, retrying
@@ -188,8 +184,7 @@ DECLARE
     res record;
 BEGIN
     FOREACH n IN ARRAY coalesce(names, '{}') LOOP
-        r := maxsim._index(n);
-        PERFORM maxsim._check_manage(r);
+        r := maxsim._index_to_manage(n);
         ids := ids || r.id;
     END LOOP;
     IF pg_catalog.cardinality(ids) = 0 THEN
@@ -213,7 +208,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_index_share'); END IF;
+    PERFORM maxsim._guard(ctx, '_index_share');
     SELECT i.model, i.model_revision, i.dim INTO model, model_revision, dim
       FROM maxsim.indexes i WHERE i.id = _index_share.index_id FOR SHARE;
 END
@@ -227,8 +222,7 @@ DECLARE
     r maxsim.indexes;
     res record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     res := maxsim._index_share(r.id);
     model := res.model; model_revision := res.model_revision; dim := res.dim;
 END
@@ -243,7 +237,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_log_batch'); END IF;
+    PERFORM maxsim._guard(ctx, '_log_batch');
     INSERT INTO maxsim.ingest_log (index_id, worker_id, rows_done, rows_skipped, rows_failed, tokens, seconds)
     VALUES (index_id, worker_id, counts[1], counts[2], counts[3], counts[4], seconds);
     RETURN true;
@@ -259,8 +253,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     done := maxsim._log_batch(r.id, worker_id, counts, seconds);
 END
 $$;
@@ -274,7 +267,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_heartbeat'); END IF;
+    PERFORM maxsim._guard(ctx, '_heartbeat');
     INSERT INTO maxsim.workers AS w (worker_id, hostname, pid, rows_done, rows_failed, state, indexes, last_error)
     VALUES (worker_id, hostname, pid, counts[1], counts[2], state, indexes, last_error)
     ON CONFLICT ON CONSTRAINT workers_pkey DO UPDATE SET heartbeat_at = pg_catalog.now(),

@@ -19,7 +19,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_setting'); END IF;
+    PERFORM maxsim._guard(ctx, '_setting');
     RETURN (SELECT s.value FROM maxsim.settings s WHERE s.key = _setting.key);
 END
 $$;
@@ -110,7 +110,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_candidates'); END IF;
+    PERFORM maxsim._guard(ctx, '_candidates');
     IF maxsim._citus_index(r) THEN
         RETURN maxsim._citus_candidates(r, query, n);   -- per shard, merged (085_citus.sql)
     END IF;
@@ -176,7 +176,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_rescore_ids'); END IF;
+    PERFORM maxsim._guard(ctx, '_rescore_ids');
     RETURN maxsim._rescore(index_id, query, ids, n);
 END
 $$;
@@ -193,8 +193,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_scores'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_scores', index_id);
     IF maxsim._citus_index(r) THEN   -- per shard, merged (085_citus.sql)
         SELECT pg_catalog.array_agg(s.id ORDER BY s.o), pg_catalog.array_agg(s.score ORDER BY s.o)
           INTO ranked_ids, ranked_scores
@@ -238,8 +237,7 @@ DECLARE
     seen bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_unembedded'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _unembedded.index_id;
+    r := maxsim._guarded_index(ctx, '_unembedded', _unembedded.index_id);
     IF maxsim._citus_index(r) THEN
         RETURN maxsim._citus_unembedded(r);   -- queue and outbox against the shards (085_citus.sql)
     END IF;
@@ -291,8 +289,7 @@ DECLARE
     pending bigint[];
     timing boolean := maxsim._timing();
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     IF k IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: k is NULL (it must be a positive integer)' USING ERRCODE = '22023';
     END IF;
@@ -390,8 +387,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_token_bytes'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_token_bytes', index_id);
     EXECUTE pg_catalog.format(
         'SELECT pg_catalog.array_agg(t.id::text), pg_catalog.array_agg(t.tokens), pg_catalog.array_agg(t.n_tokens)'
         ' FROM maxsim.%I t WHERE $1 IS NULL OR t.id = ANY ($1::%s[])', r.token_table, r.id_type)
@@ -432,8 +428,7 @@ DECLARE
     keys text[];
     res record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     PERFORM maxsim._check_query(r, query, k);
     keys := ARRAY(SELECT DISTINCT g.x::text FROM pg_catalog.unnest(ids) AS g(x) WHERE g.x IS NOT NULL);
     IF pg_catalog.row_security_active(r.source) THEN
@@ -462,8 +457,7 @@ DECLARE
     t @vector@.halfvec[];
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_row_tokens'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_row_tokens', index_id);
     -- decoded from the tier's bytes (int8: the dequantized values, rounded to halfvec)
     EXECUTE pg_catalog.format('SELECT maxsim._decode(t.tokens, %s, %L) FROM maxsim.%I t WHERE t.id = $1::%s',
                               r.dim, coalesce(r.options ->> 'storage', 'fp16'), r.token_table, r.id_type)
@@ -481,8 +475,7 @@ DECLARE
     r maxsim.indexes;
     t @vector@.halfvec[];
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     IF id IS NULL OR (pg_catalog.row_security_active(r.source)
                       AND pg_catalog.cardinality(maxsim._visible(r, ARRAY[id::text])) = 0) THEN
         RETURN NULL;

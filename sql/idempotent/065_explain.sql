@@ -77,8 +77,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_explain_row'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_explain_row', index_id);
     EXECUTE pg_catalog.format(
         'SELECT t.tokens, t.n_tokens, t.layout, t.n_tokens <> t.n_raw_tokens FROM maxsim.%I t WHERE t.id = $1::%s',
         r.token_table, r.id_type)
@@ -98,8 +97,7 @@ AS $$
 DECLARE
     res record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     IF id IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: id is NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -126,8 +124,7 @@ DECLARE
     r maxsim.indexes;
     row_ record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     PERFORM maxsim._check_query(r, query, NULL);
     row_ := maxsim._explained_row(name, id::text);
     IF row_.pooled THEN

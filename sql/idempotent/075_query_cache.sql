@@ -12,7 +12,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_cached_query'); END IF;
+    PERFORM maxsim._guard(ctx, '_cached_query');
     RETURN (SELECT c.tokens FROM maxsim.query_cache c JOIN maxsim.indexes i ON i.id = c.index_id
              WHERE c.index_id = _cached_query.index_id AND c.model = i.model
                AND c.model_revision = coalesce(i.model_revision, '') AND c.query = _cached_query.query);
@@ -29,8 +29,7 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_cache_query'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = _cache_query.index_id;
+    r := maxsim._guarded_index(ctx, '_cache_query', _cache_query.index_id);
     INSERT INTO maxsim.query_cache AS c (index_id, query, model, model_revision, tokens)
     VALUES (r.id, _cache_query.query, r.model, coalesce(r.model_revision, ''), _cache_query.tokens)
     ON CONFLICT (index_id, model, model_revision, query)
@@ -49,8 +48,7 @@ DECLARE
     r maxsim.indexes;
     done boolean;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
+    r := maxsim._index_to_manage(name);
     IF r.model IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: index "%" has no model, so it has no query encodings to cache', name
             USING ERRCODE = '22023';
@@ -72,7 +70,7 @@ DECLARE
     n bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_clear_query_cache'); END IF;
+    PERFORM maxsim._guard(ctx, '_clear_query_cache');
     DELETE FROM maxsim.query_cache c
      WHERE _clear_query_cache.index_id IS NULL OR c.index_id = _clear_query_cache.index_id;
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -94,8 +92,7 @@ BEGIN
         PERFORM maxsim._check_admin('clearing every query cache');
         n := maxsim._clear_query_cache(NULL);
     ELSE
-        r := maxsim._index(name);
-        PERFORM maxsim._check_manage(r);
+        r := maxsim._index_to_manage(name);
         n := maxsim._clear_query_cache(r.id);
     END IF;
     RETURN n;
@@ -112,7 +109,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_encode'); END IF;
+    PERFORM maxsim._guard(ctx, '_encode');
     SELECT e.tokens, e.error, e.hint INTO tokens, error, hint FROM maxsim._encode_remote(index_id, dim, query) e;
 END
 $$;
@@ -130,8 +127,7 @@ DECLARE
     t @vector@.halfvec[];
     res record;
 BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    r := maxsim._index_to_read(name);
     IF r.model IS NULL THEN
         RAISE EXCEPTION 'pgmaxsim: index "%" has no model (its embeddings are written by the application): encode the query in the application and pass it as halfvec[]', name
             USING ERRCODE = '22023';

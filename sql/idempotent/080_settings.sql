@@ -17,7 +17,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_set_setting'); END IF;
+    PERFORM maxsim._guard(ctx, '_set_setting');
     IF new_value IS NULL OR pg_catalog.btrim(new_value) = '' THEN
         DELETE FROM maxsim.settings s WHERE s.key = setting;
     ELSE
@@ -73,7 +73,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_settings'); END IF;
+    PERFORM maxsim._guard(ctx, '_settings');
     RETURN coalesce((SELECT pg_catalog.jsonb_object_agg(s.key, s.value) FROM maxsim.settings s), '{}');
 END
 $$;

@@ -97,8 +97,7 @@ DECLARE
     col text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_citus_distribute'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_citus_distribute', index_id);
     -- A storage switch or re-embedding fills a shadow index and catches up from the change log,
     -- which shards do not write (see maxsim._citus_tok_row): refused here, in the transaction that
     -- would create the shadow, so nothing is left behind.
@@ -181,8 +180,7 @@ DECLARE
     moved bigint;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_citus_collect'); END IF;
-    SELECT * INTO STRICT r FROM maxsim.indexes i WHERE i.id = index_id;
+    r := maxsim._guarded_index(ctx, '_citus_collect', index_id);
     IF NOT maxsim._citus_index(r) OR NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('maxsim.q'), r.id) THEN
         RETURN 0;
     END IF;

@@ -25,7 +25,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_grant'); END IF;
+    PERFORM maxsim._guard(ctx, '_grant');
     INSERT INTO maxsim.grants AS g (role, admin) VALUES (who, make_admin)
     ON CONFLICT ON CONSTRAINT grants_pkey DO UPDATE SET admin = EXCLUDED.admin, granted_at = pg_catalog.now();
     PERFORM maxsim._grant_to(who);
@@ -41,7 +41,7 @@ DECLARE
     ctx text;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
-    IF NOT maxsim._called_by_maxsim(ctx) THEN PERFORM maxsim._internal('_revoke'); END IF;
+    PERFORM maxsim._guard(ctx, '_revoke');
     DELETE FROM maxsim.grants g WHERE g.role = who;
     EXECUTE pg_catalog.format('REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA maxsim FROM %s', who);
     EXECUTE pg_catalog.format('REVOKE USAGE ON SCHEMA maxsim FROM %s', who);
