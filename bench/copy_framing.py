@@ -24,7 +24,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
-from ingest import pages, settings, start_server
+from _server import bench_server
+from ingest import pages, settings
 from pgmaxsim import registry, writes
 from pgmaxsim.registry import IndexSpec
 
@@ -78,10 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args(argv)
-    server, dsn = (None, args.dsn) if args.dsn else start_server()
-    try:
-        from pgmaxsim.db import migrate
+    from pgmaxsim.db import migrate
 
+    with bench_server(args.dsn, database="bench", migrate=False) as dsn:
         migrate.upgrade(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             print(f"server: {settings(conn)}")
@@ -110,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hand framing alone      : {fh * 1e6 / len(tok_rows):8.1f} us/row")
             conn.execute("SELECT maxsim.drop_index('bench_copy')")
             conn.execute("DROP TABLE bench_copy_keys")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _server import bench_server
 from search import Corpus, D
 
 INDEX = "pages"
@@ -152,27 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from pgmaxsim.db import migrate
-    from pgserver import LocalPostgres, make_readable_pylib
 
-    server = None
-    if args.dsn is None:
-        pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-        os.chmod(pylib_root, 0o755)
-        server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "2GB", "max_wal_size": "8GB"})
-        server.wait_ready()
-    try:
-        dsn = args.dsn or server.dsn()
-        migrate.upgrade(dsn)
+    settings = {"shared_buffers": "2GB", "max_wal_size": "8GB"}
+    with bench_server(args.dsn, settings=settings, migrate=False) as dsn:
+        migrate.upgrade(dsn)   # a given server's too: its pages are kept between runs
         corpus = Corpus(args.pages)
         build = build_pages(dsn, corpus, args.pages)
         with tempfile.TemporaryDirectory(prefix="pgmaxsim-eval-tuning-") as tmp:
             q, r, t = write_inputs(corpus, args.pages, args.queries, Path(tmp))
             load = os.getloadavg()[0]
             result = run_eval(dsn, q, r, t, args.candidates, args.plot)
-    finally:
-        if server is not None:
-            server.stop()
     built = f"built in {build:.0f} s" if build is not None else "built before"
     header = (f"# bench/eval_tuning.py: {result['rows_in_index']} pages ({built}), {result['queries']} known-item"
               f" queries of 24 tokens, k={result['k']}; load average {load:.1f} at the start,"

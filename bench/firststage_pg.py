@@ -33,7 +33,6 @@ import argparse
 import calendar
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugin"))
 
+from _server import bench_server
 from needle import NeedleCorpus
 from search import percentile
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def first_stage_bytes(conn: psycopg.Connection[Any], name: str) -> int:
@@ -154,28 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --dsn: keep the indexes fs_<stage> already written there by an earlier run (the"
                          " write cost is then not measured); only the missing ones are written")
     args = ap.parse_args(argv)
-
-    server = None
-    if args.dsn:
-        dsn = args.dsn
-    else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from pgserver import LocalPostgres, make_readable_pylib
-
-        pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-        os.chmod(pylib_root, 0o755)
-        server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "1GB", "max_wal_size": "8GB"})
-        server.wait_ready()
-        dsn = server.dsn()
-        from pgmaxsim.db import migrate
-
-        migrate.upgrade(dsn)
-    try:
+    with bench_server(args.dsn, settings={"shared_buffers": "1GB", "max_wal_size": "8GB"}) as dsn:
         return _run(dsn, args)
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def _written(conn: psycopg.Connection[Any], name: str, n: int) -> bool:

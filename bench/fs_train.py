@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,8 +26,8 @@ import pgmaxsim  # noqa: F401 - the one on PYTHONPATH (or installed), before ben
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-ROOT = Path(__file__).resolve().parent.parent
 
+from _server import bench_server
 from needle import NeedleCorpus
 
 
@@ -39,28 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--dsn", help="an existing server with pgvector and pgmaxsim's migrations")
     args = ap.parse_args(argv)
-    server = None
-    if args.dsn:
-        dsn = args.dsn
-    else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from pgserver import LocalPostgres, make_readable_pylib
-
-        pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-        os.chmod(pylib_root, 0o755)
-        server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "1GB", "max_wal_size": "8GB"})
-        server.wait_ready()
-        dsn = server.dsn()
-        from pgmaxsim.db import migrate
-
-        migrate.upgrade(dsn)
-    try:
+    with bench_server(args.dsn, settings={"shared_buffers": "1GB", "max_wal_size": "8GB"}) as dsn:
         return _run(dsn, args)
-    finally:
-        if server is not None:
-            server.stop()
-            shutil.rmtree(pylib_root, ignore_errors=True)
 
 
 def _run(dsn: str, args: argparse.Namespace) -> int:

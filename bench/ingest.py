@@ -25,15 +25,13 @@ import argparse
 import os
 import struct
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
+from _server import bench_server
 
-ROOT = Path(__file__).resolve().parent.parent
 _HDR = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 
@@ -48,19 +46,6 @@ def pages(n: int, dim: int, tokens: int, seed: int = 0) -> list[np.ndarray]:
         x = mine[rng.integers(0, 8, size=t)] + 0.6 * rng.standard_normal((t, dim)).astype(np.float32)
         out.append(x / np.linalg.norm(x, axis=1, keepdims=True))
     return out
-
-
-def start_server() -> tuple[Any, str]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from pgserver import LocalPostgres, make_readable_pylib  # type: ignore[import-not-found]
-
-    root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-"))
-    os.chmod(root, 0o755)
-    server = LocalPostgres().start(pylib=make_readable_pylib(root / "site"))
-    server.wait_ready()
-    with psycopg.connect(server.dsn(), autocommit=True) as c:
-        c.execute("CREATE DATABASE bench")
-    return server, server.dsn("bench")
 
 
 def settings(conn: psycopg.Connection[Any]) -> str:
@@ -203,13 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-e2e", action="store_true")
     args = ap.parse_args(argv)
 
-    server = None
-    dsn = args.dsn
-    if dsn is None:
-        server, dsn = start_server()
-    try:
-        from pgmaxsim.db import migrate
+    from pgmaxsim.db import migrate
 
+    with bench_server(args.dsn, database="bench", migrate=False) as dsn:
         migrate.upgrade(dsn)
         conn = psycopg.connect(dsn, autocommit=True)
         print(f"server: {settings(conn)}; client cores: {os.cpu_count()}")
@@ -245,9 +226,6 @@ def main(argv: list[str] | None = None) -> int:
                         [["encoder alone (encode_documents)", f"{args.rows / t_enc:,.0f}", f"{t_enc:.1f}"],
                          [f"worker --once ({done} rows embedded)", f"{done / dt:,.0f}", f"{dt:.1f}"]]))
         conn.close()
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

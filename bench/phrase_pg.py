@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +27,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugin"))
 
+from _server import bench_server
 from firststage_pg import HEADER, exact_top10, table_rows
 from phrase import PHRASE, encode, sections, title_words
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,23 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     qp = encode(phrases, args.cache, "phrase")
     qt = encode([title_words(secs[i][0]) for i in sources], args.cache, "title")
 
-    sys.path.insert(0, str(ROOT / "tests"))
     from pgmaxsim import codebook, writes
-    from pgmaxsim.db import migrate
     from pgmaxsim.db.adapters import register_tokens
     from pgmaxsim.registry import get_index
-    from pgserver import LocalPostgres, make_readable_pylib
 
-    pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-    os.chmod(pylib_root, 0o755)
-    server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"), settings={"shared_buffers": "512MB"})
     extra = {k: json.loads(v) for k, _, v in (p.partition("=") for p in args.option)}
     stages = args.first_stages.split(",")
     n = len(pages)
-    try:
-        server.wait_ready()
-        dsn = server.dsn()
-        migrate.upgrade(dsn)
+    with bench_server(settings={"shared_buffers": "512MB"}) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             register_tokens(conn)
             conn.execute("CREATE TABLE sections (id int PRIMARY KEY)")
@@ -120,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
                             label_s = f"codebook + sketch top {top}" if top else "codebook (no sketch)"
                         out += table_rows(conn, f"p_{s}", label_s, qs, src, exact, budgets, n, fp16, write_ms[s])
         print("\n".join(out))
-    finally:
-        server.stop()
     return 0
 
 

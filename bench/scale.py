@@ -33,7 +33,6 @@ import calendar
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "plugin"))
 
 import psycopg
+from _server import bench_server
 from needle import NeedleCorpus
 from pgmaxsim import codebook, writes
 from pgmaxsim.db.adapters import Tokens, register_tokens
@@ -126,29 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    server = None
-    if args.dsn:
-        dsn = args.dsn
-    else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from pgserver import LocalPostgres, make_readable_pylib
-
-        pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-scale-pylib-"))
-        os.chmod(pylib_root, 0o755)
-        server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "1GB", "max_wal_size": "4GB",
-                                                 "maintenance_work_mem": "512MB"})
-        dsn = server.dsn()
-    try:
-        if server is not None:   # inside the try: a failed migration still stops the server
-            from pgmaxsim.db import migrate
-
-            server.wait_ready()
-            migrate.upgrade(dsn)
+    with bench_server(args.dsn, settings={"shared_buffers": "1GB", "max_wal_size": "4GB",
+                                          "maintenance_work_mem": "512MB"}) as dsn:
         return run(dsn, args, log)
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def pick_queries(corpus: NeedleCorpus, written: int, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:

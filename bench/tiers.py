@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,9 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 from pgmaxsim import codebook, pooling, writes
-from pgmaxsim.db import migrate
 from pgmaxsim.kernels.quantize import encode_tokens
 from pgmaxsim.registry import get_index
-from pgserver import LocalPostgres, make_readable_pylib
+from _server import bench_server
 from search import Corpus
 
 D = 128
@@ -145,13 +143,7 @@ def main() -> None:
     corpus = Corpus(max(args.pages, 256), seed=0)
     pages = [corpus.page(i) for i in range(args.pages)]
     raw_total = sum(len(p) * D * 2 for p in pages)
-    pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-pylib-"))
-    os.chmod(pylib_root, 0o755)
-    pg = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"), settings={"max_wal_size": "4GB"})
-    try:
-        pg.wait_ready()
-        dsn = pg.dsn()
-        migrate.upgrade(dsn)
+    with bench_server(settings={"max_wal_size": "4GB"}) as dsn:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE TABLE src (id int PRIMARY KEY)")
             c.execute("INSERT INTO src SELECT g FROM generate_series(0, %s) g", (args.pages,))
@@ -191,8 +183,6 @@ def main() -> None:
             for rel, share in items:
                 print(f"| {rel} | {share:.4f} |")
         print(f"\nload at the end {os.getloadavg()[0]:.1f}")
-    finally:
-        pg.stop()
 
 
 if __name__ == "__main__":

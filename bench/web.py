@@ -28,7 +28,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -153,24 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.dsn:
         run(args.dsn, args.index, args.table, args.queries, args.k)
         return 0
-    sys.path.insert(0, str(ROOT / "tests"))
-    from pgserver import LocalPostgres, make_readable_pylib
-
-    from pgmaxsim.db import migrate
+    from _server import bench_server
     from pgmaxsim.demo import run_demo
 
-    pylib_root = Path(tempfile.mkdtemp(prefix="pgmaxsim-bench-pylib-"))
-    os.chmod(pylib_root, 0o755)
-    server = LocalPostgres().start(pylib=make_readable_pylib(pylib_root / "site"))
-    try:
-        server.wait_ready()
-        dsn = server.dsn()
-        migrate.upgrade(dsn)
+    with bench_server() as dsn:
         print("bench/web.py: loading the quickstart corpus (a minute)", file=sys.stderr, flush=True)
         run_demo(dsn, queries=(), out=lambda _line: None)
         run(dsn, args.index, args.table, args.queries, args.k)
-    finally:
-        server.stop()
     return 0
 
 
