@@ -32,6 +32,7 @@ the next sync; a shard that arrived is loaded whole. Until then its backends sco
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,14 @@ from pgmaxsim.scorer.store import IndexStore, Row
 log = logging.getLogger("pgmaxsim.scorer")
 
 FETCH_ROWS = 256
+#: A shard whose file (``pg_relation_filenode``: TRUNCATE changes it) and write counters
+#: (``pg_stat_get_tuples_inserted/updated/deleted``) are unchanged is not scanned again for up to this
+#: many seconds. The counters move when the writing backend reports its statistics: after its
+#: commit (so a scan they trigger sees the write), within about a second and at most ~10 s later
+#: (PostgreSQL 15 flushes an idle backend's statistics at least that often); the periodic scan
+#: covers lost counters (a statistics reset, a crash). Until then the shard's backends score
+#: the changed rows themselves (the version check), so this bounds staleness, not correctness.
+RESCAN_S = 30.0
 
 #: (citus installed here, the pgmaxsim registry is on this node)
 PROBE_SQL = ("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL,"
@@ -53,7 +62,10 @@ PROBE_SQL = ("SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS
 #: The token shards placed on this node: name, key type, dim.
 LOCAL_SHARDS_SQL = """
 SELECT pg_catalog.shard_name(p.logicalrelid, s.shardid) AS shard, s.shardid, p.logicalrelid::text AS logical,
-       pg_catalog.format_type(k.atttypid, NULL) AS id_type, v.atttypmod AS dim
+       pg_catalog.format_type(k.atttypid, NULL) AS id_type, v.atttypmod AS dim,
+       (SELECT pg_catalog.pg_relation_filenode(x.o)::text || ':' || (pg_catalog.pg_stat_get_tuples_inserted(x.o)
+               + pg_catalog.pg_stat_get_tuples_updated(x.o) + pg_catalog.pg_stat_get_tuples_deleted(x.o))::text
+          FROM (SELECT pg_catalog.to_regclass(pg_catalog.shard_name(p.logicalrelid, s.shardid))::oid AS o) x) AS writes
   FROM pg_catalog.pg_dist_partition p
   JOIN pg_catalog.pg_class c ON c.oid = p.logicalrelid
   JOIN pg_catalog.pg_dist_shard s ON s.logicalrelid = p.logicalrelid
@@ -83,6 +95,7 @@ class Shard:
     logical: str     # maxsim.tok_3
     id_type: str     # format_type output
     dim: int
+    writes: str      # the shard's file and write counters (see RESCAN_S)
 
 
 def probe(conn: Any) -> tuple[bool, bool]:
@@ -96,7 +109,7 @@ def distributed_index_ids(conn: Any) -> set[int]:
 
 
 def local_shards(conn: Any) -> dict[str, Shard]:
-    return {r[0]: Shard(r[0], int(r[1]), r[2], r[3], int(r[4]))
+    return {r[0]: Shard(r[0], int(r[1]), r[2], r[3], int(r[4]), str(r[5]))
             for r in conn.execute(LOCAL_SHARDS_SQL).fetchall()}
 
 
@@ -143,16 +156,29 @@ def _fetch(conn: Any, shard: Shard, meta: IndexSpec, ids: list[str] | None) -> I
             yield _decode(cur.execute(where, (ids[i: i + FETCH_ROWS],)).fetchall(), meta)
 
 
-def sync_shards(stores: dict[str, IndexStore], conn: Any, backend: Any, journal_seconds: float) -> None:
-    """Make ``stores`` hold exactly this node's token shards at one snapshot (see the module doc)."""
+def sync_shards(stores: dict[str, IndexStore], conn: Any, backend: Any, journal_seconds: float,
+                marks: dict[str, tuple[str, float]] | None = None) -> None:
+    """Make ``stores`` hold exactly this node's token shards at one snapshot (see the module doc).
+
+    ``marks`` (kept by the caller between syncs): a shard whose file and write counters have not
+    moved since its last scan is not scanned again for up to :data:`RESCAN_S` (None: scan every
+    shard every time)."""
+    here = local_shards(conn)   # before the snapshot: a write these counters include is visible in it
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snap = Snapshot.parse(conn.execute("SELECT pg_catalog.pg_current_snapshot()::text").fetchone()[0])
-        here = local_shards(conn)
         for name in [n for n in stores if n not in here]:
             log.info("scorer: shard %s left this node: dropped", name)
             stores.pop(name).release()
+        now = time.monotonic()
+        for name in [n for n in (marks or {}) if n not in stores]:
+            del marks[name]   # type: ignore[union-attr]
         for name, shard in here.items():
+            mark = marks.get(name) if marks is not None else None
+            if name in stores and mark is not None and mark[0] == shard.writes and now - mark[1] < RESCAN_S:
+                continue
+            if marks is not None:
+                marks[name] = (shard.writes, now)
             held = conn.execute(sql.SQL("SELECT t.id::text, t.version, pg_catalog.octet_length(t.tokens),"
                                         " t.n_tokens FROM {} t").format(sql.SQL(shard.name))).fetchall()
             store = stores.get(name)

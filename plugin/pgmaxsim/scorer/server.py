@@ -93,6 +93,7 @@ class Scorer:
         self.failed: dict[int, IndexStore] = {}
         #: on a Citus node: the token shards placed on it, by shard name (:mod:`.citus_node`)
         self.shards: dict[str, IndexStore] = {}
+        self._shard_marks: dict[str, tuple[str, float]] = {}
         self._reload: set[int] = set()
         self._stop = threading.Event()
         self._synced = threading.Event()
@@ -188,7 +189,7 @@ class Scorer:
         citus, registry = citus_node.probe(conn)
         if citus:
             try:
-                citus_node.sync_shards(self.shards, conn, self.backend, self.journal_seconds)
+                citus_node.sync_shards(self.shards, conn, self.backend, self.journal_seconds, self._shard_marks)
             except OutOfMemory as exc:
                 log.error("scorer: out of memory while loading this node's shards: %s", exc)
             if not registry:     # a Citus worker: no registry, only shards
