@@ -61,9 +61,9 @@ def first_stage_bytes(conn: psycopg.Connection[Any], name: str) -> int:
           " AND indexrelid::regclass::text ~ %s"
     if kind == "mean":
         return int(conn.execute(idx, (f"maxsim.{tok}", "pooled_hnsw")).fetchone()[0])
-    book = sum(int(conn.execute(size, (f"maxsim.{t}_{iid}",)).fetchone()[0]) for t in ("fs_coarse", "fs_fine"))
+    # the codebook tables and the residual sketch lists, with their partitions by slot
+    book = int(conn.execute("SELECT maxsim._fs_bytes(%s)", (iid,)).fetchone()[0])
     gin = int(conn.execute(idx, (f"maxsim.{tok}", "codes_|uncoded_|_version$")).fetchone()[0])
-    book += int(conn.execute("SELECT maxsim._sk_bytes(%s)", (iid,)).fetchone()[0])   # the residual sketch lists
     col = int(conn.execute(f"SELECT coalesce(sum(pg_column_size(codes_0)), 0) + coalesce(sum(pg_column_size(codes_1)), 0)"
                            f" FROM maxsim.{tok}").fetchone()[0])
     return book + gin + col

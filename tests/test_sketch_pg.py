@@ -229,9 +229,13 @@ def test_retrain_under_concurrent_needle_searches(conn: psycopg.Connection[Any])
     assert not errors
     assert seen and all(got == [k] for k, got in seen)
     spec = get_index(conn, "sk")
-    # only the live slot's lists remain
+    # only the live slot's lists remain, and the old slot's bytes went back at once (TRUNCATE)
     assert conn.execute(f"SELECT array_agg(DISTINCT slot) FROM maxsim.fs_sk_{spec.id}").fetchone()[0] == [0]
     assert conn.execute(f"SELECT array_agg(slot) FROM maxsim.fs_skm_{spec.id}").fetchone()[0] == [0]
+    size = "SELECT pg_relation_size(maxsim._sk_part(%s, %s))"
+    for kind in ("fs_sk_", "fs_skrow_"):
+        assert conn.execute(size, (f"{kind}{spec.id}", 1)).fetchone()[0] == 0
+        assert conn.execute(size, (f"{kind}{spec.id}", 0)).fetchone()[0] > 0
 
 
 def test_scorer_and_in_backend_scoring_agree(conn: psycopg.Connection[Any], dsn: str) -> None:

@@ -14,25 +14,43 @@
 -- Entries name a row by its version (maxsim._tok_row gives every write a new one), so an updated or
 -- deleted row's old entries map to nothing and drop out at query time; TRUNCATE needs nothing either.
 -- Rows written since the last merge are not in the lists: the codebook's GIN still ranks them (they
--- have codes), and a merge (writers after commit, the worker, reindex --first-stage) adds them as a
+-- have codes), and a merge (the worker's trainer, reindex --first-stage, first_stage_sketch_merge; never a
+-- writer: pgmaxsim.worker.train) adds them as a
 -- new segment; more than a few segments are compacted into one (dead entries dropped). A retrain
 -- builds the other slot's lists before the codebook switch, so each search sees one slot's codebook
 -- and lists in its snapshot. Servers without plpython3u keep the codebook's GIN path alone.
 
 -- The per-index sketch tables (called by maxsim._fs_create for new indexes, and by
--- pgmaxsim.sketch_lists for a codebook index created before them; schema owner).
+-- pgmaxsim.sketch_lists for a codebook index created before them; schema owner). fs_sk_<id> and
+-- fs_skrow_<id>, like the codebook's fs_coarse_<id> and fs_fine_<id> (035_firststage.sql), are
+-- partitioned by slot (partitions fs_sk_a_<id> / fs_sk_b_<id> for slots 0 / 1, the same for the
+-- others; created here): the old slot's tables go by TRUNCATE after a switch (maxsim._fs_release),
+-- so their bytes return to the system at once. Tables made before this layout stay plain (cleared
+-- by DELETE).
 CREATE OR REPLACE FUNCTION maxsim._sk_create(index_id integer, tok text) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
+DECLARE
+    s integer;
+    t text;
 BEGIN
     EXECUTE pg_catalog.format(
         'CREATE TABLE IF NOT EXISTS maxsim.%I (slot smallint NOT NULL, code integer NOT NULL, seg integer NOT NULL,'
-        ' base bigint NOT NULL, offs bytea NOT NULL, sk bytea NOT NULL, PRIMARY KEY (slot, code, seg))',
-        'fs_sk_' || index_id);
+        ' base bigint NOT NULL, offs bytea NOT NULL, sk bytea NOT NULL, PRIMARY KEY (slot, code, seg))'
+        ' PARTITION BY LIST (slot)', 'fs_sk_' || index_id);
     EXECUTE pg_catalog.format(
-        'CREATE TABLE IF NOT EXISTS maxsim.%I (slot smallint NOT NULL, version bigint NOT NULL, PRIMARY KEY (slot, version))',
-        'fs_skrow_' || index_id);
+        'CREATE TABLE IF NOT EXISTS maxsim.%I (slot smallint NOT NULL, version bigint NOT NULL, PRIMARY KEY (slot, version))'
+        ' PARTITION BY LIST (slot)', 'fs_skrow_' || index_id);
+    FOR s, t IN SELECT g.s, k.t FROM pg_catalog.generate_series(0, 1) AS g(s),
+                                   pg_catalog.unnest(ARRAY['fs_coarse_', 'fs_fine_', 'fs_sk_', 'fs_skrow_']) AS k(t) LOOP
+        IF maxsim._sk_part(t || index_id, s) IS NULL AND EXISTS (
+               SELECT 1 FROM pg_catalog.pg_class c
+                WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', t || index_id)) AND c.relkind = 'p') THEN
+            EXECUTE pg_catalog.format('CREATE TABLE maxsim.%I PARTITION OF maxsim.%I FOR VALUES IN (%s)',
+                                      t || pg_catalog.chr(97 + s) || '_' || index_id, t || index_id, s);
+        END IF;
+    END LOOP;
     EXECUTE pg_catalog.format(
         'CREATE TABLE IF NOT EXISTS maxsim.%I (slot smallint PRIMARY KEY, gen integer NOT NULL, mag real[] NOT NULL)',
         'fs_skm_' || index_id);
@@ -42,14 +60,25 @@ BEGIN
 END
 $$;
 
--- Bytes of the sketch tables of an index (0 when it has none).
+-- The partition of maxsim table `parent` (fs_coarse_, fs_fine_, fs_sk_, fs_skrow_<id>) holding slot `slot`, found by its
+-- bound (its name follows its parent's through table swaps); NULL when `parent` is a plain table.
+CREATE OR REPLACE FUNCTION maxsim._sk_part(parent text, slot integer) RETURNS regclass
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', parent))
+       AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = pg_catalog.format('FOR VALUES IN (''%s'')', slot)
+$$;
+
+-- Bytes of the sketch tables of an index (0 when it has none; partitions included).
 CREATE OR REPLACE FUNCTION maxsim._sk_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_sk_' || index_id))), 0)
-         + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_skrow_' || index_id))), 0)
-         + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_skm_' || index_id))), 0)
+    SELECT coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::bigint
+      FROM pg_catalog.unnest(ARRAY['fs_sk_', 'fs_skrow_', 'fs_skm_']) AS k(kind)
+     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', k.kind || index_id))) p
 $$;
 
 CREATE OR REPLACE FUNCTION maxsim._sk_drop(index_id integer) RETURNS void
@@ -62,8 +91,8 @@ BEGIN
 END
 $$;
 
--- Drop slot `slot`'s lists, merged versions and codec (the old slot after a codebook switch:
--- maxsim._fs_end). Runs as its caller (the schema owner, from there).
+-- Drop slot `slot`'s lists, merged versions and codec, by DELETE (the old slot after a codebook
+-- switch made in the same transaction: maxsim.train_first_stage). Runs as its caller (the schema owner).
 CREATE OR REPLACE FUNCTION maxsim._sk_clear(index_id integer, slot integer) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
@@ -79,8 +108,73 @@ BEGIN
 END
 $$;
 
+-- Drop slot `slot`'s codebook (fs_coarse, fs_fine), sketch lists, merged versions and codec, and give
+-- their bytes back at once: TRUNCATE of the slot's partitions (a DELETE leaves them to VACUUM, and a
+-- plain VACUUM keeps the file's size). Not its rows' codes: columns of the token table.
+-- For the old slot after a switch that has committed (maxsim._fs_end), and a slot about to be rebuilt
+-- (pgmaxsim.plpy.sketch_merge). Runs as its caller (the schema owner, from there).
+--
+-- TRUNCATE is not MVCC-safe: a search whose snapshot predates the switch would still take the old
+-- slot for the live one and find its lists empty (every row "not merged": a poorer first stage). So
+-- it waits, up to `wait_s` seconds, for every client transaction in progress when it is called to end
+-- (their virtual transaction ids in pg_locks, which every role may read; what CREATE INDEX
+-- CONCURRENTLY waits for): a transaction that began after the switch sees it in all its snapshots.
+-- Then each partition is taken with NOWAIT, a few tries apart, so that no search queues behind it.
+-- Transactions still running after `wait_s` (an idle session holding one open, a long write), or
+-- tables that predate the partitions: the rows are deleted instead, as before.
+CREATE OR REPLACE FUNCTION maxsim._fs_release(index_id integer, slot integer, wait_s double precision) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    t text;
+    part regclass;
+    try integer;
+    older text[];
+    until timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => wait_s);
+    quiet boolean;
+    done boolean;
+    all_done boolean := true;
+BEGIN
+    older := ARRAY(SELECT l.virtualxid FROM pg_catalog.pg_locks l
+                     JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid AND a.backend_type = 'client backend'
+                    WHERE l.locktype = 'virtualxid' AND l.granted AND l.pid <> pg_catalog.pg_backend_pid());
+    LOOP
+        quiet := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                              WHERE l.locktype = 'virtualxid' AND l.granted AND l.virtualxid = ANY (older));
+        EXIT WHEN quiet OR pg_catalog.clock_timestamp() >= until;
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+    FOREACH t IN ARRAY ARRAY['fs_coarse_', 'fs_fine_', 'fs_sk_', 'fs_skrow_'] LOOP
+        CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', t || index_id)) IS NULL;
+        part := CASE WHEN quiet THEN maxsim._sk_part(t || index_id, slot) END;
+        done := false;
+        IF part IS NOT NULL THEN
+            FOR try IN 1..20 LOOP
+                BEGIN
+                    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
+                    EXECUTE pg_catalog.format('TRUNCATE %s', part);
+                    done := true;
+                EXCEPTION WHEN lock_not_available THEN
+                    PERFORM pg_catalog.pg_sleep(0.05);
+                END;
+                EXIT WHEN done;
+            END LOOP;
+        END IF;
+        IF NOT done THEN
+            EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', t || index_id) USING slot::smallint;
+            all_done := false;
+        END IF;
+    END LOOP;
+    IF pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_skm_' || index_id)) IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_skm_' || index_id) USING slot::smallint;
+    END IF;
+    RETURN all_done;
+END
+$$;
+
 -- Merge the rows not in the lists of generation `gen` yet (pgmaxsim.plpy.sketch_merge; `only_if_due`:
--- only once enough rows are pending). The tables are created first for an index older than them.
+-- only once enough rows are pending, or some are and no row was written for a while). The tables are created first for an index older than them.
 -- Without plpython3u: nothing (searches use the codebook's GIN there).
 CREATE OR REPLACE FUNCTION maxsim._sk_merge(index_id integer, gen integer, only_if_due boolean) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -101,8 +195,9 @@ END
 $$;
 
 -- Entry point: merge the rows written since the last merge into the live codebook's sketch lists
--- (writers call it after each write with only_if_due: a merge once 5 % of the rows are pending; the
--- merges of one index are serialized, a busy one returns at once). For any role that manages the index.
+-- (the worker's trainer calls it with only_if_due: a merge once 5 % of the rows are pending, or some
+-- are and none was written for 30 s; writers never do; the merges of one index are serialized, a busy
+-- one returns at once). For any role that manages the index.
 CREATE OR REPLACE FUNCTION maxsim.first_stage_sketch_merge(name text, only_if_due boolean DEFAULT false) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp

@@ -40,12 +40,14 @@ BEGIN
         EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (id) WHERE %I IS NULL',
                                   tok || '_uncoded_' || s, tok, 'codes_' || s);
     END LOOP;
+    -- partitioned by slot, as the sketch lists (034_sketch.sql: maxsim._sk_create adds the partitions):
+    -- the old slot's codebook goes by TRUNCATE after a switch (maxsim._fs_release)
     EXECUTE pg_catalog.format(
         'CREATE TABLE maxsim.%I (slot smallint NOT NULL, cell integer NOT NULL, vec @vector@.halfvec(%s) NOT NULL,'
-        ' PRIMARY KEY (slot, cell))', 'fs_coarse_' || index_id, dim);
+        ' PRIMARY KEY (slot, cell)) PARTITION BY LIST (slot)', 'fs_coarse_' || index_id, dim);
     EXECUTE pg_catalog.format(
         'CREATE TABLE maxsim.%I (slot smallint NOT NULL, code integer NOT NULL, cell integer NOT NULL,'
-        ' vec @vector@.halfvec(%s) NOT NULL, PRIMARY KEY (slot, code))', 'fs_fine_' || index_id, dim);
+        ' vec @vector@.halfvec(%s) NOT NULL, PRIMARY KEY (slot, code)) PARTITION BY LIST (slot)', 'fs_fine_' || index_id, dim);
     EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (slot, cell)',
                               'fs_fine_' || index_id || '_cell', 'fs_fine_' || index_id);
     PERFORM maxsim._sk_create(index_id, tok);   -- the residual sketch lists (034_sketch.sql)
@@ -57,9 +59,9 @@ CREATE OR REPLACE FUNCTION maxsim._fs_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_coarse_' || index_id))), 0)
-         + coalesce(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'fs_fine_' || index_id))), 0)
-         + maxsim._sk_bytes(index_id)
+    SELECT coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::bigint + maxsim._sk_bytes(index_id)
+      FROM pg_catalog.unnest(ARRAY['fs_coarse_', 'fs_fine_']) AS k(kind)
+     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', k.kind || index_id))) p
 $$;
 
 -- One row's distinct codes under codebook `slot` of index `index_id` (pure SQL: nearest coarse

@@ -16,7 +16,8 @@
 --                                         each row's codes in that slot, in batches; then again under
 --                                         maxsim.switch_lock (writers wait, searches go on)
 --   switch    first_stage_train_switch    one registry update: fs_gen = gen, fs_due cleared
---   end       first_stage_train_end       clear the old slot; release the training lock
+--   end       first_stage_train_end       clear the old slot (its sketch lists by TRUNCATE); release
+--                                         the training lock
 -- pgmaxsim.codebook.train runs them from a client (the worker's trainer, `pgmaxsim index reindex
 -- NAME --first-stage`), committing between steps. maxsim.train_first_stage(name) runs the same steps
 -- inside the server, in one transaction (k-means and assignment in NumPy: needs plpython3u).
@@ -128,8 +129,8 @@ BEGIN
     EXECUTE pg_catalog.format('UPDATE maxsim.%I SET %I = NULL WHERE %I IS NOT NULL', r.token_table,
                               'codes_' || slot, 'codes_' || slot);
     PERFORM pg_catalog.set_config('pgmaxsim.codes_only', 'off', true);
-    EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_coarse_' || r.id) USING slot::smallint;
-    EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_fine_' || r.id) USING slot::smallint;
+    -- its codebook and sketch lists (what a failed training left; normally released after the last switch)
+    PERFORM maxsim._fs_release(r.id, slot, 0);
     EXECUTE pg_catalog.format('SELECT count(*), coalesce(sum(t.n_tokens), 0) FROM maxsim.%I t', r.token_table)
         INTO n_rows, n_tokens;
     sample_rows := maxsim._fs_sample_rows(r.options, n_rows, n_tokens);
@@ -321,13 +322,21 @@ BEGIN
     live := gen IS NOT NULL AND (r.options ->> 'fs_gen')::integer IS NOT DISTINCT FROM gen;
     IF live AND gen > 0 THEN
         old := (gen - 1) % 2;
+        -- its codebook and sketch lists (034_sketch.sql): after a switch that committed (a client's
+        -- training), by TRUNCATE once the transactions that may not see the switch have ended (before
+        -- the codes' row locks are taken below: writers do not wait for that); else (one transaction)
+        -- by DELETE
+        IF in_session THEN
+            PERFORM maxsim._fs_release(r.id, old, 30);
+        ELSE
+            PERFORM maxsim._sk_clear(r.id, old);
+            EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_coarse_' || r.id) USING old::smallint;
+            EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_fine_' || r.id) USING old::smallint;
+        END IF;
         PERFORM pg_catalog.set_config('pgmaxsim.codes_only', 'on', true);
         EXECUTE pg_catalog.format('UPDATE maxsim.%I SET %I = NULL WHERE %I IS NOT NULL', r.token_table,
                                   'codes_' || old, 'codes_' || old);
         PERFORM pg_catalog.set_config('pgmaxsim.codes_only', 'off', true);
-        EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_coarse_' || r.id) USING old::smallint;
-        EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', 'fs_fine_' || r.id) USING old::smallint;
-        PERFORM maxsim._sk_clear(r.id, old);   -- its sketch lists (034_sketch.sql)
     END IF;
     IF in_session AND EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
                                WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid()

@@ -54,8 +54,9 @@ class _Lists:
         return self.plpy.execute(self.plpy.prepare(text, types), args)
 
     def clear(self) -> None:
-        for t in (self.sk, self.skrow, self.skm):
-            self.q(f"DELETE FROM {t} WHERE slot = $1", ["int2"], [self.slot])
+        """Empty this slot's lists, which are not the live ones (the old slot's release after the last
+        switch, maxsim._fs_release, has normally emptied them already)."""
+        self.q("SELECT maxsim._sk_clear($1, $2)", ["int4", "int4"], [int(self.index["id"]), self.slot])
 
     def codec(self, cb: fs.Codebook) -> sketch.Codec:
         """The slot's codec for this generation, measured and stored when it has none."""
@@ -185,13 +186,6 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
         out["rows"] += len(versions)
         out["entries"] += held
     if lists.segments() > MAX_SEGMENTS:
-        lists.compact(nbytes)
-        out["compacted"] = True
+        out["compacted"] = "all" if lists.compact(nbytes) else "recent"
     return out
 
-
-def clear(plpy: Any, index_id: int, slot: int) -> None:
-    """Drop slot ``slot``'s lists, merged versions and codec (the old slot after a switch)."""
-    for kind in ("fs_sk", "fs_skrow", "fs_skm"):
-        if plpy.execute(f"SELECT pg_catalog.to_regclass('maxsim.{kind}_{int(index_id)}') IS NOT NULL AS e")[0]["e"]:
-            plpy.execute(plpy.prepare(f"DELETE FROM maxsim.{kind}_{int(index_id)} WHERE slot = $1", ["int2"]), [int(slot)])
