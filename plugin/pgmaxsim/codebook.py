@@ -7,8 +7,10 @@ this module keeps an index's copy of it current:
   and table oid: a generation's codebook never changes once live);
 - :func:`row_codes` is what a writer stores for a row: its distinct codes under it;
 - :func:`mark_due` is all a writer does about training: past option ``train_tokens`` (then
-  twice the rows of the last training) the index is marked due (option ``fs_due``); the
-  worker's trainer or ``maxsim.train_first_stage`` trains it later, never the write;
+  once the rows have grown by ``maxsim._fs_growth`` since the last training: 10 % while the
+  index is small, up to 2x from 2M tokens) the index is marked due (option ``fs_due``); the
+  worker's trainer or ``maxsim.train_first_stage`` trains it later, never the write; nor does
+  a write merge its rows into the sketch lists (the worker's trainer does: pgmaxsim.worker.train);
 - :func:`train` (the worker's trainer, ``pgmaxsim index reindex NAME --first-stage``) runs the
   training steps of sql/idempotent/038_fs_train.sql from this client, as any role that
   manages the index: a new codebook from a sample of the stored tokens in the *other* slot,
@@ -27,7 +29,6 @@ always candidates.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -142,34 +143,32 @@ def row_codes(book: Live, stored: np.ndarray) -> list[int]:
 
 def mark_due(conn: psycopg.Connection[Any], spec: IndexSpec) -> bool:
     """After a write to ``spec``: mark a codebook index due for training when the write took it past
-    its threshold (``maxsim.first_stage_mark``; never waits, never trains), and merge the rows written
-    since the sketch lists' last merge once 5 % of the rows are (``maxsim.first_stage_sketch_merge``:
-    a second or so per 100 pages then, nothing otherwise). True when marked now."""
+    its threshold (``maxsim.first_stage_mark``: O(1), never waits, never trains). Never merges the
+    written rows into the sketch lists: until the worker's trainer (or an explicit
+    ``maxsim.first_stage_sketch_merge``) does, they are candidates of every search. True when marked now."""
     if not is_codebook(spec):
         return False
     row = conn.execute("SELECT maxsim.first_stage_mark(%s)", (spec.name,)).fetchone()
-    if conn.autocommit:   # never inside the caller's transaction: a failed merge must not undo its write
-        try:
-            conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, true)", (spec.name,))
-        except psycopg.Error as e:   # the rows stay candidates until a later merge
-            logging.getLogger("pgmaxsim").warning("pgmaxsim: index %s: merging its sketch lists failed: %s",
-                                                  spec.name, str(e).splitlines()[0] if str(e) else e)
     return bool(row and row[0])
 
 
 # ---------------------------------------------------------------- training
 
-def train_due(conn: psycopg.Connection[Any], name: str, *, seed: int = 0) -> Trained | None:
-    """Train index ``name`` now if it is marked due (what the worker's trainer does for it), else
-    None: for scripts and benchmarks that write without a worker. None as well inside an open
-    transaction of the caller (each training step commits)."""
+def train_due(conn: psycopg.Connection[Any], name: str, *, seed: int = 0, merge_all: bool = False) -> Trained | None:
+    """What the worker's trainer does for index ``name`` (pgmaxsim.worker.train), now: train it if it
+    is marked due, then merge its pending rows into the sketch lists once a merge is due (every
+    pending row with ``merge_all``, as ``pgmaxsim worker --once`` does before it exits). For scripts
+    and benchmarks that write without a worker. Returns the training, or None (none was due; nothing
+    at all inside an open transaction of the caller: each step commits)."""
     if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return None
     was = conn.autocommit
     conn.autocommit = True
     try:
         row = conn.execute("SELECT due_since FROM maxsim.first_stage_status(%s)", (name,)).fetchone()
-        return None if row is None or row[0] is None else train(conn, name, seed=seed)
+        done = None if row is None or row[0] is None else train(conn, name, seed=seed)
+        conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s)", (name, not merge_all))
+        return done
     finally:
         conn.autocommit = was
 

@@ -1,8 +1,15 @@
 """Keeping an index's residual sketch lists current, from a client (sql/idempotent/034_sketch.sql;
 the merging itself runs in the server: pgmaxsim.plpy.sketch_merge).
 
-- Writers merge after each write once 5 % of the rows are not in the lists
-  (:func:`pgmaxsim.codebook.mark_due` calls ``maxsim.first_stage_sketch_merge(name, true)``).
+- Writers never merge (a merge reads every pending row's tokens: seconds per few hundred pages,
+  which no write should wait for). The worker's trainer merges in the background once 5 % of the
+  rows are not in the lists, or some are and none was written for 30 s
+  (pgmaxsim.worker.train: ``maxsim.first_stage_sketch_merge(name, true)``); ``--once`` merges them all.
+- Without a worker (an application writing through ``Index.upsert`` or ``maxsim.upsert`` alone) no
+  merge happens by itself, as no training does: the pending rows stay exact-scored candidates of
+  every search (up to 1,000 of them; beyond, the codebook's GIN ranks in the lists' place), so
+  results stay right and searches get slower as they pile up. Such an application calls
+  :func:`merge` (``maxsim.first_stage_sketch_merge(name)``) after its bulk writes, or runs the worker.
 - A training builds the new codebook's lists before its switch, and the switch merges the rows
   written meanwhile (pgmaxsim.codebook.train, maxsim.train_first_stage).
 - :func:`merge` merges now (tests, benchmarks, after bulk loads).

@@ -512,6 +512,24 @@ BEGIN
 END
 $$;
 
+-- The trained codebook indexes the caller manages, whose residual sketch lists the worker's trainer
+-- keeps merged (maxsim.first_stage_sketch_merge(name, true): writers never merge); never the shadow
+-- of a storage switch.
+CREATE OR REPLACE FUNCTION maxsim.first_stage_trained() RETURNS TABLE (name text)
+LANGUAGE plpgsql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    regs maxsim.indexes[];
+BEGIN
+    regs := maxsim._registry();
+    RETURN QUERY SELECT (g).name FROM pg_catalog.unnest(regs) AS g
+                  WHERE (g).pooling = 'codebook' AND (g).options ? 'fs_gen' AND (g).name NOT LIKE '%#retier'
+                    AND maxsim._may_manage((g).source)
+                  ORDER BY 1;
+END
+$$;
+
 -- Step "begin" (see the top of this file): gen NULL when another session is training the index. The
 -- training lock is this session's until first_stage_train_end (or the session ends).
 CREATE OR REPLACE FUNCTION maxsim.first_stage_train_begin(name text, OUT gen integer, OUT n_rows bigint,

@@ -28,16 +28,20 @@ FLUSH_ENTRIES = 10_000_000
 WRITE_ROWS = 4096
 #: Rows (drawn at random) whose tokens a new codec's magnitudes are measured on.
 CODEC_ROWS = 200
+#: Seconds without a write after which fewer than :func:`threshold` pending rows are merged too.
+QUIET_S = 30.0
 
 
 def threshold(merged_rows: int) -> int:
-    """Rows written since the last merge that call for one: 5 % of the merged rows, at least 256
-    (a merge reads each pending row's tokens once; segments are compacted every 8 merges).
+    """Rows written since the last merge that call for one (the worker's trainer merges then):
+    5 % of the merged rows, at least 256 and at most 1,000 (a merge reads each pending row's tokens
+    once, the size-tiered compaction keeps the rewrites amortized; a search scores every pending row
+    exactly up to 1,000 of them, and ranks them by the codebook's GIN past that).
 
     >>> threshold(0), threshold(10_000), threshold(100_000)
-    (256, 500, 5000)
+    (256, 500, 1000)
     """
-    return max(256, merged_rows // 20)
+    return max(256, min(1000, merged_rows // 20))
 
 
 class _Lists:
@@ -112,32 +116,51 @@ class _Lists:
     def segments(self) -> int:
         return int(self.q(f"SELECT count(DISTINCT seg) AS n FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])[0]["n"])
 
-    def compact(self, nbytes: int) -> None:
-        """Rewrite the slot's segments as one, without entries of rows no longer live."""
+    def compact(self, nbytes: int) -> bool:
+        """Rewrite segments as one, without entries of rows no longer live (size-tiered, as an LSM
+        tree: a query reads every segment of a code, a rewrite costs what it reads). The segments
+        besides the largest are rewritten together while they hold less than it; once they hold as
+        much, all of them are (and the merged versions of rows gone since are forgotten). So a merge
+        every ~1,000 rows does not rewrite the whole lists every 8 merges. True: all were rewritten."""
+        sizes = {int(r["seg"]): int(r["b"]) for r in self.q(
+            f"SELECT seg, sum(pg_catalog.length(sk)) AS b FROM {self.sk} WHERE slot = $1 GROUP BY seg", ["int2"], [self.slot])}
+        base = max(sizes, key=lambda k: sizes[k])
+        rest = [k for k in sizes if k != base]
+        full = sum(sizes[k] for k in rest) >= sizes[base]
+        segs = sorted(sizes) if full else rest
         live = np.array([int(r["version"]) for r in self.q(f"SELECT version FROM {self.tok}", [], [])], dtype=np.int64)
         parts = []
-        for r in self.q(f"SELECT code, base, offs, sk FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot]):
+        for r in self.q(f"SELECT code, base, offs, sk FROM {self.sk} WHERE slot = $1 AND seg = ANY ($2)",
+                        ["int2", "int4[]"], [self.slot, segs]):
             n = len(r["sk"]) // nbytes
             parts.append(sketch.Entries(np.full(n, int(r["code"]), np.int64),
                                         sketch.unpack_versions(int(r["base"]), r["offs"], n),
                                         np.frombuffer(r["sk"], np.uint8).reshape(n, nbytes)))
         ent = sketch.Entries.concat(parts, nbytes)
         keep = np.isin(ent.version, live)
-        self.q(f"DELETE FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])
-        self.q(f"DELETE FROM {self.skrow} s WHERE s.slot = $1 AND NOT EXISTS"
-               f" (SELECT 1 FROM {self.tok} t WHERE t.version = s.version)", ["int2"], [self.slot])
+        self.q(f"DELETE FROM {self.sk} WHERE slot = $1 AND seg = ANY ($2)", ["int2", "int4[]"], [self.slot, segs])
+        if full:
+            self.q(f"DELETE FROM {self.skrow} s WHERE s.slot = $1 AND NOT EXISTS"
+                   f" (SELECT 1 FROM {self.tok} t WHERE t.version = s.version)", ["int2"], [self.slot])
         if keep.any():
             self.write(sketch.Entries(ent.code[keep], ent.version[keep], ent.sk[keep]), [])
+        return full
 
     def due(self) -> bool:
-        """Whether enough rows are newer than the newest merged version (a cheap lower bound)."""
-        est = self.q("SELECT greatest(c.reltuples, 0)::bigint AS n FROM pg_catalog.pg_class c"
-                     " WHERE c.oid = pg_catalog.to_regclass($1)", ["text"], [self.skrow])
+        """Whether :func:`threshold` rows are newer than the newest merged version, or some are and
+        none was written in the last :data:`QUIET_S` seconds (a burst of writes has ended: its tail
+        is merged rather than kept as candidates of every search). A cheap lower bound: one bounded
+        scan of the version index, whatever the size of the index."""
+        est = self.q("SELECT coalesce(sum(greatest(c.reltuples, pg_catalog.pg_stat_get_live_tuples(c.oid), 0)), 0)::bigint AS n"
+                     " FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) p"
+                     " JOIN pg_catalog.pg_class c ON c.oid = p.relid WHERE p.isleaf", ["text"], [self.skrow])
         bar = threshold(int(est[0]["n"]) if est else 0)
         top = self.q(f"SELECT max(version) AS v FROM {self.skrow} WHERE slot = $1", ["int2"], [self.slot])[0]["v"]
-        n = self.q(f"SELECT count(*) AS n FROM (SELECT 1 FROM {self.tok} t WHERE t.version > $1 LIMIT $2) s",
-                   ["int8", "int4"], [-1 if top is None else int(top), bar])[0]["n"]
-        return int(n) >= bar
+        got = self.q(f"SELECT count(*) AS n, coalesce(max(s.updated_at) < pg_catalog.now() - pg_catalog.make_interval(secs => $3),"
+                     f" false) AS quiet FROM (SELECT t.updated_at FROM {self.tok} t WHERE t.version > $1"
+                     f" ORDER BY t.version LIMIT $2) s",
+                     ["int8", "int4", "float8"], [-1 if top is None else int(top), bar, QUIET_S])[0]
+        return int(got["n"]) >= bar or (int(got["n"]) > 0 and bool(got["quiet"]))
 
 
 def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, Any]:

@@ -1,17 +1,24 @@
-"""The worker's first-stage trainer: trains the codebook indexes marked due, in the background.
+"""The worker's first-stage trainer: trains the codebook indexes marked due, and merges their residual
+sketch lists, in the background.
 
 A write that takes a codebook index past its threshold only marks it due
-(sql/idempotent/038_fs_train.sql); this trains it, so no write waits for a training:
+(sql/idempotent/038_fs_train.sql), and writers never merge their rows into the sketch lists
+(sql/idempotent/034_sketch.sql: rows not merged yet are candidates of every search); this does both,
+so no write waits for either:
 
 - :meth:`Trainer.poke` (every round of the loop): at most every :data:`CHECK_S` seconds, when no
   training runs, a thread on its own connection lists the due indexes the worker's role manages
   (``maxsim.first_stage_due``; only the worker's ``--index`` names when given, else every one,
   including indexes whose embeddings the application writes) and trains them one after another
-  (:func:`pgmaxsim.codebook.train`: steps that each commit; searches and writes go on).
-- :meth:`Trainer.drain` (``--once``): train what is due now, and wait.
+  (:func:`pgmaxsim.codebook.train`: steps that each commit; searches and writes go on); then, for
+  every trained codebook index it manages (``maxsim.first_stage_trained``), merges the rows written
+  since the last merge once they are 5 % of the rows or no row was written for 30 s
+  (``maxsim.first_stage_sketch_merge(name, true)``: one transaction; a look when nothing is due).
+- :meth:`Trainer.drain` (``--once``): train what is due now, merge every pending row, and wait.
 - :meth:`Trainer.stop`: stop a training in progress at its next step or batch (its running query
   is cancelled; a k-means in progress is waited for), before its switch: the index stays due, its
-  live codebook untouched (the half-built slot is cleared by the next training); then wait for the thread.
+  live codebook untouched (the half-built slot is cleared by the next training); a merge in progress
+  is cancelled (its rows stay pending); then wait for the thread.
 
 A failed training is logged and retried after a back-off (:data:`RETRY_S`, doubling), not every round.
 """
@@ -41,6 +48,7 @@ class Trainer:
     def __init__(self, dsn: str, names: list[str] | None, check_s: float = CHECK_S) -> None:
         self.dsn, self.names, self.check_s = dsn, names, check_s
         self.trained: list[str] = []
+        self.merged: dict[str, int] = {}   # index -> rows merged into its sketch lists
         self._checked = -float("inf")
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -51,20 +59,21 @@ class Trainer:
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def poke(self, force: bool = False) -> None:
-        """Start a look for due indexes (and their training) when none runs and it is time."""
+    def poke(self, force: bool = False, merge_all: bool = False) -> None:
+        """Start a look for due indexes (their training, then their merges) when none runs and it is
+        time; ``merge_all``: merge every pending row, not only once a merge is due."""
         now = time.monotonic()
         if self.busy or self._stopping.is_set() or (not force and now - self._checked < self.check_s):
             return
         self._checked = now
-        self._thread = threading.Thread(target=self._run, name="pgmaxsim-trainer", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(merge_all,), name="pgmaxsim-trainer", daemon=True)
         self._thread.start()
 
     def drain(self) -> None:
-        """Train every index due now (after one in progress), and wait."""
+        """Train every index due now (after one in progress), merge every pending row, and wait."""
         if self._thread is not None:
             self._thread.join()
-        self.poke(force=True)
+        self.poke(force=True, merge_all=True)
         if self._thread is not None:
             self._thread.join()
 
@@ -82,7 +91,7 @@ class Trainer:
             self._conn = None
 
     # -- the thread -------------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, merge_all: bool = False) -> None:
         try:
             conn = self._connection()
             due = [r[0] for r in conn.execute("SELECT name FROM maxsim.first_stage_due()").fetchall()]
@@ -91,6 +100,11 @@ class Trainer:
                     return
                 if (self.names is None or name in self.names) and self._may_retry(name):
                     self._train(conn, name)
+            for (name,) in conn.execute("SELECT name FROM maxsim.first_stage_trained()").fetchall():
+                if self._stopping.is_set():
+                    return
+                if self.names is None or name in self.names:
+                    self._merge(conn, name, merge_all)
         except psycopg.Error as e:
             if not self._stopping.is_set():
                 log.warning("pgmaxsim worker: looking for first stages to train failed: %s", one_line(e))
@@ -133,3 +147,17 @@ class Trainer:
         log.info("pgmaxsim worker: index %s: first stage codebook %d x %d trained (generation %d, %d rows,"
                  " %.1f s + %.1f s)", name, done.n_coarse, done.n_fine, done.gen, done.rows, done.seconds_train,
                  done.seconds_fill)
+
+    def _merge(self, conn: psycopg.Connection[Any], name: str, merge_all: bool) -> None:
+        try:
+            got = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s)", (name, not merge_all)).fetchone()[0]
+        except psycopg.Error as e:   # the rows stay pending (candidates of every search) until a later merge
+            if not self._stopping.is_set():
+                log.warning("pgmaxsim worker: index %s: merging its sketch lists failed: %s", name, one_line(e))
+            if conn.broken:
+                self._drop()
+            return
+        if got and got.get("rows"):
+            self.merged[name] = self.merged.get(name, 0) + int(got["rows"])
+            log.info("pgmaxsim worker: index %s: %d rows merged into its sketch lists%s", name, int(got["rows"]),
+                     " (compacted)" if got.get("compacted") else "")
