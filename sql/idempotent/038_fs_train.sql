@@ -2,7 +2,8 @@
 -- by any role that manages the index. Idempotent file (see 010_registry.sql for the privilege layering).
 --
 -- Writes never train. A write that takes a codebook index past its threshold (option train_tokens
--- tokens while untrained; then twice the rows of its last training) only marks it due: option
+-- tokens while untrained; then rows grown by maxsim._fs_growth since its last training: 10 % while
+-- small, up to 2x from 2M tokens; checked in O(1)) only marks it due: option
 -- fs_due = the time (maxsim._fs_mark, from maxsim._write and maxsim.first_stage_mark). Until it is
 -- trained the rows stay searchable: an untrained index is searched exactly, and a row without live
 -- codes is always a candidate.
@@ -30,38 +31,58 @@
 -- there: every row is filled), and the old slot's are dropped in maxsim._fs_end. Clear the next slot's
 -- in maxsim._fs_begin.
 
+-- Rows in token table `tok` now, from PostgreSQL's own counters (no scan): the live rows the
+-- statistics hold plus what this backend wrote and has not reported yet (its last writes), or the
+-- catalog's estimate when larger (statistics lost in a crash). An estimate, good enough for a schedule.
+CREATE OR REPLACE FUNCTION maxsim._fs_rows_now(tok text) RETURNS double precision
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT greatest(c.reltuples, pg_catalog.pg_stat_get_live_tuples(c.oid)
+                    + pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) - pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid), 0)
+      FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', tok))
+$$;
+
+-- How much an index trained on `tokens` tokens grows before its codebook is retrained: by 10 % while
+-- it is small (a training then takes seconds, and a codebook sized and sampled for 54 % of a corpus
+-- lost 4 points of phrase recall@10 on bench/phrase_pg.py), by a share rising with its size above
+-- 200K tokens, to 2x from 2M tokens on (a training there takes minutes: bench/fs_train.py). Each
+-- training is sized for the tokens it sees (pgmaxsim.fs_train.sizing).
+--
+-- >>> growth: 65K tokens -> 1.1, 500K -> 1.25, 1M -> 1.5, 2M and more -> 2
+CREATE OR REPLACE FUNCTION maxsim._fs_growth(tokens bigint) RETURNS numeric
+LANGUAGE sql IMMUTABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT 1.0 + least(1.0, greatest(0.1, pg_catalog.round(coalesce(tokens, 2000000) / 2000000.0, 3))) $$;
+
 -- Whether codebook index `r` should be (re)trained now: untrained and holding option train_tokens
--- tokens, or grown to twice the rows it was trained on (a codebook sized and sampled for fewer rows
--- puts too many tokens in each code). Cheap: a bounded sum; the catalog's row estimate before an
--- exact bounded count. Reads the token table: runs as the schema owner (from _fs_mark, _fs_status).
+-- tokens, or grown by maxsim._fs_growth since its last training (option fs_rows rows; a codebook
+-- sized and sampled for fewer rows puts too many tokens in each code and misses what came after).
+-- O(1) on every write: the rows come from maxsim._fs_rows_now, the tokens per row from the first
+-- 64 rows. Runs as the schema owner (from _fs_mark, _fs_is_due).
 CREATE OR REPLACE FUNCTION maxsim._fs_due(r maxsim.indexes) RETURNS boolean
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 DECLARE
-    want bigint;
-    bar bigint;
-    est double precision;
-    got boolean;
+    rows_now double precision;
+    per_row double precision;
+    trained bigint;
 BEGIN
     IF r.pooling IS DISTINCT FROM 'codebook' THEN
         RETURN false;
     END IF;
-    IF r.options ->> 'fs_gen' IS NULL THEN
-        want := coalesce((r.options ->> 'train_tokens')::bigint, 65536);
-        EXECUTE pg_catalog.format('SELECT coalesce(sum(s.n_tokens), 0) >= $1 FROM (SELECT t.n_tokens FROM maxsim.%I t LIMIT $1) s',
-                                  r.token_table) INTO got USING want;
-        RETURN got;
-    END IF;
-    bar := 2 * greatest(1, coalesce((r.options ->> 'fs_rows')::bigint, 0));
-    SELECT greatest(c.reltuples, pg_catalog.pg_stat_get_live_tuples(c.oid)) INTO est
-      FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', r.token_table));
-    IF est IS NULL OR est < bar THEN
+    rows_now := coalesce(maxsim._fs_rows_now(r.token_table), 0);
+    EXECUTE pg_catalog.format('SELECT avg(s.n_tokens) FROM (SELECT t.n_tokens FROM maxsim.%I t LIMIT 64) s', r.token_table)
+        INTO per_row;
+    IF coalesce(per_row, 0) = 0 THEN
         RETURN false;
     END IF;
-    EXECUTE pg_catalog.format('SELECT count(*) >= $1 FROM (SELECT 1 FROM maxsim.%I t LIMIT $1) s', r.token_table)
-        INTO got USING bar;
-    RETURN got;
+    IF r.options ->> 'fs_gen' IS NULL THEN
+        RETURN rows_now * per_row >= coalesce((r.options ->> 'train_tokens')::bigint, 65536);
+    END IF;
+    trained := greatest(1, coalesce((r.options ->> 'fs_rows')::bigint, 0));
+    RETURN rows_now::numeric >= trained * maxsim._fs_growth((trained * per_row)::bigint);
 END
 $$;
 
