@@ -5,11 +5,14 @@
 
 The bundled MiniLM over Python standard-library doc sections (bench/phrase.py: corpus, queries,
 embedding cache). One index per first stage over the same source table, filled with
-pgmaxsim.writes.write_rows (a codebook index is trained, as the worker would, once a write marks it due;
-``--retrain`` retrains it once at the end, as ``pgmaxsim index reindex NAME --first-stage``
-would). Printed per first stage and candidates, for phrase queries (6 copied words, source
-known) and title queries (broad words; judged against exact search): the columns of
-bench/firststage_pg.py.
+pgmaxsim.writes.write_rows in batches of 64 (write ms/row: those calls alone). A codebook index is
+maintained as the worker's trainer would, in line after each batch (codebook.train_due: trained once
+a write marks it due, its sketch lists merged once a merge is due), then once more after the last
+write as a running worker does within ~40 s (every pending row merged); ``--retrain`` retrains it
+once at the end, as ``pgmaxsim index reindex NAME --first-stage`` would. Printed per first stage
+and candidates, for phrase queries (6 copied words, source known) and title queries (broad words;
+judged against exact search): the columns of bench/firststage_pg.py; for the codebook, the rows
+its live codebook was trained on and where its first-stage bytes are.
 """
 
 from __future__ import annotations
@@ -30,6 +33,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugin"))
 from _server import bench_server
 from firststage_pg import HEADER, exact_top10, table_rows
 from phrase import PHRASE, encode, sections, title_words
+
+
+def breakdown(conn: psycopg.Connection, name: str, n: int) -> str:
+    """Where a codebook first stage's bytes are, per row: codebook tables, sketch lists (with their
+    merged versions and codec), the codes' GIN / partial / version indexes, the codes columns."""
+    iid, tok = conn.execute("SELECT id, token_table FROM maxsim.indexes WHERE name = %s", (name,)).fetchone()
+    tree = ("SELECT coalesce(sum(pg_total_relation_size(p.relid)), 0) FROM unnest(%s::text[]) k,"
+            " pg_partition_tree(to_regclass('maxsim.' || k || %s)) p")
+    book = conn.execute(tree, (["fs_coarse_", "fs_fine_"], str(iid))).fetchone()[0]
+    lists = conn.execute(tree, (["fs_sk_", "fs_skrow_", "fs_skm_"], str(iid))).fetchone()[0]
+    idx = conn.execute("SELECT coalesce(sum(pg_relation_size(indexrelid)), 0) FROM pg_index WHERE indrelid = %s::regclass"
+                       " AND indexrelid::regclass::text ~ 'codes_|uncoded_|_version$'", (f"maxsim.{tok}",)).fetchone()[0]
+    col = conn.execute(f"SELECT coalesce(sum(pg_column_size(codes_0)), 0) + coalesce(sum(pg_column_size(codes_1)), 0)"
+                       f" FROM maxsim.{tok}").fetchone()[0]
+    return (f"first stage B/row: codebook {book / n:.0f}, sketch lists {lists / n:.0f}, codes' indexes {idx / n:.0f},"
+            f" codes columns {col / n:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,19 +95,36 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute("SELECT maxsim.create_index(%s, 'sections', 'id', dim => 384, options => %s::jsonb)",
                              (f"p_{s}", json.dumps({"first_stage": s} | (extra if s == "codebook" else {}))))
                 spec = get_index(conn, f"p_{s}")
-                t = time.perf_counter()
+                wrote = trainer_s = 0.0
+                trained = []
                 for a in range(0, n, 64):
+                    t = time.perf_counter()
                     writes.write_rows(conn, spec, list(range(a, min(n, a + 64))), pages[a:a + 64])
-                    if s == "codebook":   # the worker's trainer, in line: writes only mark it due
-                        codebook.train_due(conn, f"p_{s}")
-                write_ms[s] = (time.perf_counter() - t) / n * 1e3
+                    wrote += time.perf_counter() - t
+                    if s == "codebook":   # the worker's trainer, in line: writes only mark it due, never merge
+                        t = time.perf_counter()
+                        done = codebook.train_due(conn, f"p_{s}")
+                        trainer_s += time.perf_counter() - t
+                        if done is not None:
+                            trained.append(str(done.rows))
+                write_ms[s] = wrote / n * 1e3
                 if s == "codebook":
+                    # what a running worker does within ~40 s of the last write (pgmaxsim worker --once: before
+                    # it exits): train if due, merge every pending row
+                    t = time.perf_counter()
+                    done = codebook.train_due(conn, f"p_{s}", merge_all=True)
+                    trainer_s += time.perf_counter() - t
+                    if done is not None:
+                        trained.append(str(done.rows))
                     spec = get_index(conn, f"p_{s}")
-                    notes.append(f"codebook trained as writes made it due, on {spec.options.get('fs_rows')} rows")
+                    notes.append(f"codebook trained by the worker's trainer (in line) at {', '.join(trained) or 'no'} rows;"
+                                 f" live: trained on {spec.options.get('fs_rows')} of {n} rows; trainer {trainer_s:.0f} s"
+                                 f" in all (not in write ms/row)")
                     if args.retrain:
                         done = codebook.train(conn, f"p_{s}")
                         notes.append(f"retrained at the end: {done.n_coarse} x {done.n_fine} codes,"
                                      f" {done.seconds_train + done.seconds_fill:.0f} s")
+                    notes.append(breakdown(conn, f"p_{s}", n))
             conn.execute("VACUUM ANALYZE")
             fp16 = float(np.mean([p.shape[0] * p.shape[1] * 2 for p in pages]))
             budgets = [int(b) for b in args.budgets.split(",")]
