@@ -5,13 +5,13 @@ embedded PostgreSQL 18 (pure SQL)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
+from concurrently import search_during
 from pgmaxsim import Index, codebook, sketch_lists
 from pgmaxsim import firststage as fs
 from pgmaxsim.db.adapters import Tokens, register_tokens
@@ -141,33 +141,11 @@ def test_retrain_switches_under_concurrent_searches(db: psycopg.Connection[Any])
     keys = list(docs)
     # each query is 3 tokens of one row: that row holds the nearest code of each, so it is always found first
     probes = [(k, docs[k][:3]) for k in keys[:8]]
-    dsn = db.info.dsn
-    stop = threading.Event()
-    seen: list[tuple[int, list[int]]] = []
-    errors: list[BaseException] = []
-
-    def searcher() -> None:
-        try:
-            with psycopg.connect(dsn, autocommit=True) as c:
-                register_tokens(c)
-                i = 0
-                while not stop.is_set() or i < 4:
-                    k, q = probes[i % len(probes)]
-                    seen.append((k, search_ids(c, "fs", q, 10)))
-                    i += 1
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    t = threading.Thread(target=searcher)
-    t.start()
-    try:
+    with search_during(db.info.dsn, probes, lambda c, q: search_ids(c, "fs", q, 10)) as run:
         for gen in (1, 2):
             assert codebook.train(db, "fs", seed=gen).gen == gen
-    finally:
-        stop.set()
-        t.join()
-    assert not errors
-    assert seen and all(got and got[0] == k for k, got in seen)
+    assert not run.errors
+    assert run.seen and all(got and got[0] == k for k, got in run.seen)
     # the old slot is cleared after the switch: only the live codes remain
     spec = get_index(db, "fs")
     assert codebook.gen_of(spec) == 2

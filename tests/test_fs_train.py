@@ -5,13 +5,13 @@ point train it; searches across a retrain always answer from one complete codebo
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from concurrently import search_during
 from pgmaxsim import Index, codebook
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.registry import get_index
@@ -189,43 +189,18 @@ def test_retrain_under_concurrent_searches_and_writes(owner: psycopg.Connection[
     codebook.train(owner, "fs")
     probes = [(k, docs[k][:3]) for k in list(docs)[:8]]
     extra = corpus(60, seed=21, start=201)
-    stop = threading.Event()
-    seen: list[tuple[int, list[int]]] = []
-    errors: list[BaseException] = []
 
-    def searcher() -> None:
-        try:
-            with as_role(dsn) as c:
-                i = 0
-                while not stop.is_set() or i < 4:
-                    k, q = probes[i % len(probes)]
-                    seen.append((k, search_ids(c, "fs", q, 10)))
-                    i += 1
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+    def writer(c: psycopg.Connection[Any]) -> None:
+        w = Index(c, "fs")
+        for k, v in extra.items():
+            w.upsert([k], [v])
 
-    def writer() -> None:
-        try:
-            with as_role(dsn) as c:
-                w = Index(c, "fs")
-                for k, v in extra.items():
-                    w.upsert([k], [v])
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
-    for t in threads:
-        t.start()
-    try:
+    with search_during(dsn, probes, lambda c, q: search_ids(c, "fs", q, 10), also=[writer]) as run:
         assert codebook.train(owner, "fs", seed=1).gen == 1
         assert owner.execute("SELECT maxsim.train_first_stage('fs')").fetchone()[0]["generation"] == 2
         assert codebook.train(owner, "fs", seed=3).gen == 3
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert not errors
-    assert seen and all(got and got[0] == k for k, got in seen)
+    assert not run.errors
+    assert run.seen and all(got and got[0] == k for k, got in run.seen)
     docs |= extra
     # rows written during a training have codes under the live codebook, or none (still candidates)
     spec = get_index(owner, "fs")

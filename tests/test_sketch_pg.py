@@ -6,11 +6,11 @@ compaction and retrains keep the lists exact; both scoring paths agree."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 import psycopg
+from concurrently import search_during
 from pgmaxsim import Index, codebook, fs_train, sketch, sketch_lists
 from pgmaxsim import firststage as fs
 from pgmaxsim.db.adapters import Tokens, register_tokens
@@ -226,33 +226,11 @@ def test_retrain_under_concurrent_needle_searches(conn: psycopg.Connection[Any])
     probes = [(k, nd.query(docs[k])) for k in keys[:6]]
     for k, q in probes:
         assert search_ids(conn, "sk", q, 1, 6) == [k]
-    dsn = conn.info.dsn
-    stop = threading.Event()
-    seen: list[tuple[int, list[int]]] = []
-    errors: list[BaseException] = []
-
-    def searcher() -> None:
-        try:
-            with psycopg.connect(dsn, autocommit=True) as c:
-                register_tokens(c)
-                i = 0
-                while not stop.is_set() or i < 4:
-                    k, q = probes[i % len(probes)]
-                    seen.append((k, search_ids(c, "sk", q, 1, 6)))
-                    i += 1
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    t = threading.Thread(target=searcher)
-    t.start()
-    try:
+    with search_during(conn.info.dsn, probes, lambda c, q: search_ids(c, "sk", q, 1, 6)) as run:
         for gen in (1, 2):
             assert codebook.train(conn, "sk", seed=gen).gen == gen
-    finally:
-        stop.set()
-        t.join()
-    assert not errors
-    assert seen and all(got == [k] for k, got in seen)
+    assert not run.errors
+    assert run.seen and all(got == [k] for k, got in run.seen)
     spec = get_index(conn, "sk")
     # only the live slot's lists remain, and the old slot's bytes went back at once (TRUNCATE)
     assert conn.execute(f"SELECT array_agg(DISTINCT slot) FROM maxsim.fs_sk_{spec.id}").fetchone()[0] == [0]
