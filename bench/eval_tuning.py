@@ -47,7 +47,8 @@ INDEX = "pages"
 
 
 def build_pages(dsn: str, corpus: Corpus, n: int) -> float | None:
-    """Table and index `pages` (ids 1..n, page i-1 of the corpus), or None when they are there."""
+    """Table and index `pages` (ids 1..n, page i-1 of the corpus); seconds taken, or None when a
+    previous run (of this bench or bench/security.py) left them there."""
     from pgmaxsim import Index
     from pgmaxsim.db.adapters import register_tokens
 
@@ -56,7 +57,8 @@ def build_pages(dsn: str, corpus: Corpus, n: int) -> float | None:
         if c.execute("SELECT 1 FROM maxsim.indexes WHERE name = %s", (INDEX,)).fetchone():
             rows = c.execute("SELECT rows FROM maxsim.index_info(%s)", (INDEX,)).fetchone()[0]
             if rows != n:
-                raise SystemExit(f"bench/eval_tuning.py: index {INDEX} on that server has {rows} rows, not --pages {n}")
+                raise SystemExit(f"{Path(sys.argv[0]).name}: index {INDEX} on that server has {rows} rows,"
+                                 f" not --pages {n}")
             return None
         c.execute("CREATE TABLE pages (id bigint PRIMARY KEY)")
         c.execute("INSERT INTO pages SELECT generate_series(1, %s)", (n,))

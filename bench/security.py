@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _server import bench_server
+from eval_tuning import build_pages
 from search import Corpus, D, percentile
 
 
@@ -40,32 +41,6 @@ def timed(conn: psycopg.Connection, sql: str, params: tuple) -> float:
     t0 = time.perf_counter()
     conn.execute(sql, params).fetchall()
     return (time.perf_counter() - t0) * 1000
-
-
-def build_pages(dsn: str, corpus: Corpus, n: int) -> float | None:
-    """Table pages (ids 1..n) and its index `pages`; seconds taken, or None when a previous run
-    (or bench/eval_tuning.py) left them there."""
-    from pgmaxsim import Index
-    from pgmaxsim.db.adapters import register_tokens
-
-    with psycopg.connect(dsn, autocommit=True) as c:
-        register_tokens(c)
-        have = c.execute("SELECT count(*) FROM maxsim.indexes WHERE name = 'pages'").fetchone()[0]
-        if have:
-            rows = c.execute("SELECT count(*) FROM pages").fetchone()[0]
-            if rows != n:
-                raise SystemExit(f"bench/security.py: the server's pages table has {rows} rows, not --pages {n}")
-            return None
-        c.execute("CREATE TABLE pages (id bigint PRIMARY KEY)")
-        c.execute("INSERT INTO pages SELECT generate_series(1, %s)", (n,))
-        idx = Index.create(c, "pages", "pages", "id", dim=D)   # the default first stage of the day
-        t0 = time.perf_counter()
-        for start in range(0, n, 200):
-            ids = list(range(start + 1, min(n, start + 200) + 1))
-            idx.upsert(ids, [corpus.page(i - 1) for i in ids])
-        took = time.perf_counter() - t0
-        c.execute("VACUUM ANALYZE")
-        return took
 
 
 #: Roles and their row-level security policies on pages (besides the table's owner, unfiltered).
