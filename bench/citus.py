@@ -256,23 +256,26 @@ def row(label: str, ms: dict[str, list[float]], differ: int, recall: str) -> Non
           f" | {recall} | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
-def start_scorers(cluster: Any) -> tuple[list[Any], str, str]:
-    """One scorer per worker (CPU backend: no GPU here), at <dir>/scorer-<port>.sock; returns the
-    services, the address for maxsim.set_scorer and a line on their initial load and idle sync."""
+def start_scorers(cluster: Any, root: Path) -> tuple[list[Any], str, str]:
+    """One scorer process per worker (``python -m pgmaxsim.scorer.server --backend cpu``: no GPU
+    here), at <root>/scorers/scorer-<port>.sock; returns the processes with their addresses, the address
+    for maxsim.set_scorer and a line on a sync's cost (measured apart, in this process)."""
+    import subprocess
+
     from citus_cluster import DBNAME
     from pgmaxsim.scorer import citus_node
-    from pgmaxsim.scorer.server import Scorer, ScorerService
+    from pgmaxsim.scorer.client import ScorerClient
     from pgmaxsim.scorer.store import CpuBackend
 
-    sock_dir = tempfile.mkdtemp(prefix="pgms-citus-bench-")
-    os.chmod(sock_dir, 0o755)
+    sock_dir = str(root / "scorers")
+    os.mkdir(sock_dir, 0o755)
     timings = []
-    for w in cluster.workers:   # a sync's cost, measured apart from the services: first load, then idle
+    for w in cluster.workers:   # a sync's cost: first load, a sync scanning every shard, a gated one
         with psycopg.connect(w.dsn(DBNAME), autocommit=True) as c:
             held: dict[str, Any] = {}
             marks: dict[str, Any] = {}
             spent = []
-            for use_marks in (True, False, True):   # first load; a sync that scans every shard; a gated one
+            for use_marks in (True, False, True):
                 t0 = time.perf_counter()
                 citus_node.sync_shards(held, c, CpuBackend(), 600.0, marks if use_marks else None)
                 spent.append(time.perf_counter() - t0)
@@ -281,11 +284,24 @@ def start_scorers(cluster: Any) -> tuple[list[Any], str, str]:
                 st.release()
             timings.append(f"{rows} rows in {len(held)} shards: load {spent[0]:.1f} s, sync scanning every shard"
                            f" {spent[1] * 1e3:.0f} ms, sync with no shard written {spent[2] * 1e3:.0f} ms")
-    services = [ScorerService(Scorer(w.dsn(DBNAME), CpuBackend(), poll_interval=1.0),
-                              os.path.join(sock_dir, f"scorer-{w.port}.sock")).start() for w in cluster.workers]
-    for svc in services:
-        svc.scorer.wait_synced(600)
-    return services, os.path.join(sock_dir, "scorer-{port}.sock"), "; ".join(timings)
+    procs = []
+    for w in cluster.workers:
+        path = os.path.join(sock_dir, f"scorer-{w.port}.sock")
+        procs.append((subprocess.Popen([sys.executable, "-m", "pgmaxsim.scorer.server", "--dsn", w.dsn(DBNAME),
+                                        "--socket", path, "--backend", "cpu"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), path))
+    deadline = time.monotonic() + 600
+    for proc, path in procs:   # until each holds its node's shards
+        while True:
+            try:
+                if ScorerClient(path).status()["shards"]:
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"bench/citus.py: the scorer at {path} did not start")
+            time.sleep(0.5)
+    return procs, os.path.join(sock_dir, "scorer-{port}.sock"), "; ".join(timings)
 
 
 def main() -> None:
@@ -296,7 +312,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--exhaustive-queries", type=int, default=3)
     ap.add_argument("--scorers", action="store_true",
-                    help="also run a scorer per worker (CPU backend) and time the distributed index through them")
+                    help="also run a scorer process per worker (CPU backend) and time the distributed index through them")
     ap.add_argument("--writes", action="store_true",
                     help="only compare writes through the coordinator with writes straight into the workers' shards")
     args = ap.parse_args()
@@ -329,9 +345,10 @@ def main() -> None:
             del stored
             setups, address = [ONE, DIST], None
             if args.scorers:
-                services, address, costs = start_scorers(cluster)
+                services, address, costs = start_scorers(cluster, root)
                 setups.append(SCORED)
-                print(f"  node scorers (CPU backend), per worker: {costs}; load {os.getloadavg()[0]:.1f}", flush=True)
+                print(f"  node scorers (one process per worker, CPU backend), per worker: {costs};"
+                      f" load {os.getloadavg()[0]:.1f}", flush=True)
             print(f"\nsearch latency, ms (client, p50 / p95); {os.cpu_count()} cores;"
                   f" {args.shards} shards over 2 workers; k=10\n")
             print(f"| candidates | {' | '.join(setups)} | {' | '.join(f'ratio {n} / one' for n in setups[1:])}"
@@ -348,10 +365,13 @@ def main() -> None:
             row("64 (default)", *default[:2], " / ".join(f"{r:.3f}" for r in rec) + f" ({len(truth)} queries)")
             row(f"{args.pages} (exhaustive)", *exhaustive[:2], "exact: the truth")
             if args.scorers:
-                served = [svc.scorer.served["score"] for svc in services]
+                from pgmaxsim.scorer.client import ScorerClient
+
+                served = [ScorerClient(path).status()["served"]["score"] for _, path in services]
                 print(f"\nscore requests answered by the node scorers: {served}")
-                for svc in services:
-                    svc.stop()
+                for proc, _ in services:
+                    proc.terminate()
+                    proc.wait(timeout=30)
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
