@@ -39,10 +39,8 @@ def breakdown(conn: psycopg.Connection, name: str, n: int) -> str:
     """Where a codebook first stage's bytes are, per row: codebook tables, sketch lists (with their
     merged versions and codec), the codes' GIN / partial / version indexes, the codes columns."""
     iid, tok = conn.execute("SELECT id, token_table FROM maxsim.indexes WHERE name = %s", (name,)).fetchone()
-    tree = ("SELECT coalesce(sum(pg_total_relation_size(p.relid)), 0) FROM unnest(%s::text[]) k,"
-            " pg_partition_tree(to_regclass('maxsim.' || k || %s)) p")
-    book = conn.execute(tree, (["fs_coarse_", "fs_fine_"], str(iid))).fetchone()[0]
-    lists = conn.execute(tree, (["fs_sk_", "fs_skrow_", "fs_skm_"], str(iid))).fetchone()[0]
+    book = conn.execute("SELECT maxsim._fs_bytes(%s) - maxsim._sk_bytes(%s)", (iid, iid)).fetchone()[0]
+    lists = conn.execute("SELECT maxsim._sk_bytes(%s)", (iid,)).fetchone()[0]
     idx = conn.execute("SELECT coalesce(sum(pg_relation_size(indexrelid)), 0) FROM pg_index WHERE indrelid = %s::regclass"
                        " AND indexrelid::regclass::text ~ 'codes_|uncoded_|_version$'", (f"maxsim.{tok}",)).fetchone()[0]
     col = conn.execute(f"SELECT coalesce(sum(pg_column_size(codes_0)), 0) + coalesce(sum(pg_column_size(codes_1)), 0)"

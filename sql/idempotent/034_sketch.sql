@@ -71,15 +71,24 @@ AS $$
        AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = pg_catalog.format('FOR VALUES IN (''%s'')', slot)
 $$;
 
+-- Bytes of maxsim tables `names` with their indexes and, for a partitioned one, its partitions (0 for
+-- a missing one).
+CREATE OR REPLACE FUNCTION maxsim._tables_bytes(names text[]) RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)::bigint
+      FROM pg_catalog.unnest(names) AS u(name)
+      JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', u.name))
+        OR c.oid IN (SELECT i.inhrelid FROM pg_catalog.pg_inherits i
+                      WHERE i.inhparent = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', u.name)))
+$$;
+
 -- Bytes of the sketch tables of an index (0 when it has none; partitions included).
 CREATE OR REPLACE FUNCTION maxsim._sk_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::bigint
-      FROM pg_catalog.unnest(ARRAY['fs_sk_', 'fs_skrow_', 'fs_skm_']) AS k(kind)
-     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', k.kind || index_id))) p
-$$;
+AS $$ SELECT maxsim._tables_bytes(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id]) $$;
 
 CREATE OR REPLACE FUNCTION maxsim._sk_drop(index_id integer) RETURNS void
 LANGUAGE plpgsql VOLATILE

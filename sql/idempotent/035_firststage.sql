@@ -59,9 +59,7 @@ CREATE OR REPLACE FUNCTION maxsim._fs_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::bigint + maxsim._sk_bytes(index_id)
-      FROM pg_catalog.unnest(ARRAY['fs_coarse_', 'fs_fine_']) AS k(kind)
-     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', k.kind || index_id))) p
+    SELECT maxsim._tables_bytes(ARRAY['fs_coarse_' || index_id, 'fs_fine_' || index_id]) + maxsim._sk_bytes(index_id)
 $$;
 
 -- One row's distinct codes under codebook `slot` of index `index_id` (pure SQL: nearest coarse
