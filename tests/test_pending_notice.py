@@ -10,7 +10,7 @@ import numpy as np
 import pgmaxsim
 import psycopg
 import pytest
-from pgmaxsim.db.adapters import Tokens, register_tokens
+from pgmaxsim.db.adapters import Tokens
 from pgmaxsim.search import PendingRowsWarning
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -18,14 +18,6 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-@pytest.fixture(params=["plpython", "sql"])
-def db(request: pytest.FixtureRequest) -> Any:
-    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
-    with psycopg.connect(dsn, autocommit=True) as c:
-        register_tokens(c)
-        yield c
 
 
 def test_search_says_how_many_rows_are_queued(db: psycopg.Connection[Any]) -> None:

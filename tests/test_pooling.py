@@ -86,14 +86,6 @@ def test_centroids_track_maxsim_better_than_the_mean() -> None:
     assert hit_cent >= 58 and hit_cent >= hit_mean + 8
 
 
-@pytest.fixture(params=["plpython", "sql"])
-def db(request: pytest.FixtureRequest) -> Any:
-    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
-    with psycopg.connect(dsn, autocommit=True) as c:
-        register_tokens(c)
-        yield c
-
-
 def test_sql_pool_matches_python(db: psycopg.Connection[Any]) -> None:
     rng = np.random.default_rng(4)
     _, tokens = clustered(rng, 4, 25, 16)

@@ -4,7 +4,6 @@ tokens), on PostgreSQL 15 + PL/Python and on the embedded PostgreSQL 18 (pure SQ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,14 +31,6 @@ def corpus(n: int, seed: int = 0) -> dict[int, np.ndarray]:
     topics = unit(rng.standard_normal((8, DIM)))
     return {i + 1: fp16(unit(topics[rng.integers(0, 8, m)] + 0.3 * rng.standard_normal((m, DIM))))
             for i, m in enumerate(rng.integers(2, 30, n))}
-
-
-@pytest.fixture(params=["plpython", "sql"])
-def db(request: pytest.FixtureRequest) -> Iterator[psycopg.Connection[Any]]:
-    dsn = request.getfixturevalue("dsn" if request.param == "plpython" else "embedded_dsn")
-    with psycopg.connect(dsn, autocommit=True) as c:
-        register_tokens(c)
-        yield c
 
 
 def has_py(db: psycopg.Connection[Any]) -> bool:
