@@ -124,3 +124,24 @@ def test_centroid_interaction_is_maxsim_over_the_rows_code_centroids(data: dict)
     wide = fs.candidates(data["lists"], *fs.probe(cb, q, 4), len(data["rows"]), n=15)
     ci = fs.centroid_interaction(cb, q, per_row, wide)
     assert narrow.tolist() == wide[np.argsort(-ci, kind="stable")[:5]].tolist()
+
+
+def test_centroid_interaction_both_products_agree_and_rows_without_codes_get_minus_inf(data: dict) -> None:
+    cb, codes, row_of = data["cb"], data["codes"], data["row_of"]
+    per_row = fs.row_codes(data["lists"], len(data["rows"]))
+    # a row without codes (its slice empty) among rows with codes
+    ptr = np.concatenate([per_row.ptr[:6], per_row.ptr[5:]])
+    holed = fs.InvertedLists(ptr, per_row.rows)
+    q = unit(data["rng"].standard_normal((7, 16)))
+    few = np.array([5, 2])               # fewer held codes than the codebook's: the gathered product
+    many = np.arange(len(data["rows"]) + 1)[::-1]   # more: the product with every centroid
+    assert int((holed.ptr[few + 1] - holed.ptr[few]).sum()) < cb.n_codes <= int(holed.ptr[-1])
+    for rows in (few, many):
+        got = fs.centroid_interaction(cb, q, holed, rows)
+        for g, r in zip(got, rows):
+            held = holed.rows[holed.ptr[r]:holed.ptr[r + 1]]
+            if not len(held):
+                assert g == -np.inf
+                continue
+            assert g == pytest.approx(float((q @ cb.centroid(held).T).max(1).sum()), abs=1e-5)
+    assert fs.centroid_interaction(cb, q, holed, np.array([5]))[0] == -np.inf

@@ -57,6 +57,7 @@ BEGIN
     IF pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', tok || '_version')) IS NULL THEN
         EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (version)', tok || '_version', tok);
     END IF;
+    PERFORM maxsim._sk_pending_create(index_id, tok);   -- the versions not merged yet (035_firststage.sql)
 END
 $$;
 
@@ -88,15 +89,15 @@ $$;
 CREATE OR REPLACE FUNCTION maxsim._sk_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
-AS $$ SELECT maxsim._tables_bytes(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id]) $$;
+AS $$ SELECT maxsim._tables_bytes(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id, 'skpend_' || index_id]) $$;
 
 CREATE OR REPLACE FUNCTION maxsim._sk_drop(index_id integer) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 BEGIN
-    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I, maxsim.%I, maxsim.%I',
-                              'fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id);
+    EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I, maxsim.%I, maxsim.%I, maxsim.%I',
+                              'fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id, 'skpend_' || index_id);
 END
 $$;
 
@@ -192,6 +193,7 @@ AS $$
 DECLARE
     ctx text;
     r maxsim.indexes;
+    res jsonb;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     r := maxsim._guarded_index(ctx, '_sk_merge', _sk_merge.index_id);
@@ -199,7 +201,11 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM maxsim._sk_create(r.id, r.token_table);
-    RETURN maxsim._sk_merge_py(r.id, gen, only_if_due);
+    res := maxsim._sk_merge_py(r.id, gen, only_if_due);
+    IF gen = (r.options ->> 'fs_gen')::integer AND coalesce((res ->> 'rows')::integer, 0) > 0 THEN
+        PERFORM maxsim._sk_pending_forget(r.id, r.token_table, gen % 2);   -- 035_firststage.sql
+    END IF;
+    RETURN res;
 END
 $$;
 

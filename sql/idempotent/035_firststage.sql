@@ -24,6 +24,88 @@ LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$ SELECT CASE WHEN r.pooling = 'codebook' THEN ((r.options ->> 'fs_gen')::integer % 2) END $$;
 
+-- The rows a codebook index's residual sketch lists may lack, without reading every row
+-- (034_sketch.sql): maxsim.skpend_<id> (version) holds every version written into the token table
+-- since the live lists were last merged, and may hold more (versions merged into another slot, or no
+-- longer live; a merge into the live generation removes those, maxsim._sk_pending_forget). The
+-- token table's AFTER triggers add each new version in the writing transaction (a codes-only update
+-- keeps its version and adds nothing), and TRUNCATE empties it. So the rows not merged into the
+-- live lists are among its few entries, and a search finds them in O(pending) instead of an
+-- anti-join over every row. Named skpend_<id>, not fs_*: a storage switch swaps it with the token
+-- table whose versions it names (045_switch.sql), and the triggers are repointed with the others.
+-- Created with the sketch tables (maxsim._sk_create): a codebook index older than it gets it at
+-- its next merge, which merges every row first; until then searches check every row, as before.
+CREATE OR REPLACE FUNCTION maxsim._sk_pending_row() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format('INSERT INTO maxsim.%I (version) VALUES ($1) ON CONFLICT DO NOTHING', 'skpend_' || TG_ARGV[0])
+        USING NEW.version;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION maxsim._sk_pending_truncate() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format('DELETE FROM maxsim.%I', 'skpend_' || TG_ARGV[0]);
+    RETURN NULL;
+END
+$$;
+
+-- The pending-versions table of index `index_id` and its triggers on token table `tok`, when missing
+-- (schema owner, from maxsim._sk_create).
+CREATE OR REPLACE FUNCTION maxsim._sk_pending_create(index_id integer, tok text) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'skpend_' || index_id)) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE pg_catalog.format('CREATE TABLE maxsim.%I (version bigint PRIMARY KEY)', 'skpend_' || index_id);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER maxsim_skpend_ins AFTER INSERT ON maxsim.%I'
+        ' FOR EACH ROW EXECUTE FUNCTION maxsim._sk_pending_row(%L)', tok, index_id);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER maxsim_skpend_upd AFTER UPDATE ON maxsim.%I'
+        ' FOR EACH ROW WHEN (NEW.version IS DISTINCT FROM OLD.version) EXECUTE FUNCTION maxsim._sk_pending_row(%L)',
+        tok, index_id);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER maxsim_skpend_truncate AFTER TRUNCATE ON maxsim.%I'
+        ' FOR EACH STATEMENT EXECUTE FUNCTION maxsim._sk_pending_truncate(%L)', tok, index_id);
+    -- the rows written before the triggers (an index older than them): every version not merged into
+    -- the live slot's lists. CREATE TRIGGER waited for the writers in flight, and holds new ones off
+    -- until this transaction ends, so this statement's snapshot sees every row the triggers missed.
+    EXECUTE pg_catalog.format(
+        'INSERT INTO maxsim.%1$I (version) SELECT t.version FROM maxsim.%2$I t'
+        ' WHERE NOT EXISTS (SELECT 1 FROM maxsim.%3$I s WHERE s.slot = $1 AND s.version = t.version)',
+        'skpend_' || index_id, tok, 'fs_skrow_' || index_id)
+        USING (SELECT ((i.options ->> 'fs_gen')::integer % 2)::smallint FROM maxsim.indexes i WHERE i.id = index_id);
+END
+$$;
+
+-- After a merge into the live generation (slot `slot`): forget the pending versions now merged into
+-- its lists or no longer live (schema owner, from maxsim._sk_merge). Entries of writers still in
+-- flight are not visible here and stay.
+CREATE OR REPLACE FUNCTION maxsim._sk_pending_forget(index_id integer, tok text, slot integer) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', 'skpend_' || index_id)) IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'DELETE FROM maxsim.%1$I p WHERE EXISTS (SELECT 1 FROM maxsim.%2$I s WHERE s.slot = $1 AND s.version = p.version)'
+        ' OR NOT EXISTS (SELECT 1 FROM maxsim.%3$I t WHERE t.version = p.version)',
+        'skpend_' || index_id, 'fs_skrow_' || index_id, tok) USING slot::smallint;
+END
+$$;
+
 -- The per-index objects of the codebook first stage (called by _create_index as the schema owner).
 CREATE OR REPLACE FUNCTION maxsim._fs_create(index_id integer, tok text, dim integer) RETURNS void
 LANGUAGE plpgsql VOLATILE
