@@ -78,7 +78,7 @@ for mod, attr in WRAPPED:
     except ImportError:
         continue
     if hasattr(m, attr):
-        setattr(m, attr, _wrap(mod.rsplit('.', 1)[-1] + '.' + attr, getattr(m, attr)))
+        setattr(m, attr, _wrap(mod.replace('pgmaxsim.', '') + '.' + attr, getattr(m, attr)))
 def _label(q):
     s = q if isinstance(q, str) else prof.sql.get(id(q), 'plan?')
     return 'SPI ' + ' '.join(s.split())[:110]

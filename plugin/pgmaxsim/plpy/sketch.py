@@ -117,14 +117,20 @@ def scores(plpy: Any, index: dict[str, Any], q: np.ndarray) -> sketch.Scores | N
     return value
 
 
-def _keys(plpy: Any, index: dict[str, Any], best: np.ndarray, n: int) -> list[str]:
-    """The keys of the live rows among versions ``best`` (in that order), at most ``n``."""
-    if not len(best):
-        return []
+def _key_of(plpy: Any, index: dict[str, Any], versions: np.ndarray) -> dict[int, str]:
+    """Version -> key of the live rows among ``versions`` (an update or delete leaves its old
+    version in the lists until a compaction: it maps to nothing)."""
+    if not len(versions):
+        return {}
     plan = _plan(plpy, f"SELECT t.id::text AS id, t.version FROM maxsim.{plpy.quote_ident(index['token_table'])} t"
                        f" WHERE t.version = ANY ($1)", ["int8[]"])
-    key_of = {int(r["version"]): r["id"] for r in plpy.execute(plan, [best.tolist()])}
-    return [key_of[int(v)] for v in best if int(v) in key_of][:n]
+    return {int(r["version"]): r["id"] for r in plpy.execute(plan, [np.unique(versions).tolist()])}
+
+
+def _keys(plpy: Any, index: dict[str, Any], best: np.ndarray, n: int) -> list[str]:
+    """The keys of the live rows among versions ``best`` (in that order), at most ``n``."""
+    key_of = _key_of(plpy, index, best)
+    return [key_of[int(v)] for v in best.tolist() if v in key_of][:n]
 
 
 def top(plpy: Any, index_id: int, query: bytes, n: int) -> list[str]:
@@ -179,8 +185,20 @@ def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list
     pending = _pending(plpy, index, int(gen) % 2, cap)
     if pending is None:
         return None
-    keys = _keys(plpy, index, got.top(n + max(16, n // 4), lifted=True), n)
+    # the rows with the best plain sketch scores first (what codes.rescore keeps first: so they are
+    # candidates whatever the budget), then the budget by the lifted score
+    first = got.top(min(sketch_top(index), n) + 16)
+    fill = got.top(n + max(16, n // 4), lifted=True)
+    key_of = _key_of(plpy, index, np.concatenate([first, fill]))
+    keys = [key_of[int(v)] for v in first if int(v) in key_of][:min(sketch_top(index), n)]
     seen = set(keys)
+    for v in fill.tolist():
+        if len(keys) >= n:
+            break
+        k = key_of.get(int(v))
+        if k is not None and k not in seen:
+            keys.append(k)
+            seen.add(k)
     return keys + [k for k in pending if k not in seen]
 
 
