@@ -252,18 +252,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=None, metavar="JSON",
                     help="an option patch of the first index timed as its own row (repeat; '{}' = as it is)")
     ap.add_argument("--budgets", default=None, help="candidates settings for the latency part, e.g. 64,100,200")
+    ap.add_argument("--max-source", type=int, default=None,
+                    help="only the queries whose source page is among the first N (a build stopped early)")
     args = ap.parse_args(argv)
 
     from pgmaxsim.db.adapters import register_tokens
 
     queries, sources = queries_of(args.pages, args.queries, args.seed)
+    if args.max_source is not None:
+        keep = [j for j, s in enumerate(sources) if s <= args.max_source]
+        queries, sources = [queries[j] for j in keep], [sources[j] for j in keep]
     names = args.indexes.split(",")
     parts = set(args.parts.split(","))
     out = [f"#### maxsim.search profile, {args.pages:,} needle pages, {len(queries)} queries,"
            f" candidates {args.candidates}; load {' '.join(f'{x:.1f}' for x in os.getloadavg())}"]
     with psycopg.connect(args.dsn, autocommit=True) as conn:
         register_tokens(conn)
-        ex = exact(conn, names[0], queries, args.pages, args.exact_cache) if args.exact else None
+        n_rows = conn.execute("SELECT rows FROM maxsim.index_info(%s)", (names[0],)).fetchone()[0]
+        out[0] += f", {n_rows:,} rows in {names[0]}"
+        ex = exact(conn, names[0], queries, max(args.pages, int(n_rows)), args.exact_cache) if args.exact else None
         if "latency" in parts:
             for c in ([int(b) for b in args.budgets.split(",")] if args.budgets else [args.candidates]):
                 out += ["", *latency(conn, names, queries, sources, ex, c, args.rounds, args.variant)]
