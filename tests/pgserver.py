@@ -194,6 +194,17 @@ class LocalPostgres:
                 time.sleep(0.2)
 
 
+def postmaster_pid(pgdata: Path) -> int | None:
+    """The pid of the postmaster running on data directory `pgdata` (its postmaster.pid), or None."""
+    import psutil
+
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if psutil.pid_exists(pid) else None
+
+
 def copy_install_without(bindir: Path, dest: Path, drop: tuple[str, ...]) -> Path:
     """A relocated copy of a PostgreSQL install lacking some extensions (e.g. pgvector).
 

@@ -23,7 +23,7 @@ from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.index import Index
 from pgmaxsim.kernels.reference import maxsim_reference
 from pgserver import make_readable_pylib
-from worker_util import MINILM, add_text_rows, run_once, spawn_worker
+from worker_util import MINILM, add_text_rows, run_once, spawn_worker, wait_for
 
 pytestmark = pytest.mark.slow
 DIM = 16
@@ -222,14 +222,6 @@ def counts(conn: psycopg.Connection[Any], iid: int) -> tuple[int, int, int, int]
         f" (SELECT count(*) FROM maxsim.q_{iid}),"
         " (SELECT coalesce(sum(rows_done), 0) FROM maxsim.ingest_log WHERE index_id = %s)", (iid, iid)).fetchone()
     return tuple(int(x) for x in row)  # type: ignore[return-value]
-
-
-def wait_for(pred: Any, timeout: float, what: str, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
 
 
 def test_kill_9_of_the_worker_loses_and_duplicates_nothing(conn: psycopg.Connection[Any], cluster: CitusCluster,

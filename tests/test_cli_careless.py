@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
+from pgserver import postmaster_pid
 
 
 def run(*argv: str, env: dict[str, str] | None = None, timeout: float = 120,
@@ -126,17 +127,9 @@ def embedded_dir() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="pgmaxsim-careless-"))
     yield base / "pgdata"
     # whatever a failed test left: stop it
-    pid = _postmaster(base / "pgdata")
+    pid = postmaster_pid(base / "pgdata")
     if pid:
         psutil.Process(pid).terminate()
-
-
-def _postmaster(pgdata: Path) -> int | None:
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    return pid if psutil.pid_exists(pid) else None
 
 
 def _handles(pgdata: Path) -> list[int]:
@@ -157,7 +150,7 @@ def _start_holding(pgdata: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "pgmaxsim.cli", "psql", "--", "-c", "SELECT pg_sleep(60)"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_embedded_env(pgdata))
     deadline = time.monotonic() + 120
-    while not (proc.pid in _handles(pgdata) and _postmaster(pgdata)
+    while not (proc.pid in _handles(pgdata) and postmaster_pid(pgdata)
                and psutil.Process(proc.pid).children()):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the embedded server did not start"
@@ -176,7 +169,7 @@ def _gone(pid: int, timeout: float = 30) -> bool:
 
 def test_sigterm_stops_the_embedded_server(embedded_dir: Path) -> None:
     proc = _start_holding(embedded_dir)
-    postmaster = _postmaster(embedded_dir)
+    postmaster = postmaster_pid(embedded_dir)
     assert postmaster is not None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -194,7 +187,7 @@ def test_ctrl_c_of_a_worker_stops_the_embedded_server(embedded_dir: Path) -> Non
     while proc.pid not in _handles(embedded_dir):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
-    postmaster = _postmaster(embedded_dir)
+    postmaster = postmaster_pid(embedded_dir)
     assert postmaster is not None
     time.sleep(1.0)  # into its poll loop
     proc.send_signal(signal.SIGINT)
@@ -206,7 +199,7 @@ def test_ctrl_c_of_a_worker_stops_the_embedded_server(embedded_dir: Path) -> Non
 def test_a_killed_command_does_not_keep_the_server_up(embedded_dir: Path) -> None:
     """SIGKILL leaves its pid in the server's handle file; the next command drops it and stops the server."""
     proc = _start_holding(embedded_dir)
-    postmaster = _postmaster(embedded_dir)
+    postmaster = postmaster_pid(embedded_dir)
     assert postmaster is not None
     children = psutil.Process(proc.pid).children()
     proc.kill()
@@ -216,7 +209,7 @@ def test_a_killed_command_does_not_keep_the_server_up(embedded_dir: Path) -> Non
     assert proc.pid in _handles(embedded_dir)
     r = run("psql", "--", "-c", "SELECT 1", env=_embedded_env(embedded_dir))
     assert r.returncode == 0, r.stderr
-    assert _gone(postmaster) and _postmaster(embedded_dir) is None
+    assert _gone(postmaster) and postmaster_pid(embedded_dir) is None
     assert _handles(embedded_dir) == []
 
 
@@ -228,11 +221,11 @@ def test_dsn_keeps_the_server_up_until_stop(embedded_dir: Path) -> None:
     assert uri.startswith("postgresql://") and "\n" not in uri
     with psycopg.connect(uri) as c:  # usable by other programs after the command exited
         assert c.execute("SELECT 1").fetchone() == (1,)
-    postmaster = _postmaster(embedded_dir)
+    postmaster = postmaster_pid(embedded_dir)
     assert postmaster is not None
     # other commands come and go without stopping it
     assert run("psql", "--", "-c", "SELECT 1", env=env).returncode == 0
-    assert _postmaster(embedded_dir) == postmaster
+    assert postmaster_pid(embedded_dir) == postmaster
     r = run("dsn", "--stop", env=env)
     assert r.returncode == 0 and "stopped" in r.stderr
     assert _gone(postmaster)
@@ -326,11 +319,11 @@ def test_the_query_encoder_holds_the_embedded_server_until_it_exits(embedded_dir
     while not sock.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.1)
-    postmaster = _postmaster(embedded_dir)
+    postmaster = postmaster_pid(embedded_dir)
     assert postmaster is not None and proc.pid in _handles(embedded_dir)
     # a command coming and going leaves it up: the service is still a user
     assert run("psql", "--", "-c", "SELECT 1", env=_embedded_env(embedded_dir)).returncode == 0
-    assert _postmaster(embedded_dir) == postmaster
+    assert postmaster_pid(embedded_dir) == postmaster
     assert proc.wait(timeout=60) == 0  # idle: exits, and as the last user stops the server
     assert _gone(postmaster) and _handles(embedded_dir) == [] and not sock.exists()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 from importtime import imported
+from pgserver import postmaster_pid
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def env() -> Iterator[dict[str, str]]:
               "PGMAXSIM_QUERY_ENCODER_IDLE": "120", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     yield e
     _stop_service(e)
-    pid = _postmaster(base / "pgdata")
+    pid = postmaster_pid(base / "pgdata")
     if pid:  # whatever a failed test left
         proc = psutil.Process(pid)
         proc.terminate()
@@ -92,14 +93,6 @@ def test_only_the_chosen_command_is_imported() -> None:
     assert r.returncode == 2 and "search" in r.stderr and "worker" in r.stderr
 
 
-def _postmaster(pgdata: Path) -> int | None:
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-    except (OSError, ValueError):
-        return None
-    return pid if psutil.pid_exists(pid) else None
-
-
 def _stop_service(env: dict[str, str]) -> None:
     """SIGTERM the module's query encoder (found by its socket under our runtime directory)."""
     sock = Path(env["XDG_RUNTIME_DIR"]) / f"pgmaxsim-{os.getuid()}" / "query-encoder.sock"
@@ -108,5 +101,5 @@ def _stop_service(env: dict[str, str]) -> None:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=60)
     deadline = time.monotonic() + 60
-    while _postmaster(Path(env["PGMAXSIM_DATA_DIR"])) and time.monotonic() < deadline:
+    while postmaster_pid(Path(env["PGMAXSIM_DATA_DIR"])) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,9 @@ from worker_util import (
     queued,
     spawn_worker,
     tok_rows,
+    wait_for,
     writes_per_row,
 )
-
-
-def wait_for(pred: Any, timeout: float, what: str, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(step)
 
 
 def count(dsn: str, query: str, *params: Any) -> int:

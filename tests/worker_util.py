@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,12 @@ def spawn_worker(dsn: str, *args: str, log: Path | None = None) -> subprocess.Po
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
     return subprocess.Popen([sys.executable, "-m", "pgmaxsim.cli", "--dsn", dsn, "worker", "--no-progress", *args],
                             stdout=out, stderr=subprocess.STDOUT, env=worker_env(), cwd=ROOT)
+
+
+def wait_for(pred: Any, timeout: float, what: str, step: float = 0.05) -> None:
+    """Poll `pred` every `step` seconds until it is true; after `timeout` seconds, fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
