@@ -11,7 +11,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from citus_cluster import CitusCluster, citus_missing
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.index import Index
 from pgmaxsim.kernels.reference import maxsim_reference
-from pgserver import make_readable_pylib
+from pgserver import LocalPostgres, make_readable_pylib
 from worker_util import MINILM, add_text_rows, run_once, spawn_worker, wait_for
 
 pytestmark = pytest.mark.slow
@@ -252,12 +252,13 @@ def test_kill_9_of_the_worker_loses_and_duplicates_nothing(conn: psycopg.Connect
     assert conn.execute("SELECT count(*) FROM maxsim.failed WHERE index_id = %s", (iid,)).fetchone()[0] == 0
 
 
-def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg.Connection[Any],
-                                                                   cluster: CitusCluster) -> None:
-    docs, local, dist = make_pair(conn, "bigint", seed=5, tag="_rb")
-    tok = conn.execute("SELECT token_table FROM maxsim.index_info(%s)", (dist,)).fetchone()[0]
-    qs = queries(docs, 3, seed=9)
-    expected = [search(conn, dist, q, 10, 100_000) for q in qs]
+def rebalance_under_searches(
+        conn: psycopg.Connection[Any], cluster: CitusCluster, dist: str, qs: list[np.ndarray], expected: list[Any],
+        on_new: Callable[[LocalPostgres], Any] | None = None) -> tuple[LocalPostgres, int, list[str]]:
+    """Add a worker node (``on_new(node)`` right after) and rebalance the shards onto it while two
+    sessions search index `dist` with `qs` over and over, each answer's ids compared to `expected`.
+    Returns the new node, the searches that completed during the rebalance, and what went wrong
+    (an error's first line, or a different answer)."""
     errors: list[str] = []
     runs = [0]
     stop = threading.Event()
@@ -281,6 +282,8 @@ def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg
         t.start()
     try:
         new = cluster.add_worker()
+        if on_new is not None:
+            on_new(new)
         before = runs[0]
         conn.execute("SELECT citus_rebalance_start()")
         conn.execute("SELECT citus_rebalance_wait()")
@@ -290,6 +293,16 @@ def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg
         stop.set()
         for t in threads:
             t.join(timeout=60)
+    return new, during, errors
+
+
+def test_adding_a_worker_and_rebalancing_under_concurrent_searches(conn: psycopg.Connection[Any],
+                                                                   cluster: CitusCluster) -> None:
+    docs, local, dist = make_pair(conn, "bigint", seed=5, tag="_rb")
+    tok = conn.execute("SELECT token_table FROM maxsim.index_info(%s)", (dist,)).fetchone()[0]
+    qs = queries(docs, 3, seed=9)
+    expected = [search(conn, dist, q, 10, 100_000) for q in qs]
+    new, during, errors = rebalance_under_searches(conn, cluster, dist, qs, expected)
     assert errors == []
     assert during > 0  # searches ran while shards moved
     moved = conn.execute("SELECT count(*) FROM citus_shards WHERE table_name = %s::regclass AND nodeport = %s",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from pgmaxsim.index import Index
 from pgmaxsim.scorer.server import Scorer, ScorerService
 from pgmaxsim.scorer.store import CpuBackend
 from pgserver import LocalPostgres, make_readable_pylib
-from test_citus import assert_same, make_pair, queries, ref_top, search
+from test_citus import assert_same, make_pair, queries, rebalance_under_searches, ref_top, search
 
 pytestmark = pytest.mark.slow
 
@@ -236,39 +235,7 @@ def test_rebalancing_onto_a_new_worker_moves_what_the_scorers_hold(conn: psycopg
     wait_held(scorers, conn, tok)
     qs = queries(docs, 3, seed=52)
     expected = [search(conn, local, q, 10, 100_000) for q in qs]
-    errors: list[str] = []
-    runs = [0]
-    stop = threading.Event()
-
-    def searcher() -> None:
-        with psycopg.connect(cluster.dsn, autocommit=True) as c:
-            register_tokens(c)
-            while not stop.is_set():
-                for q, want in zip(qs, expected):
-                    try:
-                        got = search(c, dist, q, 10, 100_000)
-                    except psycopg.Error as e:
-                        errors.append(str(e).splitlines()[0])
-                        continue
-                    if [i for i, _ in got] != [i for i, _ in want]:
-                        errors.append(f"different results: {got[:3]} vs {want[:3]}")
-                    runs[0] += 1
-
-    threads = [threading.Thread(target=searcher) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        new = cluster.add_worker()
-        scorers.start(new)
-        before = runs[0]
-        conn.execute("SELECT citus_rebalance_start()")
-        conn.execute("SELECT citus_rebalance_wait()")
-        during = runs[0] - before
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+    new, during, errors = rebalance_under_searches(conn, cluster, dist, qs, expected, on_new=scorers.start)
     assert errors == []
     assert during > 0
     moved = placements(conn, tok)
