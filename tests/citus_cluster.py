@@ -14,12 +14,17 @@ tests skip with that reason.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-from pgserver import PG_BIN, LocalPostgres
+from pgserver import PG_BIN, LocalPostgres, make_readable_pylib
 
 DBNAME = "pgmaxsim_citus"
 # Per node: Citus's two-phase commits need prepared transactions; shard moves (rebalancing) copy
@@ -96,3 +101,25 @@ class CitusCluster:
     def stop(self) -> None:
         for node in [*self.workers, self.coordinator]:
             node.stop()
+
+
+@contextmanager
+def migrated_cluster(n_workers: int = 2) -> Iterator[CitusCluster]:
+    """A started cluster (PL/Python reading a world-readable copy of pgmaxsim) with pgmaxsim's
+    migrations applied, stopped and removed at the end; skips the test when Citus is missing."""
+    import pytest
+    from pgmaxsim.db import migrate
+
+    reason = citus_missing()
+    if reason:
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="pgmaxsim-citus-pylib-"))
+    os.chmod(root, 0o755)
+    c = CitusCluster(pylib=make_readable_pylib(root / "site"))
+    try:
+        c.start(n_workers=n_workers)
+        migrate.upgrade(c.dsn)
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)

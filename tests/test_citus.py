@@ -5,10 +5,7 @@ third worker under concurrent searches. Skipped, with the reason, where Citus is
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +15,11 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from citus_cluster import CitusCluster, citus_missing
+from citus_cluster import CitusCluster, migrated_cluster
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.index import Index
 from pgmaxsim.kernels.reference import maxsim_reference
-from pgserver import LocalPostgres, make_readable_pylib
+from pgserver import LocalPostgres
 from worker_util import MINILM, add_text_rows, run_once, spawn_worker, wait_for
 
 pytestmark = pytest.mark.slow
@@ -33,21 +30,8 @@ SHARDS = 8
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[CitusCluster]:
-    reason = citus_missing()
-    if reason:
-        pytest.skip(reason)
-    from pgmaxsim.db import migrate
-
-    root = Path(tempfile.mkdtemp(prefix="pgmaxsim-citus-pylib-"))
-    os.chmod(root, 0o755)
-    c = CitusCluster(pylib=make_readable_pylib(root / "site"))
-    try:
-        c.start(n_workers=2)
-        migrate.upgrade(c.dsn)
+    with migrated_cluster() as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,18 +12,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
-from citus_cluster import CitusCluster, citus_missing
+from citus_cluster import CitusCluster, migrated_cluster
 from pgmaxsim.db.adapters import Tokens, register_tokens
 from pgmaxsim.index import Index
 from pgmaxsim.scorer.server import Scorer, ScorerService
 from pgmaxsim.scorer.store import CpuBackend
-from pgserver import LocalPostgres, make_readable_pylib
+from pgserver import LocalPostgres
 from test_citus import assert_same, make_pair, queries, rebalance_under_searches, ref_top, search
 
 pytestmark = pytest.mark.slow
@@ -31,21 +30,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[CitusCluster]:
-    reason = citus_missing()
-    if reason:
-        pytest.skip(reason)
-    from pgmaxsim.db import migrate
-
-    root = Path(tempfile.mkdtemp(prefix="pgmaxsim-citus-scorer-pylib-"))
-    os.chmod(root, 0o755)
-    c = CitusCluster(pylib=make_readable_pylib(root / "site"))
-    try:
-        c.start(n_workers=2)
-        migrate.upgrade(c.dsn)
+    with migrated_cluster() as c:
         yield c
-    finally:
-        c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 class NodeScorers:
