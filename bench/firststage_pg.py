@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="codebook training: in line after the write that made it due (counted in the write"
                          " time), or the worker's background trainer thread (pgmaxsim.worker.train) beside the"
                          " writes, drained at the end as `worker --once` does")
+    ap.add_argument("--hold-codebook", action="store_true",
+                    help="after the codebook's first training, hold it for the rest of the writes (option fs_rows"
+                         " set past any growth: no retrain comes due; the sketch lists are still merged as usual),"
+                         " so a large build pays one fill instead of one per doubling")
     ap.add_argument("--resume", action="store_true",
                     help="with --dsn: as --reuse, and an index stopped part way is written on from its last batch")
     ap.add_argument("--sources-among", type=int, default=0,
@@ -208,6 +212,16 @@ def _merge_pending(conn: psycopg.Connection[Any], name: str, merge: bool) -> str
     conn.execute("SELECT maxsim.first_stage_sketch_merge(%s)", (name,))
     return (f"{name}: {before} rows pending after the last write, merged before searching in"
             f" {time.perf_counter() - t:.1f} s ({int(conn.execute(pending).fetchone()[0])} left)")
+
+
+def _hold(conn: psycopg.Connection[Any], name: str) -> bool:
+    """--hold-codebook: once ``name`` is trained, raise its trained-rows option past any growth so that
+    no retrain comes due (maxsim._fs_due); True once done."""
+    done = conn.execute("UPDATE maxsim.indexes SET options = options || '{\"fs_rows\": 2000000000}'::jsonb"
+                        " WHERE name = %s AND options ? 'fs_gen' RETURNING options ->> 'fs_gen'", (name,)).fetchone()
+    if done:
+        _log(f"  --hold-codebook: {name} generation {done[0]} held for the rest of the writes")
+    return done is not None
 
 
 def _deadline(hhmm: str | None) -> float:
@@ -398,6 +412,7 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
             first = min(first, exact_ref.done)
         first -= first % args.batch
         t_loop = time.perf_counter()
+        held = False
         for a in range(first, n, args.batch):
             if time.time() >= stop_at and todo and a >= among and a >= max(start.values()):
                 n = a   # the pages written: page i is the same whatever the corpus size (NeedleCorpus)
@@ -418,6 +433,8 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
                         trainer.poke()   # the worker's loop: its trainer thread trains what writes marked due
                     else:                # the worker's trainer, run in line: writes only mark it due
                         codebook.train_due(conn, "fs_codebook")
+                    if args.hold_codebook and not held:
+                        held = _hold(conn, "fs_codebook")
                 write_s[s] += time.perf_counter() - t
             if exact_ref is not None:
                 exact_ref.add(a, pages)
