@@ -5,6 +5,8 @@ point train it; searches across a retrain always answer from one complete codebo
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -103,11 +105,6 @@ def test_growth_marks_it_due_again(owner: psycopg.Connection[Any]) -> None:
     idx.upsert(keys[100:750], [docs[k] for k in keys[100:750]])   # 7.5x the rows it was trained on
     idx.upsert(keys[750:800], [docs[k] for k in keys[750:800]])
     assert status(owner, "fs") == (0, 100, True, False)
-    # the schedule counts rows from PostgreSQL's statistics (maxsim._fs_rows_now), an estimate: an
-    # ANALYZE in the training that counts rows this backend has written but not yet reported makes
-    # the statistics count them twice once they are reported (a retrain comes early, never late).
-    # The exact 10 % boundary below is checked with this backend's counts reported first.
-    owner.execute("SELECT pg_catalog.pg_stat_force_next_flush()")
     assert codebook.train(owner, "fs").gen == 1
     assert status(owner, "fs") == (1, 800, False, False)
     # a small index is retrained once it has grown by 10 % (maxsim._fs_growth)
@@ -117,6 +114,57 @@ def test_growth_marks_it_due_again(owner: psycopg.Connection[Any]) -> None:
     assert status(owner, "fs") == (1, 800, True, False)
     idx.upsert(keys[880:], [docs[k] for k in keys[880:]])
     check_exact(owner, "fs", docs, queries_of(docs, seed=7))
+
+
+def test_rows_an_analyze_counts_before_they_are_reported_are_counted_once(owner: psycopg.Connection[Any], dsn: str) -> None:
+    """An ANALYZE that counts rows another session committed but has not reported to the statistics
+    yet sets PostgreSQL's live-row count with them, and the report adds them again: the schedule
+    (maxsim._fs_rows_now) does not take that count, before or after a training."""
+    create(owner, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 4}')
+    spec = get_index(owner, "fs")
+    tok = f"maxsim.{spec.token_table}"
+
+    def write_unreported(first: int, n: int) -> None:
+        """Rows first..first+n-1 by another session that reports them only after the ANALYZE."""
+        with psycopg.connect(dsn, autocommit=True) as w:
+            # one query (the server reports a session's counts only between queries) that commits
+            # the rows, then waits for the ANALYZE (the lock this session holds meanwhile)
+            owner.execute("SELECT pg_catalog.pg_advisory_lock(7311)")
+            job = threading.Thread(target=w.execute, args=(
+                "BEGIN;"
+                f" SELECT count(maxsim.upsert('fs', g::bigint, ARRAY(SELECT pg_catalog.array_fill((g * 7 + j % 5)::real, ARRAY[{DIM}])::halfvec"
+                "                                                    FROM generate_series(1, 3) j)))"
+                f"   FROM generate_series({first}, {first + n - 1}) g;"
+                " COMMIT; SELECT pg_catalog.pg_advisory_lock(7311); SELECT pg_catalog.pg_advisory_unlock(7311);"
+                " SELECT pg_catalog.pg_stat_force_next_flush();",))
+            job.start()
+            deadline = time.monotonic() + 60
+            while owner.execute(f"SELECT count(*) FROM {tok}").fetchone()[0] < first + n - 1:
+                assert job.is_alive() and time.monotonic() < deadline, "the rows were not written"
+                time.sleep(0.02)
+            owner.execute(f"ANALYZE {tok}")
+            owner.execute("SELECT pg_catalog.pg_advisory_unlock(7311)")
+            job.join()
+
+    def counts() -> tuple[int, float, float, bool]:
+        """count(*), maxsim._fs_rows_now, the statistics' live-row count (the former estimate), due."""
+        return owner.execute(
+            "SELECT (SELECT count(*) FROM " + tok + "), maxsim._fs_rows_now(i.token_table, i.options -> 'fs_count'),"
+            " pg_catalog.pg_stat_get_live_tuples(%s::regclass), maxsim._fs_due(i)"
+            " FROM maxsim.indexes i WHERE i.name = 'fs'", (tok,)).fetchone()
+
+    write_unreported(1, 100)
+    assert counts() == (100, 100, 200, False)
+    assert codebook.train(owner, "fs").rows == 100
+    # trained on 100 rows: due again at 110; 105 rows counted twice would be 110
+    write_unreported(101, 5)
+    assert counts() == (105, 105, 110, False)
+    assert owner.execute("SELECT maxsim.first_stage_mark('fs')").fetchone()[0] is False
+    write_unreported(106, 5)
+    assert counts()[:2] == (110, 110) and counts()[3] is True
+    # TRUNCATE gives the table another file: the training's count no longer applies
+    owner.execute("SELECT pg_catalog.pg_stat_force_next_flush(); TRUNCATE src_fs")
+    assert counts()[:2] == (0, 0)
 
 
 

@@ -264,6 +264,12 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
+        IF k = 'fs_count' THEN   -- 038_fs_train.sql (maxsim._fs_count): kept by the training, carried by a storage switch
+            IF pg_catalog.jsonb_typeof(v) <> 'object' THEN
+                RAISE EXCEPTION 'pgmaxsim: option fs_count must be a JSON object, got %', v USING ERRCODE = '22023';
+            END IF;
+            CONTINUE;
+        END IF;
         IF k IN ('first_stage', 'pooling') THEN
             IF pg_catalog.jsonb_typeof(v) <> 'string' OR v #>> '{}' NOT IN ('codebook', 'mean', 'centroids') THEN
                 RAISE EXCEPTION 'pgmaxsim: option % must be "codebook", "centroids" or "mean", got %', k, v

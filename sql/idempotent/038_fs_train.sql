@@ -31,15 +31,58 @@
 -- there: every row is filled), and the old slot's are dropped in maxsim._fs_end. Clear the next slot's
 -- in maxsim._fs_begin.
 
--- Rows in token table `tok` now, from PostgreSQL's own counters (no scan): the live rows the
--- statistics hold plus what this backend wrote and has not reported yet (its last writes), or the
--- catalog's estimate when larger (statistics lost in a crash). An estimate, good enough for a schedule.
-CREATE OR REPLACE FUNCTION maxsim._fs_rows_now(tok text) RETURNS double precision
+-- Rows inserted less rows deleted in relation `rel` over the life of its statistics, this backend's
+-- not yet reported included: counters PostgreSQL only ever adds to (an ANALYZE or VACUUM sets the
+-- live-row count, never these), so no row is in them twice. They count attempts: an insert or a
+-- delete rolled back counts too.
+CREATE OR REPLACE FUNCTION maxsim._fs_net(rel oid) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-    SELECT greatest(c.reltuples, pg_catalog.pg_stat_get_live_tuples(c.oid)
-                    + pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) - pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid), 0)
+    SELECT pg_catalog.pg_stat_get_tuples_inserted(rel) + pg_catalog.pg_stat_get_xact_tuples_inserted(rel)
+           - pg_catalog.pg_stat_get_tuples_deleted(rel) - pg_catalog.pg_stat_get_xact_tuples_deleted(rel)
+$$;
+
+-- Where the row count of token table `tok` stood, for maxsim._fs_rows_now: `rows` counted (a scan,
+-- by the caller), the table's maxsim._fs_net and its file then. Taken by the switch of a training
+-- (option fs_count), under the lock that holds writers off.
+CREATE OR REPLACE FUNCTION maxsim._fs_count(tok text, rows bigint) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.jsonb_build_object('rows', rows, 'net', maxsim._fs_net(c.oid),
+                                         'node', pg_catalog.pg_relation_filenode(c.oid))
+      FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', tok))
+$$;
+
+-- Rows in token table `tok` now, without a scan (it runs on every write), from counts no ANALYZE or
+-- VACUUM rewrites:
+--   * with `count` (maxsim._fs_count: option fs_count, taken by the last training) and the table
+--     still in the file it names: the rows counted then plus the net inserts since (maxsim._fs_net);
+--   * else (never trained, or TRUNCATE, VACUUM FULL or a storage switch gave it another file since):
+--     the planner's estimate, the catalog's rows per page (as its last VACUUM or ANALYZE counted
+--     them) times the pages the table has now; for a table never vacuumed nor analyzed, the live rows
+--     the statistics hold plus this backend's not yet reported (no ANALYZE has set that count);
+--   * and never under the catalog's count (statistics lost in a crash or reset).
+-- Not the live-row count of the statistics once analyzed: an ANALYZE counts the rows written and not
+-- yet reported, and when they are reported that count holds them twice (a retrain came due early).
+-- An estimate, good enough for a schedule: other sessions report their writes up to a second late
+-- (so rows they wrote in the second before the switch are in `count` and, once reported, in the net
+-- since: early by those); inserts rolled back count as rows (early); the planner's pages count dead
+-- rows (early), and rows written into space a VACUUM freed show only at the next ANALYZE (late).
+CREATE OR REPLACE FUNCTION maxsim._fs_rows_now(tok text, count jsonb) RETURNS double precision
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT greatest(c.reltuples, 0, CASE
+        WHEN (count ->> 'node')::oid = pg_catalog.pg_relation_filenode(c.oid) THEN
+            (count ->> 'rows')::double precision + (maxsim._fs_net(c.oid) - (count ->> 'net')::bigint)
+        WHEN c.reltuples >= 0 AND c.relpages > 0 THEN
+            c.reltuples / c.relpages
+            * (pg_catalog.pg_relation_size(c.oid) / pg_catalog.current_setting('block_size')::double precision)
+        ELSE pg_catalog.pg_stat_get_live_tuples(c.oid)
+             + pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) - pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)
+        END)
       FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', tok))
 $$;
 
@@ -72,7 +115,7 @@ BEGIN
     IF r.pooling IS DISTINCT FROM 'codebook' THEN
         RETURN false;
     END IF;
-    rows_now := coalesce(maxsim._fs_rows_now(r.token_table), 0);
+    rows_now := coalesce(maxsim._fs_rows_now(r.token_table, r.options -> 'fs_count'), 0);
     EXECUTE pg_catalog.format('SELECT avg(s.n_tokens) FROM (SELECT t.n_tokens FROM maxsim.%I t LIMIT 64) s', r.token_table)
         INTO per_row;
     IF coalesce(per_row, 0) = 0 THEN
@@ -318,7 +361,8 @@ BEGIN
     sk := maxsim._sk_merge(r.id, gen, false);
     EXECUTE pg_catalog.format('SELECT count(*) FROM maxsim.%I', r.token_table) INTO n;
     UPDATE maxsim.indexes i
-       SET options = (i.options - 'fs_due') || pg_catalog.jsonb_build_object('fs_gen', gen, 'fs_rows', n)
+       SET options = (i.options - 'fs_due') || pg_catalog.jsonb_build_object('fs_gen', gen, 'fs_rows', n,
+                                                                           'fs_count', maxsim._fs_count(r.token_table, n))
      WHERE i.id = r.id;
     RETURN true;
 END

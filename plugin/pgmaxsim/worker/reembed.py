@@ -104,6 +104,7 @@ def start_reembed(
     opts["pooling"] = pooling
     opts.pop("fs_gen", None)   # a codebook first stage is trained anew on the new model's tokens
     opts.pop("fs_rows", None)
+    opts.pop("fs_count", None)
     opts.pop("fs_due", None)   # marked again by the shadow's own writes
     shadow = shadow_name(name)
     with conn.transaction():
