@@ -560,9 +560,9 @@ BEGIN
 END
 $$;
 
--- The codebook indexes marked due for training that the caller manages (the worker's trainer); never
--- the shadow of a storage switch (its rows are coded under its index's codebook: pgmaxsim.retier).
-CREATE OR REPLACE FUNCTION maxsim.first_stage_due() RETURNS TABLE (name text, due_since timestamptz)
+-- The codebook indexes the caller manages (the worker's trainer's work), never the shadow of a storage
+-- switch (its rows are coded under its index's codebook: pgmaxsim.retier).
+CREATE OR REPLACE FUNCTION maxsim._fs_managed() RETURNS SETOF maxsim.indexes
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -570,29 +570,27 @@ DECLARE
     regs maxsim.indexes[];
 BEGIN
     regs := maxsim._registry();
-    RETURN QUERY SELECT (g).name, ((g).options ->> 'fs_due')::timestamptz FROM pg_catalog.unnest(regs) AS g
-                  WHERE (g).pooling = 'codebook' AND (g).options ? 'fs_due' AND (g).name NOT LIKE '%#retier'
-                    AND maxsim._may_manage((g).source)
-                  ORDER BY 2, 1;
+    RETURN QUERY SELECT g.* FROM pg_catalog.unnest(regs) AS g
+                  WHERE g.pooling = 'codebook' AND g.name NOT LIKE '%#retier' AND maxsim._may_manage(g.source);
 END
 $$;
 
--- The trained codebook indexes the caller manages, whose residual sketch lists the worker's trainer
--- keeps merged (maxsim.first_stage_sketch_merge(name, true): writers never merge); never the shadow
--- of a storage switch.
-CREATE OR REPLACE FUNCTION maxsim.first_stage_trained() RETURNS TABLE (name text)
-LANGUAGE plpgsql STABLE
+-- Of maxsim._fs_managed, those marked due for training, the longest due first.
+CREATE OR REPLACE FUNCTION maxsim.first_stage_due() RETURNS TABLE (name text, due_since timestamptz)
+LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
-DECLARE
-    regs maxsim.indexes[];
-BEGIN
-    regs := maxsim._registry();
-    RETURN QUERY SELECT (g).name FROM pg_catalog.unnest(regs) AS g
-                  WHERE (g).pooling = 'codebook' AND (g).options ? 'fs_gen' AND (g).name NOT LIKE '%#retier'
-                    AND maxsim._may_manage((g).source)
-                  ORDER BY 1;
-END
+    SELECT g.name, (g.options ->> 'fs_due')::timestamptz FROM maxsim._fs_managed() AS g
+     WHERE g.options ? 'fs_due' ORDER BY 2, 1
+$$;
+
+-- Of maxsim._fs_managed, the trained ones, whose residual sketch lists the worker's trainer keeps
+-- merged (maxsim.first_stage_sketch_merge(name, true): writers never merge).
+CREATE OR REPLACE FUNCTION maxsim.first_stage_trained() RETURNS TABLE (name text)
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+    SELECT g.name FROM maxsim._fs_managed() AS g WHERE g.options ? 'fs_gen' ORDER BY 1
 $$;
 
 -- Step "begin" (see the top of this file): gen NULL when another session is training the index. The
