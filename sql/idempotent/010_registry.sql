@@ -141,9 +141,10 @@ BEGIN
 END
 $$;
 
--- The registry row of index `name` for an entry point that reads it (search, rerank, explain, ...)
--- or changes it (writes, reindexing, the worker's calls): the caller's rights checked as above.
-CREATE OR REPLACE FUNCTION maxsim._index_to_read(name text) RETURNS maxsim.indexes
+-- The registry row of index `name` for an entry point that reads it (search, rerank, explain, ...;
+-- `manage` false) or changes it (writes, reindexing, the worker's calls; `manage` true): the caller's
+-- rights checked as above. Entry points call it by one of the two names below.
+CREATE OR REPLACE FUNCTION maxsim._index_checked(name text, manage boolean) RETURNS maxsim.indexes
 LANGUAGE plpgsql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -151,23 +152,24 @@ DECLARE
     r maxsim.indexes;
 BEGIN
     r := maxsim._index(name);
-    PERFORM maxsim._check_read(r);
+    IF manage THEN
+        PERFORM maxsim._check_manage(r);
+    ELSE
+        PERFORM maxsim._check_read(r);
+    END IF;
     RETURN r;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION maxsim._index_to_manage(name text) RETURNS maxsim.indexes
-LANGUAGE plpgsql STABLE
+CREATE OR REPLACE FUNCTION maxsim._index_to_read(name text) RETURNS maxsim.indexes
+LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
-AS $$
-DECLARE
-    r maxsim.indexes;
-BEGIN
-    r := maxsim._index(name);
-    PERFORM maxsim._check_manage(r);
-    RETURN r;
-END
-$$;
+AS $$ SELECT maxsim._index_checked(name, false) $$;
+
+CREATE OR REPLACE FUNCTION maxsim._index_to_manage(name text) RETURNS maxsim.indexes
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT maxsim._index_checked(name, true) $$;
 
 CREATE OR REPLACE FUNCTION maxsim._check_admin(what text) RETURNS void
 LANGUAGE plpgsql STABLE
