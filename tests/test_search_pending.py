@@ -40,6 +40,23 @@ def create(db: psycopg.Connection[Any], name: str = "pd") -> Index:
     return Index(db, name)
 
 
+def write(idx: Index, rng: np.random.Generator, n: int, start: int) -> dict[int, np.ndarray]:
+    """`n` rows (keys from `start`) written through the index."""
+    docs = rows(rng, n, start)
+    idx.upsert(list(docs), list(docs.values()))
+    return docs
+
+
+def trained(db: psycopg.Connection[Any], seed: int, n: int) -> tuple[np.random.Generator, Index, dict[int, np.ndarray]]:
+    """Index "pd" with rows 1..n and its codebook trained (codes, the sketch lists of every row,
+    switch), and the generator of the rows that follow."""
+    rng = np.random.default_rng(seed)
+    idx = create(db)
+    docs = write(idx, rng, n, 1)
+    codebook.train(db, "pd")
+    return rng, idx, docs
+
+
 def unmerged(db: psycopg.Connection[Any], name: str) -> set[int]:
     """Brute force: the live coded rows whose version is not in the live slot's merged versions."""
     spec = get_index(db, name)
@@ -75,23 +92,18 @@ def check(db: psycopg.Connection[Any], name: str, q: np.ndarray, want: set[int] 
 
 
 def test_unmerged_rows_are_candidates_through_writes_merges_truncate_and_retrain(conn: psycopg.Connection[Any]) -> None:
-    rng = np.random.default_rng(0)
-    idx = create(conn)
-    docs = rows(rng, 200, 1)
-    idx.upsert(list(docs), list(docs.values()))
-    codebook.train(conn, "pd")   # codes, lists of every row, switch
+    rng, idx, docs = trained(conn, 0, 200)
     spec = get_index(conn, "pd")
     q = docs[3][:4]
     check(conn, "pd", q, set())
     # new rows: not merged, candidates; the pending table names their versions
-    more = rows(rng, 20, 201)
-    idx.upsert(list(more), list(more.values()))
+    more = write(idx, rng, 20, 201)
     got = check(conn, "pd", q, set(more))
     assert set(more) <= set(got)
     versions = {int(r[0]) for r in conn.execute(f"SELECT version FROM maxsim.{spec.token_table} WHERE id > 200")}
     assert versions <= pending_table(conn, "pd")
     # an update of a merged row: its new version is pending; a delete of a pending row: gone
-    idx.upsert([5], [rows(rng, 1, 5)[5]])
+    write(idx, rng, 1, 5)
     conn.execute("DELETE FROM src_pd WHERE id = 210")
     got = check(conn, "pd", q, (set(more) - {210}) | {5})
     assert 210 not in got
@@ -101,13 +113,11 @@ def test_unmerged_rows_are_candidates_through_writes_merges_truncate_and_retrain
     check(conn, "pd", q, set())
     assert pending_table(conn, "pd") == set()
     # codes-only rewrites (a retrain's fill) add nothing; rows written before the retrain are merged by it
-    late = rows(rng, 5, 300)
-    idx.upsert(list(late), list(late.values()))
+    late = write(idx, rng, 5, 300)
     check(conn, "pd", q, set(late))
     codebook.train(conn, "pd")
     check(conn, "pd", q, set())
-    new = rows(rng, 5, 400)
-    idx.upsert(list(new), list(new.values()))
+    new = write(idx, rng, 5, 400)
     check(conn, "pd", q, set(new))
     assert sketch_lists.merge(conn, "pd") is not None
     check(conn, "pd", q, set())
@@ -116,19 +126,13 @@ def test_unmerged_rows_are_candidates_through_writes_merges_truncate_and_retrain
     conn.execute("TRUNCATE src_pd")
     assert pending_table(conn, "pd") == set()
     assert first_stage(conn, "pd", q) == []
-    again = rows(rng, 3, 1)
-    idx.upsert(list(again), list(again.values()))
+    again = write(idx, rng, 3, 1)
     assert set(check(conn, "pd", q, set(again))) == set(again)
 
 
 def test_more_pending_rows_than_the_cap_fall_back(conn: psycopg.Connection[Any]) -> None:
-    rng = np.random.default_rng(1)
-    idx = create(conn)
-    docs = rows(rng, 100, 1)
-    idx.upsert(list(docs), list(docs.values()))
-    codebook.train(conn, "pd")
-    more = rows(rng, 12, 101)
-    idx.upsert(list(more), list(more.values()))
+    rng, idx, docs = trained(conn, 1, 100)
+    more = write(idx, rng, 12, 101)
     q = docs[1][:4]
     assert first_stage(conn, "pd", q, cap=11) is None   # the codebook's GIN ranks then
     assert set(more) <= set(first_stage(conn, "pd", q, cap=12) or [])
@@ -138,18 +142,13 @@ def test_more_pending_rows_than_the_cap_fall_back(conn: psycopg.Connection[Any])
 
 
 def test_an_index_older_than_the_pending_table_gets_it_at_its_next_merge(conn: psycopg.Connection[Any]) -> None:
-    rng = np.random.default_rng(2)
-    idx = create(conn)
-    docs = rows(rng, 120, 1)
-    idx.upsert(list(docs), list(docs.values()))
-    codebook.train(conn, "pd")
+    rng, idx, docs = trained(conn, 2, 120)
     spec = get_index(conn, "pd")
     # as before the table existed
     for t in ("ins", "upd", "truncate"):
         conn.execute(f"DROP TRIGGER maxsim_skpend_{t} ON maxsim.{spec.token_table}")
     conn.execute(f"DROP TABLE maxsim.skpend_{spec.id}")
-    more = rows(rng, 10, 121)
-    idx.upsert(list(more), list(more.values()))
+    more = write(idx, rng, 10, 121)
     q = docs[2][:4]
     check(conn, "pd", q, set(more))   # every row checked, as before
     # a training's merge into the next slot creates the table: the live slot's unmerged rows are seeded
@@ -160,25 +159,19 @@ def test_an_index_older_than_the_pending_table_gets_it_at_its_next_merge(conn: p
     assert sketch_lists.merge(conn, "pd") is not None
     check(conn, "pd", q, set())
     assert pending_table(conn, "pd") == set()
-    late = rows(rng, 4, 200)
-    idx.upsert(list(late), list(late.values()))
+    late = write(idx, rng, 4, 200)
     check(conn, "pd", q, set(late))
 
 
 def test_a_storage_switch_keeps_every_row_a_candidate_until_merged(conn: psycopg.Connection[Any]) -> None:
-    rng = np.random.default_rng(3)
-    idx = create(conn)
-    docs = rows(rng, 150, 1)
-    idx.upsert(list(docs), list(docs.values()))
-    codebook.train(conn, "pd")
+    rng, idx, docs = trained(conn, 3, 150)
     retier.retier(conn, "pd", storage_tier="int8")
     q = docs[9][:4]
     check(conn, "pd", q, set(docs))   # new versions in a new token table: none merged yet
     assert sketch_lists.merge(conn, "pd") is not None
     check(conn, "pd", q, set())
     assert pending_table(conn, "pd") == set()
-    late = rows(rng, 3, 500)
-    idx.upsert(list(late), list(late.values()))
+    late = write(idx, rng, 3, 500)
     check(conn, "pd", q, set(late))
     # (a budget above option sketch_top, 10: at or below it the sketch's own best fill it)
     got = [int(r[0]) for r in conn.execute("SELECT id FROM maxsim.search('pd', %s, 1, 20)", (Tokens(late[501][:6]),))]
