@@ -60,7 +60,7 @@ import plpy as _plpy
 prof = sys.modules.setdefault('_pgmaxsim_profile', type(sys)('_pgmaxsim_profile'))
 prof.t = {}
 prof.sql = {}
-def _wrap(name, fn):
+def _timed(label, fn):   # fn, its calls and inclusive time added up under label(*its arguments); once
     if getattr(fn, '_prof', False):
         return fn
     def w(*a, **kw):
@@ -68,7 +68,7 @@ def _wrap(name, fn):
         try:
             return fn(*a, **kw)
         finally:
-            c = prof.t.setdefault(name, [0, 0.0]); c[0] += 1; c[1] += time.perf_counter() - t0
+            c = prof.t.setdefault(label(*a, **kw), [0, 0.0]); c[0] += 1; c[1] += time.perf_counter() - t0
     w._prof = True
     w.__wrapped__ = fn
     return w
@@ -78,32 +78,20 @@ for mod, attr in WRAPPED:
     except ImportError:
         continue
     if hasattr(m, attr):
-        setattr(m, attr, _wrap(mod.replace('pgmaxsim.', '') + '.' + attr, getattr(m, attr)))
-def _label(q):
+        name = mod.replace('pgmaxsim.', '') + '.' + attr
+        setattr(m, attr, _timed(lambda *a, _name=name, **kw: _name, getattr(m, attr)))
+def _label(q, *a, **kw):
     s = q if isinstance(q, str) else prof.sql.get(id(q), 'plan?')
     return 'SPI ' + ' '.join(s.split())[:110]
-_prep, _exe, _cur = _plpy.prepare, _plpy.execute, _plpy.cursor
-if not getattr(_prep, '_prof', False):
-    def prepare(q, *a, **kw):
-        t0 = time.perf_counter(); p = _prep(q, *a, **kw)
+if not getattr(_plpy.prepare, '_prof', False):
+    _prep = _plpy.prepare
+    def _prepare(q, *a, **kw):
+        p = _prep(q, *a, **kw)
         prof.sql[id(p)] = q
-        c = prof.t.setdefault('SPI prepare', [0, 0.0]); c[0] += 1; c[1] += time.perf_counter() - t0
         return p
-    def execute(q, *a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return _exe(q, *a, **kw)
-        finally:
-            c = prof.t.setdefault(_label(q), [0, 0.0]); c[0] += 1; c[1] += time.perf_counter() - t0
-    def cursor(q, *a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return _cur(q, *a, **kw)
-        finally:
-            c = prof.t.setdefault(_label(q), [0, 0.0]); c[0] += 1; c[1] += time.perf_counter() - t0
-    for f in (prepare, execute, cursor):
-        f._prof = True
-    _plpy.prepare, _plpy.execute, _plpy.cursor = prepare, execute, cursor
+    _plpy.prepare = _timed(lambda *a, **kw: 'SPI prepare', _prepare)
+    _plpy.execute = _timed(_label, _plpy.execute)
+    _plpy.cursor = _timed(_label, _plpy.cursor)
 """
 
 REPORT = r"""
@@ -130,6 +118,12 @@ def search(conn: psycopg.Connection[Any], name: str, q: np.ndarray, c: int | Non
 
     return [(str(i), float(s)) for i, s in
             conn.execute("SELECT id, score FROM maxsim.search(%s, %s, 10, %s)", (name, Tokens(q), c)).fetchall()]
+
+
+def search_all(conn: psycopg.Connection[Any], name: str, queries: list[np.ndarray], c: int | None) -> None:
+    """Each query once (what is timed is read from the server afterwards)."""
+    for q in queries:
+        search(conn, name, q, c)
 
 
 def exact(conn: psycopg.Connection[Any], name: str, queries: list[np.ndarray], pages: int, cache: Path | None) -> list[list[str]]:
@@ -164,8 +158,7 @@ def latency(conn: psycopg.Connection[Any], names: list[str], queries: list[np.nd
     rec: dict[str, list[float]] = {n: [] for n in times}
     for run in runs:   # warm each backend's caches
         options(run)
-        for q in queries[:3]:
-            search(conn, run[0], q, c)
+        search_all(conn, run[0], queries[:3], c)
     for _ in range(rounds):
         for j, q in enumerate(queries):
             for run in runs:
@@ -190,8 +183,7 @@ def latency(conn: psycopg.Connection[Any], names: list[str], queries: list[np.nd
 def functions(conn: psycopg.Connection[Any], name: str, queries: list[np.ndarray], c: int | None) -> list[str]:
     conn.execute("SET track_functions = 'all'")
     conn.execute("SELECT pg_stat_reset()")
-    for q in queries:
-        search(conn, name, q, c)
+    search_all(conn, name, queries, c)
     conn.execute("SELECT pg_stat_force_next_flush()")
     time.sleep(0.1)
     rows = conn.execute("SELECT funcname, calls, total_time, self_time FROM pg_stat_user_functions"
@@ -208,8 +200,7 @@ def statements(conn: psycopg.Connection[Any], name: str, queries: list[np.ndarra
         return ["(pg_stat_statements not preloaded: skipped)"]
     conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     conn.execute("SELECT pg_stat_statements_reset()")
-    for q in queries:
-        search(conn, name, q, c)
+    search_all(conn, name, queries, c)
     rows = conn.execute("SELECT calls, total_exec_time, query FROM pg_stat_statements"
                         " WHERE query NOT LIKE '%%pg_stat_statements%%' ORDER BY total_exec_time DESC LIMIT %s",
                         (top,)).fetchall()
@@ -224,10 +215,8 @@ def python_steps(conn: psycopg.Connection[Any], name: str, queries: list[np.ndar
     conn.add_notice_handler(lambda d: got.append(d.message_primary or ""))
     body = f"WRAPPED = {WRAPPED!r}\n" + INSTALL
     conn.execute("DO $prof$\n" + body + "\n$prof$ LANGUAGE plpython3u")   # before any plan is prepared
-    for q in queries[:3]:
-        search(conn, name, q, c)
-    for q in queries:
-        search(conn, name, q, c)
+    search_all(conn, name, queries[:3], c)
+    search_all(conn, name, queries, c)
     got.clear()
     conn.execute("DO $prof$\n" + REPORT + "\n$prof$ LANGUAGE plpython3u")
     t = json.loads(next(m for m in got if m.startswith("PROFILE "))[len("PROFILE "):])
@@ -280,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(args.dsn, autocommit=True) as conn:   # a fresh backend per part
             register_tokens(conn)
             if part != "python":   # python_steps wraps the backend's modules first
-                for q in queries[:3]:
-                    search(conn, names[0], q, args.candidates)
+                search_all(conn, names[0], queries[:3], args.candidates)
             extra = (20,) if part == "statements" else ()
             out += ["", f"{part} of {names[0]}:", *fn(conn, names[0], queries, args.candidates, *extra)]
     out.append(f"\nload at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
