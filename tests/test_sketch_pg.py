@@ -2,7 +2,8 @@
 pgmaxsim.sketch, pgmaxsim.sketch_lists, pgmaxsim.plpy.sketch): the backend's sketch ranking equals
 NumPy's over the stored tokens, codebook and codec; a row holding a near-copy of a query token is
 found with a budget far below the rows sharing its topics; writes, deletes, TRUNCATE, merges,
-compaction and retrains keep the lists exact; both scoring paths agree."""
+compaction and retrains keep the lists exact; both scoring paths agree; a row written since the last
+merge, which the lists cannot rank, is found at budgets the sketch's own best rows could fill."""
 
 from __future__ import annotations
 
@@ -280,3 +281,64 @@ def test_without_plpython_the_codebook_gin_path_answers(embedded_dsn: str) -> No
         q = nd.query(docs[k])
         assert sk_top(db, "sk", q, 10) == []
         assert search_ids(db, "sk", q, 1, 119) == [k]
+
+
+def pending(db: psycopg.Connection[Any], name: str, key: int) -> bool:
+    """Row ``key`` is not merged into the live slot's lists (its version is not in fs_skrow_<id>)."""
+    spec = get_index(db, name)
+    slot = int(spec.options["fs_gen"]) % 2
+    return db.execute(f"SELECT NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{spec.id} s JOIN maxsim.{spec.token_table} t"
+                      f" ON t.version = s.version WHERE s.slot = %s AND t.id = %s)", (slot, key)).fetchone()[0]
+
+
+def test_a_row_written_since_the_merge_is_found_at_budgets_the_sketch_could_fill(conn: psycopg.Connection[Any]) -> None:
+    """Budgets at or below option sketch_top (10): the sketch's best rows could take every slot,
+    and a row written since the last merge, which the lists cannot rank, would never be scored."""
+    idx = create(conn)
+    nd = Needles(6)
+    docs = nd.rows(300)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    fresh = nd.rows(1, start=301)
+    write(idx, fresh)   # not merged: the worker's trainer has not run
+    assert pending(conn, "sk", 301)
+    q = nd.query(fresh[301])
+    ref = {i: float(maxsim_reference(q, d)) for i, d in (docs | fresh).items()}
+    assert max(ref, key=ref.get) == 301
+    assert 301 not in sk_top(conn, "sk", q, 10)
+    assert len(sk_top(conn, "sk", q, 10)) == 10   # the sketch alone has 10 rows to propose
+    assert search_ids(conn, "sk", q, 10, 20)[0] == 301   # a budget the sketch leaves room in
+    # (the sketch's 10 best rows took every slot of these budgets: 301 was never scored)
+    for k, n in ((10, 10), (5, 5), (3, 3), (1, 4)):
+        assert search_ids(conn, "sk", q, k, n)[0] == 301, (k, n)
+    # the merged rows' needles keep their place at those budgets
+    for m in list(docs)[:6]:
+        assert search_ids(conn, "sk", nd.query(docs[m]), 1, 4) == [m]
+    sketch_lists.merge(conn, "sk")
+    assert not pending(conn, "sk", 301)
+    assert search_ids(conn, "sk", q, 10, 10)[0] == 301
+
+
+def test_past_the_pending_cap_the_gin_path_also_leaves_the_fresh_row_a_slot(conn: psycopg.Connection[Any]) -> None:
+    """More unmerged rows than maxsim._fs_candidates' cap (1,000): the codebook's GIN ranks the
+    candidates and the sketch adds its best; the same rescoring must not let those fill the budget."""
+    idx = create(conn, n_src=1400)
+    nd = Needles(7)
+    docs = nd.rows(150)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    burst = nd.rows(1001, start=151)
+    write(idx, burst)   # not merged
+    spec = get_index(conn, "sk")
+    assert conn.execute("SELECT maxsim._sk_candidates(%s, %s, 40, 1000)",
+                        (spec.id, Tokens(nd.query(docs[1])))).fetchone()[0] is None   # past the cap
+    key = 1000
+    row = burst[key]   # a query of near-copies of its tokens only: one the codebook's GIN ranks well
+    q = fp16(unit(row[nd.rng.choice(len(row), 6, replace=False)] + 0.15 * unit(nd.rng.standard_normal((6, DIM)))))
+    ref = {i: float(maxsim_reference(q, d)) for i, d in (docs | burst).items()}
+    assert max(ref, key=ref.get) == key
+    assert search_ids(conn, "sk", q, 10, 20)[0] == key   # a budget the sketch leaves room in
+    for k, n in ((10, 10), (3, 4)):
+        assert search_ids(conn, "sk", q, k, n)[0] == key, (k, n)
+    for m in list(docs)[:4]:
+        assert search_ids(conn, "sk", nd.query(docs[m]), 1, 4) == [m]

@@ -80,7 +80,11 @@ def rescore(plpy: Any, index: dict[str, Any], q: np.ndarray, keys: list[str], n:
     sketch lists rank highest (pgmaxsim.plpy.sketch: near-copies of query tokens, which centroids
     cannot tell apart), then the rest by PLAID's centroid interaction (MaxSim with each token
     replaced by its code's centroid, over all of a row's codes: pgmaxsim.firststage), then every
-    row without live codes (never dropped: nothing is known about them)."""
+    row without live codes (never dropped: nothing is known about them).
+
+    Rows written since the lists' last merge (unmerged) have no sketch score: when the sketch's
+    rows leave them fewer than ceil(n / 4) slots (budgets at or near ``sketch_top``), the sketch's
+    lowest kept rows contest the difference with them by centroid interaction (``_contested``)."""
     from pgmaxsim.plpy import sketch
 
     gen = index["options"].get("fs_gen")
@@ -101,6 +105,7 @@ def rescore(plpy: Any, index: dict[str, Any], q: np.ndarray, keys: list[str], n:
     if len(coded) <= n:
         return [k for k, _ in coded] + uncoded
     kept = sketch.first(plpy, index, q, {k: version_of[k] for k, _ in coded}, min(n, sketch.sketch_top(index)))
+    kept, contested = _contested(plpy, index, kept, [k for k, _ in coded], version_of, n)
     if kept:
         taken = set(kept)
         coded = [(k, c) for k, c in coded if k not in taken]
@@ -109,5 +114,47 @@ def rescore(plpy: Any, index: dict[str, Any], q: np.ndarray, keys: list[str], n:
     per_row = fs.InvertedLists(np.concatenate([[0], np.cumsum([len(c) for _, c in coded])]).astype(np.int64),
                                np.concatenate([c for _, c in coded]).astype(np.int32))
     score = fs.centroid_interaction(cb, q, per_row, np.arange(len(coded)))
+    if contested:
+        slots, pool = contested
+        at = {k: i for i, (k, _) in enumerate(coded)}
+        pool_at = np.array([at[k] for k in pool], dtype=np.int64)
+        won = pool_at[np.lexsort((pool_at, -score[pool_at]))[:slots]]
+        kept = kept + [coded[int(i)][0] for i in won]
+        score[won] = -np.inf   # placed: out of the fill below
     best = np.argsort(-score, kind="stable")[:n - len(kept)]
     return kept + [coded[int(i)][0] for i in best] + uncoded
+
+
+def _contested(plpy: Any, index: dict[str, Any], kept: list[str], coded: list[str], version_of: dict[str, int],
+               n: int) -> tuple[list[str], tuple[int, list[str]] | None]:
+    """The sketch's rows that keep their slots, and (slots, rows) to fill by centroid interaction
+    from rows: the sketch's lowest kept rows and the unmerged candidates.
+
+    Why: the lists rank merged rows only, so a row written since the last merge (pending until the
+    worker's trainer merges it) can reach exact scoring only through the centroid-interaction fill,
+    and when the sketch's rows take the whole budget (``n`` <= ``sketch_top``, as in
+    maxsim.search(name, q, 10, 10)) the fill has no slot: the row just written, even the query's
+    exact best match, would not be found. A user expects it to be. So the unmerged candidates are
+    owed ceil(n / 4) slots (at most one per unmerged row): the slots the fill already has count,
+    the rest are taken from the sketch's lowest kept rows, which contest them with the unmerged rows
+    on the one score both have. An unmerged row that centroid interaction ranks above the sketch's
+    row takes its slot; one ranked below (a row that does not match: most writes, for most queries)
+    leaves it, so the sketch's budget is only given up for a likelier match. The sketch's top ranks,
+    where near-copies of query tokens land (what centroids cannot tell apart), stay its own, its
+    best row always (with one slot, the finer score decides). Larger budgets, whose fill has the
+    owed slots, are unchanged: there unmerged rows compete by centroid interaction with every
+    candidate, as before."""
+    owed = -(-n // 4)
+    most = min(owed - (n - len(kept)), len(kept) - 1)
+    if most <= 0:
+        return kept, None
+    from pgmaxsim.plpy import sketch
+
+    taken = set(kept)
+    rest = [k for k in coded if k not in taken]
+    new = sketch.unmerged(plpy, index, [version_of[k] for k in rest])
+    fresh = [k for k in rest if version_of[k] in new]
+    slots = min(most, len(fresh) - (n - len(kept)))
+    if slots <= 0:
+        return kept, None
+    return kept[:len(kept) - slots], (slots, kept[len(kept) - slots:] + fresh)

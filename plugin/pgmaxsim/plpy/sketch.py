@@ -202,6 +202,18 @@ def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list
     return keys + [k for k in pending if k not in seen]
 
 
+def unmerged(plpy: Any, index: dict[str, Any], versions: list[int]) -> set[int]:
+    """Those of ``versions`` not merged into the live slot's lists (written since the last merge:
+    the lists cannot rank them), from ``fs_skrow_<id>``'s primary key."""
+    gen = index["options"].get("fs_gen")
+    if gen is None or not versions:
+        return set()
+    plan = _plan(plpy, f"SELECT v.v FROM pg_catalog.unnest($2) AS v(v) WHERE NOT EXISTS (SELECT 1 FROM"
+                       f" maxsim.fs_skrow_{int(index['id'])} s WHERE s.slot = $1 AND s.version = v.v)",
+                 ["int2", "int8[]"])
+    return {int(r["v"]) for r in plpy.execute(plan, [int(gen) % 2, versions])}
+
+
 def first(plpy: Any, index: dict[str, Any], q: np.ndarray, version_of: dict[str, int], n: int) -> list[str]:
     """Of rows ``version_of`` (key -> its live version), the (up to) ``n`` with the best sketch
     scores above the floor, best first (what centroid interaction must not drop)."""
