@@ -126,22 +126,44 @@ def test_centroid_interaction_is_maxsim_over_the_rows_code_centroids(data: dict)
     assert narrow.tolist() == wide[np.argsort(-ci, kind="stable")[:5]].tolist()
 
 
-def test_centroid_interaction_both_products_agree_and_rows_without_codes_get_minus_inf(data: dict) -> None:
-    cb, codes, row_of = data["cb"], data["codes"], data["row_of"]
-    per_row = fs.row_codes(data["lists"], len(data["rows"]))
-    # a row without codes (its slice empty) among rows with codes
-    ptr = np.concatenate([per_row.ptr[:6], per_row.ptr[5:]])
-    holed = fs.InvertedLists(ptr, per_row.rows)
-    q = unit(data["rng"].standard_normal((7, 16)))
-    few = np.array([5, 2])               # fewer held codes than the codebook's: the gathered product
-    many = np.arange(len(data["rows"]) + 1)[::-1]   # more: the product with every centroid
-    assert int((holed.ptr[few + 1] - holed.ptr[few]).sum()) < cb.n_codes <= int(holed.ptr[-1])
-    for rows in (few, many):
-        got = fs.centroid_interaction(cb, q, holed, rows)
-        for g, r in zip(got, rows):
-            held = holed.rows[holed.ptr[r]:holed.ptr[r + 1]]
-            if not len(held):
-                assert g == -np.inf
-                continue
-            assert g == pytest.approx(float((q @ cb.centroid(held).T).max(1).sum()), abs=1e-5)
-    assert fs.centroid_interaction(cb, q, holed, np.array([5]))[0] == -np.inf
+def reference_centroid_interaction(cb: fs.Codebook, q: np.ndarray, per_row: fs.InvertedLists,
+                                   rows: np.ndarray) -> np.ndarray:
+    """Float64, a row at a time: each query token's best similarity to the row's codes' centroids,
+    summed over the query tokens; -inf for a row without codes."""
+    qn = fs.normalise(q).astype(np.float64)
+    out = []
+    for r in rows:
+        held = per_row.rows[per_row.ptr[r]:per_row.ptr[r + 1]]
+        out.append(float((qn @ cb.centroid(held).astype(np.float64).T).max(axis=1).sum()) if len(held) else -np.inf)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("per_token_from", [0, 10**9])   # a query token at a time, or one (held, nq) gather
+@pytest.mark.parametrize("codes_used", [8, 45])          # the distinct centroids gathered, or the product with all
+def test_centroid_interaction_matches_a_per_row_reference(monkeypatch: pytest.MonkeyPatch, per_token_from: int,
+                                                          codes_used: int) -> None:
+    """Every path of centroid_interaction against the float64 reference, on a random 5 x 9 codebook:
+    rows without codes (first, inside, last), a row holding a code three times, rows read in
+    stored order (one slice), out of order and twice (a gather). Equal code sets score bitwise equal."""
+    monkeypatch.setattr(fs, "PER_TOKEN_FROM", per_token_from)
+    monkeypatch.setattr(fs, "SIMS_BLOCK", 4)   # blocks and a partial last block
+    rng = np.random.default_rng(codes_used)
+    cb = fs.Codebook(unit(rng.standard_normal((5, 12))), unit(rng.standard_normal((5, 9, 12))))
+    used = rng.permutation(cb.n_codes)[:codes_used]
+    held = [np.sort(rng.choice(used, size=int(rng.integers(1, 8)), replace=False)) for _ in range(30)]
+    held[0] = held[13] = held[-1] = np.zeros(0, dtype=np.int64)
+    held[7] = np.array([used[0], used[3], used[3], used[3]])   # a code held three times
+    held[8] = np.array([used[0], used[3]])                     # the same set, once each
+    held[9] = held[20].copy()
+    per_row = fs.InvertedLists(np.concatenate([[0], np.cumsum([len(h) for h in held])]).astype(np.int64),
+                               np.concatenate(held).astype(np.int32))
+    assert (2 * len(np.unique(per_row.rows)) >= cb.n_codes) == (codes_used == 45)
+    q = rng.standard_normal((5, 12)).astype(np.float32)
+    for rows in (np.arange(len(held)), rng.permutation(len(held)), np.array([20, 3, 20, 13, 9])):
+        got = fs.centroid_interaction(cb, q, per_row, rows)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, reference_centroid_interaction(cb, q, per_row, rows), rtol=1e-6, atol=1e-6)
+    got = fs.centroid_interaction(cb, q, per_row, np.arange(len(held)))
+    assert got[7] == got[8] and got[9] == got[20]
+    assert fs.centroid_interaction(cb, q, per_row, np.array([13]))[0] == -np.inf
+    assert fs.centroid_interaction(cb, q, per_row, np.array([], dtype=np.int64)).shape == (0,)

@@ -223,32 +223,89 @@ def row_codes(lists: InvertedLists, n_rows: int) -> InvertedLists:
 
 def centroid_interaction(cb: Codebook, query: np.ndarray, per_row: InvertedLists, rows: np.ndarray) -> np.ndarray:
     """``(len(rows),)`` PLAID centroid interaction: sum over query tokens of the best similarity
-    to any of the row's codes' centroids (MaxSim with every token replaced by its centroid)."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.float32)
-    rows = np.asarray(rows)
-    qn = normalise(query)
-    lengths = per_row.ptr[rows + 1] - per_row.ptr[rows]
+    to any of the row's codes' centroids (MaxSim with every token replaced by its centroid);
+    ``-inf`` for a row without codes. Float32, summed over query tokens in one fixed order (the
+    ``(rows, nq)`` maxima summed along a contiguous axis), so rows with equal code sets score
+    equal within a call (a rescore's ties are broken by row order, not by rounding).
+
+    ``query`` is ``(nq, d)`` (normalised here); ``rows`` index ``per_row``, a row -> codes
+    :class:`InvertedLists` (:func:`row_codes`).
+    """
+    rows = np.asarray(rows, dtype=np.intp)
     out = np.full(len(rows), -np.inf, dtype=np.float32)
-    nz = lengths > 0
+    nz = per_row.ptr[rows + 1] > per_row.ptr[rows]
     if not nz.any():
         return out
-    held, _ = _gather(per_row, rows[nz])
-    starts = np.concatenate([[0], np.cumsum(lengths[nz])[:-1]])
-    if len(held) >= cb.n_codes:
-        # many rows: one product with every centroid costs less than gathering the distinct ones
-        # (a gathered copy of the centroids is memory-bound); query-token-major, so each token's
-        # similarities (n_codes floats) stay in cache while the rows' codes are looked up
-        sims = qn @ cb.fine.reshape(cb.n_codes, -1).T          # (nq, n_codes)
-        best = np.empty((int(nz.sum()), len(qn)), dtype=np.float32)
-        for i in range(len(qn)):
-            best[:, i] = np.maximum.reduceat(sims[i][held], starts)
-        out[nz] = best.sum(axis=1)
-        return out
-    uniq = np.unique(held)
-    sims = cb.centroid(uniq) @ qn.T                              # (distinct codes of these rows, nq)
-    out[nz] = np.maximum.reduceat(sims[np.searchsorted(uniq, held)], starts, axis=0).sum(axis=1)
+    held, starts = _held(per_row, rows[nz])
+    cents, at = _distinct(cb, held)
+    qn = normalise(query)
+    if len(held) < PER_TOKEN_FROM:
+        best = np.maximum.reduceat((cents @ qn.T)[at], starts, axis=0)
+    else:
+        best = _best_per_token(_sims_by_token(cents, qn), at, starts)
+    out[nz] = best.sum(axis=1)
     return out
+
+
+#: Held codes (all rows' codes together) from which centroid interaction gathers one query token at a
+#: time: a contiguous 1-D gather and reduceat per token cost about a third of gathering ``(held, nq)``
+#: rows and reducing along the rows, once that no longer fits in cache; below, the Python loop
+#: over the query tokens costs more than it saves.
+PER_TOKEN_FROM = 16_384
+#: Centroids per block of the query-token-major similarity product: a block's ``(block, nq)`` result
+#: is transposed while it is in the L2 cache (transposing the whole ``(n_codes, nq)`` product misses
+#: it: +25 % for 32K codes).
+SIMS_BLOCK = 4096
+
+
+def _held(per_row: InvertedLists, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The codes of ``rows`` (each holding some) concatenated, as intp (what a gather indexes with:
+    other integer types are converted at every use), and each row's start in them. Rows stored
+    one after another (as rescoring numbers them) are one slice rather than a gather."""
+    lengths = per_row.ptr[rows + 1] - per_row.ptr[rows]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    if np.array_equal(per_row.ptr[rows[1:]], per_row.ptr[rows[:-1] + 1]):
+        held = per_row.rows[per_row.ptr[rows[0]]:per_row.ptr[rows[-1] + 1]]
+    else:
+        held, _ = _gather(per_row, rows)
+    return held.astype(np.intp), starts
+
+
+def _distinct(cb: Codebook, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(m, d)`` centroids covering ``held`` codes and each held code's row among them: the
+    distinct ones gathered, or every centroid (no copy) once the distinct ones are half the
+    codebook (a gathered centroid is memory-bound: it costs about what a product with two does).
+    Distinct codes by a mask over the codebook: linear, where ``np.unique`` sorts."""
+    fine = cb.fine.reshape(cb.n_codes, -1)
+    present = np.zeros(cb.n_codes, dtype=bool)
+    present[held] = True
+    uniq = np.flatnonzero(present)
+    if 2 * len(uniq) >= cb.n_codes:
+        return fine, held
+    row_of = np.empty(cb.n_codes, dtype=np.intp)
+    row_of[uniq] = np.arange(len(uniq))
+    return fine[uniq], row_of[held]
+
+
+def _sims_by_token(cents: np.ndarray, qn: np.ndarray) -> np.ndarray:
+    """``(nq, m)`` similarities of ``qn`` to ``cents`` ``(m, d)``, query-token-major (each token's
+    row contiguous for its gathers): ``(cents @ qn.T).T``, computed block by block."""
+    sims = np.empty((len(qn), len(cents)), dtype=np.float32)
+    for a in range(0, len(cents), SIMS_BLOCK):
+        sims[:, a:a + SIMS_BLOCK] = (cents[a:a + SIMS_BLOCK] @ qn.T).T
+    return sims
+
+
+def _best_per_token(sims: np.ndarray, at: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """``(rows, nq)``: for each query token, the best of ``sims[token, at]`` within each row
+    (``starts``: each row's first entry of ``at``)."""
+    best = np.empty((len(starts), len(sims)), dtype=np.float32)
+    buf = np.empty(len(at), dtype=np.float32)
+    for i, s in enumerate(sims):
+        # mode="wrap": every index is in range, and take buffers ``out`` in its default mode (about
+        # twice the cost of the gather itself)
+        best[:, i] = np.maximum.reduceat(np.take(s, at, out=buf, mode="wrap"), starts)
+    return best
 
 
 def candidates(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_rows: int, n: int,
