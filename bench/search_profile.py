@@ -44,7 +44,7 @@ from search import percentile
 WRAPPED = [
     ("pgmaxsim.plpy.api", "score"), ("pgmaxsim.plpy.api", "rescore"), ("pgmaxsim.plpy.api", "index_by_id"),
     ("pgmaxsim.plpy.api", "_score_rows"), ("pgmaxsim.plpy.api", "_Timer"),
-    ("pgmaxsim.plpy.codes", "rescore"), ("pgmaxsim.plpy.codes", "_codebook"),
+    ("pgmaxsim.plpy.codes", "rescore"), ("pgmaxsim.plpy.codes", "_codebook"), ("pgmaxsim.plpy.codes", "_coded_rows"),
     ("pgmaxsim.plpy.sketch", "candidates"), ("pgmaxsim.plpy.sketch", "top"), ("pgmaxsim.plpy.sketch", "scores"),
     ("pgmaxsim.plpy.sketch", "first"), ("pgmaxsim.plpy.sketch", "_entries"), ("pgmaxsim.plpy.sketch", "_keys"),
     ("pgmaxsim.plpy.sketch", "_codec"), ("pgmaxsim.plpy.sketch", "_statement"), ("pgmaxsim.plpy.sketch", "_pending"),

@@ -245,3 +245,36 @@ def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any])
         got = search_ids(conn, "fs", q, 20)
         assert len(got) == 20
         assert len(set(got) & {keys[i] for i in want}) >= 18   # near-ties may fall either way
+
+
+def test_rescoring_reads_every_candidates_codes(conn: psycopg.Connection[Any]) -> None:
+    """maxsim._rescore on a codebook index (sketch_top 0: centroid interaction alone), over rows
+    with codes, one with an empty code array and two without codes (NULL): the best n rows with
+    codes by pgmaxsim.firststage's centroid interaction over their stored codes (NumPy), the empty
+    one ranked last (-inf: dropped first), then the rows without codes, never dropped."""
+    conn.autocommit = True
+    register_tokens(conn)
+    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8,'
+                            ' "sketch_top": 0}')
+    docs = corpus(60, seed=21)
+    idx.upsert(list(docs), list(docs.values()))
+    codebook.train(conn, "fs")
+    spec = get_index(conn, "fs")
+    book = stored_book(conn, "fs")
+    conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = NULL WHERE id IN (5, 9)")
+    conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = '{{}}' WHERE id = 7")
+    stored = dict(conn.execute(f"SELECT id, codes_0 FROM maxsim.{spec.token_table}").fetchall())
+    coded = [k for k in docs if stored[k] is not None]
+    per_row = fs.InvertedLists(np.concatenate([[0], np.cumsum([len(stored[k]) for k in coded])]).astype(np.int64),
+                               np.concatenate([np.asarray(stored[k], np.int32) for k in coded]))
+    n = len(coded) - 1
+    for q in queries_of(docs, seed=22, n=3):
+        score = dict(zip(coded, fs.centroid_interaction(book.cb, q, per_row, np.arange(len(coded))).tolist()))
+        got = [int(k) for k in conn.execute("SELECT maxsim._rescore(%s, %s, %s::text[], %s)",
+                                            (spec.id, Tokens(q), [str(k) for k in docs], n)).fetchone()[0]]
+        assert set(got[:n]) == set(coded) - {7} and set(got[n:]) == {5, 9}
+        assert all(score[a] >= score[b] for a, b in zip(got[:n - 1], got[1:n]))
+    # codes are written one-dimensional without NULLs; anything else fails loudly, not misread
+    conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = '{{1,NULL,2}}' WHERE id = 11")
+    with pytest.raises(psycopg.Error, match="not one-dimensional int4 without NULLs"):
+        conn.execute("SELECT maxsim._rescore(%s, %s, %s::text[], %s)", (spec.id, Tokens(q), [str(k) for k in docs], n))
