@@ -96,6 +96,9 @@ def test_unmerged_rows_are_candidates_through_writes_merges_truncate_and_retrain
     spec = get_index(conn, "pd")
     q = docs[3][:4]
     check(conn, "pd", q, set())
+    # the training merged every row at its switch, and forgot them: with no write since (a table
+    # loaded, then trained) no merge comes to forget them, and each search would check them all
+    assert pending_table(conn, "pd") == set()
     # new rows: not merged, candidates; the pending table names their versions
     more = write(idx, rng, 20, 201)
     got = check(conn, "pd", q, set(more))
@@ -117,6 +120,13 @@ def test_unmerged_rows_are_candidates_through_writes_merges_truncate_and_retrain
     check(conn, "pd", q, set(late))
     codebook.train(conn, "pd")
     check(conn, "pd", q, set())
+    assert pending_table(conn, "pd") == set()
+    # an index a training left so (before its switch forgot them): a merge asked for repairs it
+    conn.execute(f"INSERT INTO maxsim.skpend_{spec.id} SELECT version FROM maxsim.{spec.token_table}")
+    assert len(pending_table(conn, "pd")) == conn.execute(f"SELECT count(*) FROM maxsim.{spec.token_table}").fetchone()[0]
+    done = sketch_lists.merge(conn, "pd")
+    assert done is not None and done.rows == 0
+    assert pending_table(conn, "pd") == set()
     new = write(idx, rng, 5, 400)
     check(conn, "pd", q, set(new))
     assert sketch_lists.merge(conn, "pd") is not None

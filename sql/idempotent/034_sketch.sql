@@ -202,7 +202,9 @@ BEGIN
     END IF;
     PERFORM maxsim._sk_create(r.id, r.token_table);
     res := maxsim._sk_merge_py(r.id, gen, only_if_due);
-    IF gen = (r.options ->> 'fs_gen')::integer AND coalesce((res ->> 'rows')::integer, 0) > 0 THEN
+    -- (also on a merge asked for, not only when due, with nothing to merge: it repairs an index
+    -- trained before the switch forgot them, 038_fs_train.sql)
+    IF gen = (r.options ->> 'fs_gen')::integer AND (coalesce((res ->> 'rows')::integer, 0) > 0 OR NOT only_if_due) THEN
         PERFORM maxsim._sk_pending_forget(r.id, r.token_table, gen % 2);   -- 035_firststage.sql
     END IF;
     RETURN res;
