@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import numpy as np
@@ -20,6 +19,7 @@ from pgmaxsim import pooling
 from pgmaxsim.db.codec import CodecError
 from pgmaxsim.kernels import quantize
 from pgmaxsim.plpy import remote, scoring
+from pgmaxsim.plpy.plans import kept as _plan
 from pgmaxsim.plpy.tokens import decode_query, row_words
 
 # Rows fetched per round trip when scoring: bounds backend memory (~128 × 264 KB for
@@ -39,17 +39,6 @@ def fetch_rows(n_query_tokens: int) -> int:
     (128, 8, 1)
     """
     return max(1, min(FETCH_ROWS, QUERY_TOKEN_ROWS // max(1, n_query_tokens)))
-
-_plans: dict[str, Any] = {}
-
-
-def _plan(plpy: Any, sql: str, types: Iterable[str] = ()) -> Any:
-    plan = _plans.get(sql)
-    if plan is None:
-        plan = plpy.prepare(sql, list(types))
-        _plans[sql] = plan
-    return plan
-
 
 def _fail(plpy: Any, message: str, sqlstate: str = "22023") -> NoReturn:
     plpy.error("pgmaxsim: " + message, sqlstate=sqlstate)  # raises

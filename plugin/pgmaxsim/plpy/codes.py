@@ -13,6 +13,7 @@ import numpy as np
 
 from pgmaxsim import firststage as fs
 from pgmaxsim.db.codec import decode_halfvec_array
+from pgmaxsim.plpy import plans
 from pgmaxsim.plpy.tokens import decode_query
 
 _cache: dict[tuple[int, int, int, str], fs.Codebook] = {}
@@ -79,9 +80,7 @@ def _coded_rows(plpy: Any, index: dict[str, Any], col: str, keys: list[str]
     costs more than it saves: the per-row counts it needs read the larger, out-of-line arrays a
     second time. What remains is the server's ``array_send``, ~0.1 us a code (~100,000 a search):
     the codes' int4[] column has no cheaper binary form."""
-    from pgmaxsim.plpy.api import _plan
-
-    plan = _plan(plpy,
+    plan = plans.kept(plpy,
                  f"SELECT t.id::text AS id, t.version, pg_catalog.substr(pg_catalog.array_send(t.{col}), 21) AS codes"
                  f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.id = ANY ($1::{index['id_type']}[])",
                  ["text[]"])

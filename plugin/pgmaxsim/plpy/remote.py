@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from pgmaxsim.plpy.plans import kept as _plan
 from pgmaxsim.scorer.client import ScorerClient
 from pgmaxsim.scorer.protocol import SNAPSHOT_SQL, ProtocolError, ScorerError
 
@@ -80,22 +81,12 @@ DIRTY_BEHIND_SQL = (
 )
 
 _clients: dict[tuple[str, str | None, str | None], ScorerClient] = {}
-_plans: dict[Any, Any] = {}
 _noticed_ignored = False
 _encoded: dict[tuple[Any, ...], list[str]] = {}
 
 
 class _Unavailable(Exception):
     pass
-
-
-def _plan(plpy: Any, sql: str, types: list[str]) -> Any:
-    key = (sql, tuple(types))
-    plan = _plans.get(key)
-    if plan is None:
-        plan = plpy.prepare(sql, types)
-        _plans[key] = plan
-    return plan
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from pgmaxsim import firststage as fs
 from pgmaxsim import sketch
+from pgmaxsim.plpy.plans import kept as _plan
 from pgmaxsim.plpy.tokens import decode_query
 
 #: Rows the sketch puts first among the candidates when the option is absent (bench/FIRST_STAGE.md:
@@ -79,17 +80,6 @@ def _entries(plpy: Any, index_id: int, slot: int, codes: np.ndarray, nbytes: int
             at += ln
         version = np.concatenate(parts)
     return sketch.Entries(code, version, sk)
-
-
-_plans: dict[str, Any] = {}
-
-
-def _plan(plpy: Any, sql: str, types: list[str]) -> Any:
-    """A prepared statement kept for the backend's life (the SQL names its tables)."""
-    plan = _plans.get(sql)
-    if plan is None:
-        plan = _plans[sql] = plpy.prepare(sql, types)
-    return plan
 
 
 def scores(plpy: Any, index: dict[str, Any], q: np.ndarray) -> sketch.Scores | None:
