@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pgmaxsim.kernels.numpy_maxsim import gather_positions
+
 ROUNDS = 10
 #: Tokens per assignment block: bounds the (block, n_coarse) similarity matrix.
 BLOCK = 65_536
@@ -189,9 +191,7 @@ def _gather(lists: InvertedLists, codes: np.ndarray) -> tuple[np.ndarray, np.nda
     """Rows of the flattened ``codes`` concatenated, and for each the index into ``codes``."""
     flat = np.asarray(codes).ravel()
     lengths = lists.ptr[flat + 1] - lists.ptr[flat]
-    starts = np.repeat(lists.ptr[flat] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    pos = starts + np.arange(int(lengths.sum()))
-    return lists.rows[pos], np.repeat(np.arange(len(flat)), lengths)
+    return lists.rows[gather_positions(lists.ptr[flat], lengths)], np.repeat(np.arange(len(flat)), lengths)
 
 
 def probed_rows(lists: InvertedLists, codes: np.ndarray) -> np.ndarray:

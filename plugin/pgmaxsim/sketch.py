@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from pgmaxsim import firststage as fs
+from pgmaxsim.kernels.numpy_maxsim import gather_positions
 
 #: Sign bits per token: 8 bytes (sign64 reached the needle target at 10K; sign32 slipped).
 BITS = 64
@@ -194,7 +195,7 @@ def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, en
         if not m.any():
             continue
         b, n = begin[i][m], length[i][m]
-        idx = np.repeat(b - np.cumsum(n) + n, n) + np.arange(int(n.sum()))   # the entries of its codes
+        idx = gather_positions(b, n)                           # the entries of its codes
         g = planes(idx)                                        # (bytes, m) uint8
         dot = lut[i, 0].take(g[0])
         for k in range(1, len(g)):
