@@ -94,3 +94,38 @@ def test_dense_ids_is_unique_with_inverse() -> None:
         d, at = sketch.dense_ids(v.astype(np.int64))
         u, inv = np.unique(v, return_inverse=True)
         assert d.tolist() == u.tolist() and at.tolist() == inv.reshape(-1).tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_list_versions_round_trip_in_every_form(seed: int) -> None:
+    """pack_versions picks 2 bytes an entry for a list in version order with gaps under 65,536 (what
+    a merge writes), else 4 or 8; unpack_lists reads any mix of the forms, concatenated as the
+    search reads them, back to the same versions in the same order."""
+    rng = np.random.default_rng(seed)
+    lists = []
+    for _ in range(60):
+        m = int(rng.integers(1, 40))
+        kind = rng.integers(0, 4)
+        if kind == 0:     # a merge's list: sorted, close versions, repeats (one row, several tokens)
+            v = np.sort(rng.integers(10**6, 10**6 + 50 * m, m))
+        elif kind == 1:   # sorted, one gap past 65,535
+            v = np.sort(rng.integers(0, 10**6, m))
+            v[-1] = v[0] + 70_000 + int(rng.integers(0, 9))
+            v = np.sort(v)
+        elif kind == 2:   # not in version order
+            v = rng.permutation(rng.integers(0, 10**6, m))
+        else:             # a span past 2**32
+            v = rng.integers(0, 2**40, m)
+        lists.append(v.astype(np.int64))
+    packed = [sketch.pack_versions(v) for v in lists]
+    n = np.array([len(v) for v in lists])
+    widths = {len(raw) // len(v) for v, (_, raw) in zip(lists, packed)}
+    assert widths == {2, 4, 8}
+    for v, (_, raw) in zip(lists, packed):
+        if len(v) > 1 and (np.diff(v) >= 0).all() and np.diff(v).max() < 2**16:
+            assert len(raw) == 2 * len(v)
+    got = sketch.unpack_lists(np.array([b for b, _ in packed]), np.array([len(r) for _, r in packed]), n,
+                              b"".join(r for _, r in packed))
+    np.testing.assert_array_equal(got, np.concatenate(lists))
+    for v, (b, raw) in zip(lists, packed):
+        np.testing.assert_array_equal(sketch.unpack_versions(b, raw, len(v)), v)

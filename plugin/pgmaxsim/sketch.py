@@ -94,23 +94,68 @@ class Entries:
 
 
 def pack_versions(v: np.ndarray) -> tuple[int, bytes]:
-    """A list row's versions as ``(base, bytes)``: uint32 offsets from the smallest when they fit,
-    else int64 (the reader tells them apart by length).
+    """A list row's versions as ``(base, bytes)``, in the smallest of three forms, which the reader
+    tells apart by length (``n`` entries):
+
+    - ``2n``: uint16 steps, ``base`` the first version and the first step 0 (versions in
+      non-decreasing order, no gap past 65,535: the merges write each list in version order, so
+      every list but a rare code's spread over a long history);
+    - ``4n``: uint32 offsets from ``base``, the smallest;
+    - ``8n``: int64 versions (``base`` 0).
+
+    Two bytes an entry instead of four: a sixth of the lists (10 bytes a token instead of 12).
 
     >>> b, raw = pack_versions(np.array([7, 9, 12])); b, len(raw), unpack_versions(b, raw, 3).tolist()
-    (7, 12, [7, 9, 12])
+    (7, 6, [7, 9, 12])
+    >>> b, raw = pack_versions(np.array([12, 7, 9])); b, len(raw), unpack_versions(b, raw, 3).tolist()
+    (7, 12, [12, 7, 9])
+    >>> b, raw = pack_versions(np.array([7, 70_000])); b, len(raw), unpack_versions(b, raw, 2).tolist()
+    (7, 8, [7, 70000])
     """
-    base = int(v.min()) if len(v) else 0
+    if not len(v):
+        return 0, b""
+    step = np.diff(v)
+    if (step >= 0).all() and (not len(step) or int(step.max()) < 2**16):
+        return int(v[0]), np.concatenate([[0], step]).astype("<u2").tobytes()
+    base = int(v.min())
     off = v - base
-    if len(v) and int(off.max()) >= 2**32:
+    if int(off.max()) >= 2**32:
         return 0, v.astype("<i8").tobytes()
     return base, off.astype("<u4").tobytes()
 
 
 def unpack_versions(base: int, raw: bytes, n: int) -> np.ndarray:
-    if len(raw) == 8 * n:
-        return np.frombuffer(raw, dtype="<i8").astype(np.int64)
-    return np.frombuffer(raw, dtype="<u4").astype(np.int64) + int(base)
+    """The versions :func:`pack_versions` packed (``n`` of them)."""
+    return unpack_lists(np.array([base], np.int64), np.array([len(raw)], np.int64), np.array([n], np.int64), raw)
+
+
+def unpack_lists(base: np.ndarray, olen: np.ndarray, n: np.ndarray, raw: bytes) -> np.ndarray:
+    """The versions of several list rows whose packed versions (:func:`pack_versions`) are
+    concatenated in ``raw``: row ``i`` has ``n[i]`` entries, ``olen[i]`` bytes and ``base[i]``.
+    Vectorised over the rows (a query reads ~1,000-30,000 of them, in any mix of the three forms).
+
+    >>> rows = [pack_versions(np.array(v)) for v in ([3, 3, 5], [9, 2], [1, 2**40])]
+    >>> unpack_lists(np.array([b for b, _ in rows]), np.array([len(r) for _, r in rows]),
+    ...              np.array([3, 2, 2]), b"".join(r for _, r in rows)).tolist()
+    [3, 3, 5, 9, 2, 1, 1099511627776]
+    """
+    base, olen, n = (np.asarray(a, dtype=np.int64) for a in (base, olen, n))
+    width = np.floor_divide(olen, np.maximum(n, 1))   # bytes an entry: 2, 4 or 8
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    out = np.empty(int(n.sum()), dtype=np.int64)
+    for w, dtype in ((2, "<u2"), (4, "<u4"), (8, "<i8")):
+        rows = width == w
+        if not rows.any():
+            continue
+        every = bool(rows.all())   # the common case: one form throughout, no masks
+        at = slice(None) if every else np.repeat(rows, n)
+        vals = (buf if every else buf[np.repeat(rows, olen)]).view(dtype).astype(np.int64)
+        m = n[rows]
+        if w == 2:   # steps: a cumulative sum restarted at each row's first entry (whose step is 0)
+            c = np.cumsum(vals)
+            vals = c - np.repeat(c[np.cumsum(m) - m], m)
+        out[at] = vals + np.repeat(base[rows], m)
+    return out
 
 
 def weights(codec: Codec, qn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

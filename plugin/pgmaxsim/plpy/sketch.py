@@ -67,18 +67,9 @@ def _entries(plpy: Any, index_id: int, slot: int, codes: np.ndarray, nbytes: int
     if not r["code"]:
         return sketch.Entries.concat([], nbytes)
     n = np.asarray(r["slen"], dtype=np.int64) // nbytes
-    olen = np.asarray(r["olen"], dtype=np.int64)
     code = np.repeat(np.asarray(r["code"], dtype=np.int64), n)
     sk = np.frombuffer(r["sk"], dtype=np.uint8).reshape(-1, nbytes)
-    wide = olen == 8 * n   # int64 versions (sketch.pack_versions: offsets past 2**32)
-    if not wide.any():
-        version = np.frombuffer(r["offs"], dtype="<u4").astype(np.int64) + np.repeat(np.asarray(r["base"], np.int64), n)
-    else:
-        raw, at, parts = r["offs"], 0, []
-        for b, m, ln in zip(r["base"], n.tolist(), olen.tolist()):
-            parts.append(sketch.unpack_versions(int(b), raw[at:at + ln], m))
-            at += ln
-        version = np.concatenate(parts)
+    version = sketch.unpack_lists(np.asarray(r["base"], np.int64), np.asarray(r["olen"], np.int64), n, r["offs"])
     return sketch.Entries(code, version, sk)
 
 
