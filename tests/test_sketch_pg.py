@@ -184,6 +184,135 @@ def test_writes_deletes_truncate_merges_and_compaction_keep_it_exact(conn: psyco
     assert sk_top(conn, "sk", q_new, 10) == [305]
 
 
+def _lists_part(db: psycopg.Connection[Any], index_id: int) -> tuple[int, int]:
+    """(oid, bytes with TOAST and indexes) of slot 0's lists partition."""
+    return db.execute(f"SELECT p::oid::int, pg_catalog.pg_total_relation_size(p) FROM maxsim._sk_part('fs_sk_{index_id}', 0) p"
+                      ).fetchone()
+
+
+def _compact_fully(db: psycopg.Connection[Any], idx: Index, nd: Needles, docs: dict[int, np.ndarray], start: int) -> None:
+    """Merges of fresh rows until the lists are compacted into one segment: a full compaction
+    (sketch_merge._Lists.compact: the rows outside the largest segment outgrew it)."""
+    spec = get_index(db, "sk")
+    for i in range(4 * sketch_lists.MAX_SEGMENTS):
+        extra = nd.rows(40, start=start + 40 * i)
+        write(idx, extra)
+        docs |= extra
+        done = sketch_lists.merge(db, "sk")
+        assert done is not None
+        if done.compacted and db.execute(f"SELECT count(DISTINCT seg) FROM maxsim.fs_sk_{spec.id}").fetchone()[0] == 1:
+            return
+    raise AssertionError("no full compaction")
+
+
+def test_a_full_compaction_gives_the_dead_entries_bytes_back(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """Rewritten in place, the lists' file would keep the old entries' pages (~2x the live bytes):
+    the full compaction swaps in a table holding just the live entries, under searches."""
+    idx = create(conn, n_src=3000)
+    nd = Needles(4)
+    docs = nd.rows(300)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    spec = get_index(conn, "sk")
+    docs |= nd.rows(150, start=1)   # half the rows updated: their merged entries are dead
+    write(idx, {k: docs[k] for k in range(1, 151)})
+    sketch_lists.merge(conn, "sk")
+    oid_before, _ = _lists_part(conn, spec.id)
+    probes = [(k, nd.query(docs[k])) for k in (3, 160, 290)]
+    with search_during(dsn, probes, lambda c, q: search_ids(c, "sk", q, 1, 6)) as run:
+        _compact_fully(conn, idx, nd, docs, 1000)
+    assert not run.errors
+    # the probe's row, or a row written meanwhile that exact search ranks above it
+    exact = {k: {k, *search_ids(conn, "sk", q, 1, 100_000)} for k, q in probes}
+    assert run.seen and all(len(got) == 1 and got[0] in exact[k] for k, got in run.seen)
+    oid, size = _lists_part(conn, spec.id)
+    assert oid != oid_before
+    # just the live entries: as small as a fresh copy of its rows
+    conn.execute(f"CREATE TEMP TABLE fresh (LIKE maxsim.fs_sk_{spec.id} INCLUDING STORAGE)")
+    conn.execute(f"INSERT INTO fresh SELECT * FROM maxsim.fs_sk_{spec.id} WHERE slot = 0")
+    conn.execute("ALTER TABLE fresh ADD PRIMARY KEY (slot, code, seg)")
+    fresh = conn.execute("SELECT pg_catalog.pg_total_relation_size('fresh')").fetchone()[0]
+    assert size <= 1.25 * fresh
+    versions = np.concatenate([sketch.unpack_versions(int(b), o, len(k) // 8) for b, o, k in conn.execute(
+        f"SELECT base, offs, sk FROM maxsim.fs_sk_{spec.id}")])
+    live = dict(conn.execute(f"SELECT version, n_tokens FROM maxsim.{spec.token_table}").fetchall())
+    got, counts = np.unique(versions, return_counts=True)
+    assert dict(zip(got.tolist(), counts.tolist())) == live   # every live row once, no dead entry
+    for k in (3, 160, 290, 1005):
+        q = nd.query(docs[k])
+        assert sk_top(conn, "sk", q, 10)[:5] == reference_top(conn, "sk", q, 10)[:5]
+        assert search_ids(conn, "sk", q, 1, 6) == [k]
+
+
+def test_a_full_compaction_held_off_by_an_open_transaction_rewrites_in_place(conn: psycopg.Connection[Any],
+                                                                               dsn: str) -> None:
+    """A session that searched and left its transaction open holds the lists: the swap does not wait
+    for it (nor make every other search wait behind it) but rewrites in place, as before."""
+    idx = create(conn, n_src=3000)
+    nd = Needles(5)
+    docs = nd.rows(200)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    spec = get_index(conn, "sk")
+    oid_before, _ = _lists_part(conn, spec.id)
+    with psycopg.connect(dsn) as other:   # not autocommit: the search's transaction stays open
+        register_tokens(other)
+        assert search_ids(other, "sk", nd.query(docs[9]), 1, 6) == [9]
+        _compact_fully(conn, idx, nd, docs, 1000)
+        other.rollback()
+    assert _lists_part(conn, spec.id)[0] == oid_before
+    for k in (9, 1010):
+        assert search_ids(conn, "sk", nd.query(docs[k]), 1, 6) == [k]
+
+
+def test_a_rewrite_waiting_for_its_swap_takes_the_merges_made_meanwhile(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """Merges in transactions that cannot swap (they wrote first) add their segments to the rewritten
+    lists too; the swap, when it comes, loses none of them."""
+    idx = create(conn, n_src=3000)
+    nd = Needles(6)
+    docs = nd.rows(200)
+    write(idx, docs)
+    codebook.train(conn, "sk")
+    spec = get_index(conn, "sk")
+    oid_before, _ = _lists_part(conn, spec.id)
+    nxt = conn.execute("SELECT maxsim._sk_next(%s, 0)", (spec.id,)).fetchone()[0]
+    with psycopg.connect(dsn) as tx:
+        def merge_without_swap() -> dict[str, Any]:
+            tx.execute("SELECT pg_catalog.pg_current_xact_id()")   # this transaction has an id: no swap
+            got = tx.execute("SELECT maxsim.first_stage_sketch_merge('sk')").fetchone()[0]
+            tx.commit()
+            return got
+        for i in range(4 * sketch_lists.MAX_SEGMENTS):
+            extra = nd.rows(40, start=1000 + 40 * i)
+            write(idx, extra)
+            docs |= extra
+            if merge_without_swap().get("compacted") == "aside":
+                break
+        else:
+            raise AssertionError("no full compaction")
+        late = nd.rows(30, start=3001 - 30)
+        write(idx, late)
+        docs |= late
+        got = merge_without_swap()
+        assert got["rows"] == 30 and got["swap"] == "pending"
+    in_next = {int(v) for b, o, k in conn.execute(f"SELECT base, offs, sk FROM maxsim.{nxt}")
+               for v in sketch.unpack_versions(int(b), o, len(k) // 8)}
+    late_versions = {v for (v,) in conn.execute(f"SELECT version FROM maxsim.{spec.token_table} WHERE id >= 2971")}
+    assert late_versions and late_versions <= in_next
+    assert sketch_lists.merge(conn, "sk") is not None   # swaps, then merges (nothing left)
+    assert _lists_part(conn, spec.id)[0] != oid_before
+    assert conn.execute("SELECT pg_catalog.to_regclass(%s)", (f"maxsim.{nxt}",)).fetchone()[0] is None
+    versions = np.concatenate([sketch.unpack_versions(int(b), o, len(k) // 8) for b, o, k in conn.execute(
+        f"SELECT base, offs, sk FROM maxsim.fs_sk_{spec.id}")])
+    live = dict(conn.execute(f"SELECT version, n_tokens FROM maxsim.{spec.token_table}").fetchall())
+    got_v, counts = np.unique(versions[np.isin(versions, list(live))], return_counts=True)
+    assert dict(zip(got_v.tolist(), counts.tolist())) == live
+    for k in (2980, 1003, 17):
+        q = nd.query(docs[k])
+        assert sk_top(conn, "sk", q, 10)[:5] == reference_top(conn, "sk", q, 10)[:5]
+        assert search_ids(conn, "sk", q, 1, 6) == [k]
+
+
 def test_writes_never_merge_the_workers_trainer_does(conn: psycopg.Connection[Any], dsn: str) -> None:
     from pgmaxsim.worker.train import Trainer
 

@@ -13,6 +13,10 @@ the merging itself runs in the server: pgmaxsim.plpy.sketch_merge).
 - A training builds the new codebook's lists before its switch, and the switch merges the rows
   written meanwhile (pgmaxsim.codebook.train, maxsim.train_first_stage).
 - :func:`merge` merges now (tests, benchmarks, after bulk loads).
+- A full compaction (all the lists rewritten without the entries of rows gone) writes them into a
+  table of their own; the next merge call swaps it in for the lists' partition once the
+  transactions that could not see it have ended (maxsim._sk_swap), so the dead entries' bytes go back
+  to the system at once. :func:`merge_calls` makes that call right away.
 
 Why this is exact under writes: a list entry names a row version, and every write gives a row a
 new version (maxsim._tok_row), so entries of rows updated or deleted since map to no live row and
@@ -30,7 +34,7 @@ import psycopg
 
 from pgmaxsim.plpy.sketch_merge import MAX_SEGMENTS, threshold
 
-__all__ = ["MAX_SEGMENTS", "Merged", "merge", "threshold"]
+__all__ = ["MAX_SEGMENTS", "Merged", "merge", "merge_calls", "threshold"]
 
 
 @dataclass
@@ -43,8 +47,26 @@ class Merged:
 def merge(conn: psycopg.Connection[Any], name: str) -> Merged | None:
     """Merge the rows written since the last merge into the live codebook's lists, as any role that
     manages the index. None: not a trained codebook index, no plpython3u, or another session merging."""
-    row = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s)", (name,)).fetchone()
-    got = row[0] if row else None
+    got = merge_calls(conn, name, False)
     if not got or got.get("busy"):
         return None
     return Merged(int(got["rows"]), int(got["entries"]), bool(got["compacted"]))
+
+
+def merge_calls(conn: psycopg.Connection[Any], name: str, only_if_due: bool) -> dict[str, Any] | None:
+    """``maxsim.first_stage_sketch_merge(name, only_if_due)``, called as often as a full compaction's
+    swap needs: a merge that compacted all the lists wrote them into a table of their own, which the
+    next call swaps in, in a transaction of its own, and returns (maxsim._sk_swap). On an autocommit
+    connection each call is one transaction, so: a swap left by an earlier merge, then the merge,
+    then its own swap. Otherwise the swap waits for the next call in another transaction.
+    Returns the merge's answer (jsonb), or None (not a trained codebook index)."""
+    def call() -> dict[str, Any] | None:
+        row = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s)", (name, only_if_due)).fetchone()
+        return row[0] if row else None
+
+    got = call()
+    if got and got.get("swapped"):
+        got = call()
+    if got and got.get("swap") == "pending" and conn.autocommit:
+        call()
+    return got

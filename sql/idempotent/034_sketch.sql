@@ -16,7 +16,8 @@
 -- Rows written since the last merge are not in the lists: the codebook's GIN still ranks them (they
 -- have codes), and a merge (the worker's trainer, reindex --first-stage, first_stage_sketch_merge; never a
 -- writer: pgmaxsim.worker.train) adds them as a
--- new segment; more than a few segments are compacted into one (dead entries dropped). A retrain
+-- new segment; more than a few segments are compacted into one (dead entries dropped; a rewrite of all
+-- of them is swapped in as a table of its own by the next merge call, maxsim._sk_swap). A retrain
 -- builds the other slot's lists before the codebook switch, so each search sees one slot's codebook
 -- and lists in its snapshot. Servers without plpython3u keep the codebook's GIN path alone.
 
@@ -85,17 +86,119 @@ AS $$
                       WHERE i.inhparent = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', u.name)))
 $$;
 
+-- The table a full compaction of slot `slot`'s lists is written into (pgmaxsim.plpy.sketch_merge), to be
+-- swapped for the slot's partition by maxsim._sk_swap: the partition's name + '_next'. NULL when the
+-- lists are a plain table (an index older than the partitions: compacted in place).
+CREATE OR REPLACE FUNCTION maxsim._sk_next(index_id integer, slot integer) RETURNS text
+LANGUAGE sql STABLE
+SET search_path TO pg_catalog, pg_temp
+AS $$ SELECT c.relname::text || '_next' FROM pg_catalog.pg_class c WHERE c.oid = maxsim._sk_part('fs_sk_' || index_id, slot) $$;
+
+-- Wait up to `wait_s` seconds for every client transaction of this database in progress now (but the
+-- caller's) to end, as CREATE INDEX CONCURRENTLY does (their virtual transaction ids in pg_locks,
+-- which every role may read). A transaction that begins later sees, in all its snapshots, what had
+-- committed before this call. True: they all ended.
+CREATE OR REPLACE FUNCTION maxsim._wait_older(wait_s double precision) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    older text[];
+    until timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => wait_s);
+BEGIN
+    older := ARRAY(SELECT l.virtualxid FROM pg_catalog.pg_locks l
+                     JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid AND a.backend_type = 'client backend'
+                                                       AND a.datname = pg_catalog.current_database()
+                    WHERE l.locktype = 'virtualxid' AND l.granted AND l.pid <> pg_catalog.pg_backend_pid());
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                        WHERE l.locktype = 'virtualxid' AND l.granted AND l.virtualxid = ANY (older)) THEN
+            RETURN true;
+        END IF;
+        EXIT WHEN pg_catalog.clock_timestamp() >= until;
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+-- Swap in the lists a full compaction of slot `slot` wrote aside (maxsim._sk_next), in place of the
+-- slot's partition, whose file holds the old entries too: a rewrite in place (DELETE, INSERT) would
+-- leave them to VACUUM, which keeps the file's size, and the lists would stay at ~2x their live bytes.
+-- The caller holds the index's merge lock; every merge since the rewrite added its segment to the
+-- rewritten table too (pgmaxsim.plpy.sketch_merge), so it holds every entry of the partition that
+-- maps to a live row.
+--
+-- Swapping tables is not MVCC-safe: a search whose snapshot predates the rewrite's commit would find
+-- the new table empty. So the rewrite commits first (this is a later transaction: NULL when the
+-- rewrite is the caller's own), then this waits up to `wait_s` seconds for the transactions in
+-- progress to end (maxsim._wait_older) and takes the lists' table with NOWAIT, a few tries apart, so
+-- that no search queues behind it; the caller commits at once after a swap (searches wait for that
+-- commit, not for a merge). True: swapped. False: transactions or searches held on, the rewritten
+-- table is dropped and the partition is as it was (the caller compacts in place). NULL: nothing to swap.
+CREATE OR REPLACE FUNCTION maxsim._sk_swap(index_id integer, slot integer, wait_s double precision) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+DECLARE
+    parent text := 'fs_sk_' || index_id;
+    nxt text := maxsim._sk_next(index_id, slot);
+    part text;
+    try integer;
+    done boolean := false;
+BEGIN
+    IF nxt IS NULL OR pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt)) IS NULL
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                   WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt))
+                     AND c.xmin = pg_catalog.pg_current_xact_id_if_assigned()::xid) THEN
+        RETURN NULL;
+    END IF;
+    part := pg_catalog.left(nxt, -5);
+    IF maxsim._wait_older(wait_s) THEN
+        FOR try IN 1..20 LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('LOCK TABLE maxsim.%I IN ACCESS EXCLUSIVE MODE NOWAIT', parent);
+                done := true;
+            EXCEPTION WHEN lock_not_available THEN
+                PERFORM pg_catalog.pg_sleep(0.05);
+            END;
+            EXIT WHEN done;
+        END LOOP;
+    END IF;
+    IF NOT done THEN
+        EXECUTE pg_catalog.format('DROP TABLE maxsim.%I', nxt);
+        RETURN false;
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I DETACH PARTITION maxsim.%I', parent, part);
+    EXECUTE pg_catalog.format('DROP TABLE maxsim.%I', part);
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ATTACH PARTITION maxsim.%I FOR VALUES IN (%s)', parent, nxt, slot);
+    EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I RENAME TO %I', nxt, part);
+    IF pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', part || '_pkey')) IS NULL
+       AND pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt || '_pkey')) IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER INDEX maxsim.%I RENAME TO %I', nxt || '_pkey', part || '_pkey');
+    END IF;
+    RETURN true;
+END
+$$;
+
 -- Bytes of the sketch tables of an index (0 when it has none; partitions included).
 CREATE OR REPLACE FUNCTION maxsim._sk_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
-AS $$ SELECT maxsim._tables_bytes(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id, 'skpend_' || index_id]) $$;
+AS $$ SELECT maxsim._tables_bytes(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id, 'skpend_' || index_id,
+                                        maxsim._sk_next(index_id, 0), maxsim._sk_next(index_id, 1)]) $$;
 
 CREATE OR REPLACE FUNCTION maxsim._sk_drop(index_id integer) RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
+DECLARE
+    nxt text;
 BEGIN
+    FOR nxt IN SELECT n.t FROM pg_catalog.generate_series(0, 1) AS g(s), maxsim._sk_next(index_id, g.s) AS n(t)
+                WHERE n.t IS NOT NULL LOOP
+        EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', nxt);   -- a rewrite not swapped in yet
+    END LOOP;
     EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I, maxsim.%I, maxsim.%I, maxsim.%I',
                               'fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id, 'skpend_' || index_id);
 END
@@ -109,7 +212,11 @@ SET search_path TO pg_catalog, pg_temp
 AS $$
 DECLARE
     t text;
+    nxt text := maxsim._sk_next(index_id, slot);
 BEGIN
+    IF nxt IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', nxt);   -- a rewrite not swapped in yet
+    END IF;
     FOREACH t IN ARRAY ARRAY['fs_sk_', 'fs_skrow_', 'fs_skm_'] LOOP
         IF pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', t || index_id)) IS NOT NULL THEN
             EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', t || index_id) USING slot::smallint;
@@ -140,21 +247,14 @@ DECLARE
     t text;
     part regclass;
     try integer;
-    older text[];
-    until timestamptz := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => wait_s);
-    quiet boolean;
+    quiet boolean := maxsim._wait_older(wait_s);
     done boolean;
     all_done boolean := true;
+    nxt text := maxsim._sk_next(index_id, slot);
 BEGIN
-    older := ARRAY(SELECT l.virtualxid FROM pg_catalog.pg_locks l
-                     JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid AND a.backend_type = 'client backend'
-                    WHERE l.locktype = 'virtualxid' AND l.granted AND l.pid <> pg_catalog.pg_backend_pid());
-    LOOP
-        quiet := NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-                              WHERE l.locktype = 'virtualxid' AND l.granted AND l.virtualxid = ANY (older));
-        EXIT WHEN quiet OR pg_catalog.clock_timestamp() >= until;
-        PERFORM pg_catalog.pg_sleep(0.05);
-    END LOOP;
+    IF nxt IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TABLE IF EXISTS maxsim.%I', nxt);   -- a rewrite not swapped in yet
+    END IF;
     FOREACH t IN ARRAY ARRAY['fs_coarse_', 'fs_fine_', 'fs_sk_', 'fs_skrow_'] LOOP
         CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', t || index_id)) IS NULL;
         part := CASE WHEN quiet THEN maxsim._sk_part(t || index_id, slot) END;
@@ -194,6 +294,7 @@ DECLARE
     ctx text;
     r maxsim.indexes;
     res jsonb;
+    swapped boolean;
 BEGIN
     GET DIAGNOSTICS ctx = PG_CONTEXT;
     r := maxsim._guarded_index(ctx, '_sk_merge', _sk_merge.index_id);
@@ -201,6 +302,23 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM maxsim._sk_create(r.id, r.token_table);
+    -- the merges of one index are serialized (pgmaxsim.plpy.sketch_merge takes the same lock again)
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pgmaxsim/sketch/' || r.id)) THEN
+        RETURN '{"rows": 0, "entries": 0, "compacted": false, "busy": true}'::jsonb;
+    END IF;
+    -- First the lists an earlier merge's full compaction rewrote, and return, for the caller to
+    -- commit at once (searches wait for the swap's commit) and call again for the merge
+    -- (pgmaxsim.sketch_lists.merge). Only asked for by maxsim.first_stage_sketch_merge, in a
+    -- transaction that has written nothing yet: not inside a training's steps, which hold locks.
+    IF pg_catalog.current_setting('pgmaxsim.sketch_swap', true) = 'on' AND pg_catalog.pg_current_xact_id_if_assigned() IS NULL THEN
+        PERFORM pg_catalog.set_config('pgmaxsim.sketch_swap', 'off', true);
+        swapped := maxsim._sk_swap(r.id, gen % 2, 10);
+    END IF;
+    IF swapped THEN
+        RETURN '{"rows": 0, "entries": 0, "compacted": false, "swapped": true}'::jsonb;
+    END IF;
+    -- not swapped (transactions held on): this merge compacts in place
+    PERFORM pg_catalog.set_config('pgmaxsim.sketch_in_place', CASE WHEN swapped IS NULL THEN 'off' ELSE 'on' END, true);
     res := maxsim._sk_merge_py(r.id, gen, only_if_due);
     -- (also on a merge asked for, not only when due, with nothing to merge: it repairs an index
     -- trained before the switch forgot them, 038_fs_train.sql)
@@ -227,7 +345,9 @@ BEGIN
     IF r.pooling <> 'codebook' OR (r.options ->> 'fs_gen') IS NULL THEN
         RETURN NULL;
     END IF;
+    PERFORM pg_catalog.set_config('pgmaxsim.sketch_swap', 'on', true);   -- see maxsim._sk_merge
     res := maxsim._sk_merge(r.id, (r.options ->> 'fs_gen')::integer, only_if_due);
+    PERFORM pg_catalog.set_config('pgmaxsim.sketch_swap', 'off', true);
     RETURN res;
 END
 $$;

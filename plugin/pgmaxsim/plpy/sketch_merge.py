@@ -5,7 +5,8 @@ A merge adds every row that has codes under generation ``gen`` and whose version
 into that slot yet, as one new segment (one list row per code present), and records the versions
 it merged, in the caller's transaction: a search sees the segment whole or not at all. Past
 :data:`MAX_SEGMENTS` segments the lists are rewritten as one, without the entries of rows updated
-or deleted since. The first merge of a generation measures its codec (and clears what an older
+or deleted since; a rewrite of all of them goes into a table of its own, swapped in by the next
+merge call (maxsim._sk_swap, sql/idempotent/034_sketch.sql), which frees the old entries' bytes. The first merge of a generation measures its codec (and clears what an older
 generation left in the slot). Runs as the schema owner (called by SECURITY DEFINER functions).
 """
 
@@ -53,6 +54,10 @@ class _Lists:
         self.sk, self.skrow, self.skm = f"maxsim.fs_sk_{i}", f"maxsim.fs_skrow_{i}", f"maxsim.fs_skm_{i}"
         self.tok = f"maxsim.{plpy.quote_ident(index['token_table'])}"
         self.codes = f"codes_{self.slot}"
+        nxt = self.q("SELECT maxsim._sk_next($1, $2) AS t", ["int4", "int4"], [i, self.slot])[0]["t"]
+        #: where a full compaction writes the lists, to be swapped in by the next merge (maxsim._sk_swap);
+        #: None: the lists are a plain table (an index older than the partitions), compacted in place
+        self.next = None if nxt is None else f"maxsim.{plpy.quote_ident(nxt)}"
 
     def q(self, text: str, types: list[str], args: list[Any]) -> Any:
         return self.plpy.execute(self.plpy.prepare(text, types), args)
@@ -88,15 +93,19 @@ class _Lists:
             f"SELECT t.version, t.tokens, t.n_tokens FROM {self.tok} t WHERE t.{self.codes} IS NOT NULL"
             f" AND NOT EXISTS (SELECT 1 FROM {self.skrow} s WHERE s.slot = $1 AND s.version = t.version)", ["int2"])
 
-    def write(self, ent: sketch.Entries, versions: list[int]) -> None:
-        """One new segment of ``ent`` and the versions it merges."""
-        seg = self.q(f"SELECT coalesce(max(seg), -1) + 1 AS s FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])[0]["s"]
+    def write(self, ent: sketch.Entries, versions: list[int], table: str | None = None) -> None:
+        """One new segment of ``ent`` and the versions it merges (into ``table``: the lists' table,
+        and the rewrite waiting for its swap when there is one)."""
+        if table is None and versions and self.pending_rewrite():
+            self.write(ent, [], table=self.next)
+        table = table or self.sk
+        seg = self.q(f"SELECT coalesce(max(seg), -1) + 1 AS s FROM {table} WHERE slot = $1", ["int2"], [self.slot])[0]["s"]
         order = np.lexsort((ent.version, ent.code))
         code, ver, sk = ent.code[order], ent.version[order], ent.sk[order]
         cuts = np.flatnonzero(np.diff(code)) + 1
         starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(code)]])
         plan = self.plpy.prepare(
-            f"INSERT INTO {self.sk} (slot, code, seg, base, offs, sk)"
+            f"INSERT INTO {table} (slot, code, seg, base, offs, sk)"
             f" SELECT $1, u.c, $2, u.b, u.o, u.s FROM ROWS FROM (pg_catalog.unnest($3), pg_catalog.unnest($4),"
             f" pg_catalog.unnest($5), pg_catalog.unnest($6)) AS u(c, b, o, s)",
             ["int2", "int4", "int4[]", "int8[]", "bytea[]", "bytea[]"])
@@ -116,12 +125,14 @@ class _Lists:
     def segments(self) -> int:
         return int(self.q(f"SELECT count(DISTINCT seg) AS n FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])[0]["n"])
 
-    def compact(self, nbytes: int) -> bool:
+    def compact(self, nbytes: int, in_place: bool = False) -> str:
         """Rewrite segments as one, without entries of rows no longer live (size-tiered, as an LSM
         tree: a query reads every segment of a code, a rewrite costs what it reads). The segments
         besides the largest are rewritten together while they hold less than it; once they hold as
         much, all of them are (and the merged versions of rows gone since are forgotten). So a merge
-        every ~1,000 rows does not rewrite the whole lists every 8 merges. True: all were rewritten."""
+        every ~1,000 rows does not rewrite the whole lists every 8 merges. Returns "recent", "all"
+        (rewritten in place: ``in_place``, or lists in a plain table) or "aside" (all, into the table
+        the next merge swaps in)."""
         sizes = {int(r["seg"]): int(r["b"]) for r in self.q(
             f"SELECT seg, sum(pg_catalog.length(sk)) AS b FROM {self.sk} WHERE slot = $1 GROUP BY seg", ["int2"], [self.slot])}
         base = max(sizes, key=lambda k: sizes[k])
@@ -138,13 +149,34 @@ class _Lists:
                                         np.frombuffer(r["sk"], np.uint8).reshape(n, nbytes)))
         ent = sketch.Entries.concat(parts, nbytes)
         keep = np.isin(ent.version, live)
-        self.q(f"DELETE FROM {self.sk} WHERE slot = $1 AND seg = ANY ($2)", ["int2", "int4[]"], [self.slot, segs])
+        ent = sketch.Entries(ent.code[keep], ent.version[keep], ent.sk[keep])
         if full:
             self.q(f"DELETE FROM {self.skrow} s WHERE s.slot = $1 AND NOT EXISTS"
                    f" (SELECT 1 FROM {self.tok} t WHERE t.version = s.version)", ["int2"], [self.slot])
-        if keep.any():
-            self.write(sketch.Entries(ent.code[keep], ent.version[keep], ent.sk[keep]), [])
-        return full
+            if self.next is not None and not in_place:
+                self.aside(ent)
+                return "aside"
+        self.q(f"DELETE FROM {self.sk} WHERE slot = $1 AND seg = ANY ($2)", ["int2", "int4[]"], [self.slot, segs])
+        if len(ent.code):
+            self.write(ent, [])
+        return "all" if full else "recent"
+
+    def aside(self, ent: sketch.Entries) -> None:
+        """Write ``ent`` (the slot's live entries) as the whole lists into a table of their own
+        (:attr:`next`), for the next merge to swap in (maxsim._sk_swap: a rewrite in place would
+        leave the old entries' pages in the file, ~2x the live bytes). Meanwhile searches read the
+        lists as they were, and each merge adds its segment to both (:meth:`write`)."""
+        self.plpy.execute(f"DROP TABLE IF EXISTS {self.next}")
+        self.plpy.execute(f"CREATE TABLE {self.next} (LIKE {self.sk} INCLUDING DEFAULTS INCLUDING STORAGE,"
+                          f" CHECK (slot = {int(self.slot)}))")   # the CHECK spares the swap's ATTACH a scan
+        if len(ent.code):
+            self.write(ent, [], table=self.next)
+        self.plpy.execute(f"ALTER TABLE {self.next} ADD PRIMARY KEY (slot, code, seg)")
+
+    def pending_rewrite(self) -> bool:
+        """Whether a full compaction's rewrite waits for its swap (:meth:`aside`)."""
+        return self.next is not None and bool(self.q("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e",
+                                                     ["text"], [self.next])[0]["e"])
 
     def due(self) -> bool:
         """Whether :func:`threshold` rows are newer than the newest merged version, or some are and
@@ -184,6 +216,9 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
         return out
     codec = lists.codec(cb)
     nbytes = codec.bits // 8
+    # a full compaction's rewrite waiting for its swap gets this merge's segments too, so that it
+    # stays the whole lists (and the lists are not compacted meanwhile)
+    rewrite = lists.pending_rewrite()
     parts: list[sketch.Entries] = []
     versions: list[int] = []
     held = 0
@@ -208,7 +243,12 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
         lists.write(sketch.Entries.concat(parts, nbytes), versions)
         out["rows"] += len(versions)
         out["entries"] += held
-    if lists.segments() > MAX_SEGMENTS:
-        out["compacted"] = "all" if lists.compact(nbytes) else "recent"
+    if rewrite:
+        out["swap"] = "pending"
+    elif lists.segments() > MAX_SEGMENTS:
+        in_place = plpy.execute("SELECT pg_catalog.current_setting('pgmaxsim.sketch_in_place', true) = 'on' AS on")[0]["on"]
+        out["compacted"] = lists.compact(nbytes, bool(in_place))
+        if out["compacted"] == "aside":
+            out["swap"] = "pending"
     return out
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from pgmaxsim import sketch_lists
 from pgmaxsim.errors import PgmaxsimError, one_line
 
 log = logging.getLogger("pgmaxsim.worker")
@@ -150,7 +151,7 @@ class Trainer:
 
     def _merge(self, conn: psycopg.Connection[Any], name: str, merge_all: bool) -> None:
         try:
-            got = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s)", (name, not merge_all)).fetchone()[0]
+            got = sketch_lists.merge_calls(conn, name, not merge_all)
         except psycopg.Error as e:   # the rows stay pending (candidates of every search) until a later merge
             if not self._stopping.is_set():
                 log.warning("pgmaxsim worker: index %s: merging its sketch lists failed: %s", name, one_line(e))
