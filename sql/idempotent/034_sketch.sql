@@ -185,8 +185,8 @@ $$;
 CREATE OR REPLACE FUNCTION maxsim._sk_bytes(index_id integer) RETURNS bigint
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
-AS $$ SELECT maxsim._tables_bytes(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id, 'fs_skm_' || index_id, 'skpend_' || index_id,
-                                        maxsim._sk_next(index_id, 0), maxsim._sk_next(index_id, 1)]) $$;
+AS $$ SELECT maxsim._tables_bytes(pg_catalog.array_remove(ARRAY['fs_sk_' || index_id, 'fs_skrow_' || index_id,
+          'fs_skm_' || index_id, 'skpend_' || index_id, maxsim._sk_next(index_id, 0), maxsim._sk_next(index_id, 1)], NULL)) $$;
 
 CREATE OR REPLACE FUNCTION maxsim._sk_drop(index_id integer) RETURNS void
 LANGUAGE plpgsql VOLATILE
