@@ -184,6 +184,16 @@ def test_writes_deletes_truncate_merges_and_compaction_keep_it_exact(conn: psyco
     assert sk_top(conn, "sk", q_new, 10) == [305]
 
 
+def _trained(db: psycopg.Connection[Any], seed: int, rows: int) -> tuple[Index, Needles, dict[int, np.ndarray], Any]:
+    """Index "sk" over ``rows`` needle rows (room for 3,000 keys), trained: its lists built."""
+    idx = create(db, n_src=3000)
+    nd = Needles(seed)
+    docs = nd.rows(rows)
+    write(idx, docs)
+    codebook.train(db, "sk")
+    return idx, nd, docs, get_index(db, "sk")
+
+
 def _lists_part(db: psycopg.Connection[Any], index_id: int) -> tuple[int, int]:
     """(oid, bytes with TOAST and indexes) of slot 0's lists partition."""
     return db.execute(f"SELECT p::oid::int, pg_catalog.pg_total_relation_size(p) FROM maxsim._sk_part('fs_sk_{index_id}', 0) p"
@@ -208,12 +218,7 @@ def _compact_fully(db: psycopg.Connection[Any], idx: Index, nd: Needles, docs: d
 def test_a_full_compaction_gives_the_dead_entries_bytes_back(conn: psycopg.Connection[Any], dsn: str) -> None:
     """Rewritten in place, the lists' file would keep the old entries' pages (~2x the live bytes):
     the full compaction swaps in a table holding just the live entries, under searches."""
-    idx = create(conn, n_src=3000)
-    nd = Needles(4)
-    docs = nd.rows(300)
-    write(idx, docs)
-    codebook.train(conn, "sk")
-    spec = get_index(conn, "sk")
+    idx, nd, docs, spec = _trained(conn, 4, 300)
     docs |= nd.rows(150, start=1)   # half the rows updated: their merged entries are dead
     write(idx, {k: docs[k] for k in range(1, 151)})
     sketch_lists.merge(conn, "sk")
@@ -248,12 +253,7 @@ def test_a_full_compaction_held_off_by_an_open_transaction_rewrites_in_place(con
                                                                                dsn: str) -> None:
     """A session that searched and left its transaction open holds the lists: the swap does not wait
     for it (nor make every other search wait behind it) but rewrites in place, as before."""
-    idx = create(conn, n_src=3000)
-    nd = Needles(5)
-    docs = nd.rows(200)
-    write(idx, docs)
-    codebook.train(conn, "sk")
-    spec = get_index(conn, "sk")
+    idx, nd, docs, spec = _trained(conn, 5, 200)
     oid_before, _ = _lists_part(conn, spec.id)
     with psycopg.connect(dsn) as other:   # not autocommit: the search's transaction stays open
         register_tokens(other)
@@ -268,12 +268,7 @@ def test_a_full_compaction_held_off_by_an_open_transaction_rewrites_in_place(con
 def test_a_rewrite_waiting_for_its_swap_takes_the_merges_made_meanwhile(conn: psycopg.Connection[Any], dsn: str) -> None:
     """Merges in transactions that cannot swap (they wrote first) add their segments to the rewritten
     lists too; the swap, when it comes, loses none of them."""
-    idx = create(conn, n_src=3000)
-    nd = Needles(6)
-    docs = nd.rows(200)
-    write(idx, docs)
-    codebook.train(conn, "sk")
-    spec = get_index(conn, "sk")
+    idx, nd, docs, spec = _trained(conn, 6, 200)
     oid_before, _ = _lists_part(conn, spec.id)
     nxt = conn.execute("SELECT maxsim._sk_next(%s, 0)", (spec.id,)).fetchone()[0]
     with psycopg.connect(dsn) as tx:

@@ -122,6 +122,26 @@ BEGIN
 END
 $$;
 
+-- Take table `rel` in ACCESS EXCLUSIVE mode with NOWAIT, up to 20 tries 50 ms apart, so that no
+-- search queues behind the lock while it waits (the lock is held until the caller's transaction ends).
+-- False: every try found it in use.
+CREATE OR REPLACE FUNCTION maxsim._lock_nowait(rel regclass) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path TO pg_catalog, pg_temp
+AS $$
+BEGIN
+    FOR try IN 1..20 LOOP
+        BEGIN
+            EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', rel);
+            RETURN true;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END;
+    END LOOP;
+    RETURN false;
+END
+$$;
+
 -- Swap in the lists a full compaction of slot `slot` wrote aside (maxsim._sk_next), in place of the
 -- slot's partition, whose file holds the old entries too: a rewrite in place (DELETE, INSERT) would
 -- leave them to VACUUM, which keeps the file's size, and the lists would stay at ~2x their live bytes.
@@ -144,8 +164,7 @@ DECLARE
     parent text := 'fs_sk_' || index_id;
     nxt text := maxsim._sk_next(index_id, slot);
     part text;
-    try integer;
-    done boolean := false;
+    held boolean := false;
 BEGIN
     IF nxt IS NULL OR pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt)) IS NULL
        OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
@@ -155,17 +174,9 @@ BEGIN
     END IF;
     part := pg_catalog.left(nxt, -5);
     IF maxsim._wait_older(wait_s) THEN
-        FOR try IN 1..20 LOOP
-            BEGIN
-                EXECUTE pg_catalog.format('LOCK TABLE maxsim.%I IN ACCESS EXCLUSIVE MODE NOWAIT', parent);
-                done := true;
-            EXCEPTION WHEN lock_not_available THEN
-                PERFORM pg_catalog.pg_sleep(0.05);
-            END;
-            EXIT WHEN done;
-        END LOOP;
+        held := maxsim._lock_nowait(pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', parent)));
     END IF;
-    IF NOT done THEN
+    IF NOT held THEN
         EXECUTE pg_catalog.format('DROP TABLE maxsim.%I', nxt);
         RETURN false;
     END IF;
@@ -246,7 +257,6 @@ AS $$
 DECLARE
     t text;
     part regclass;
-    try integer;
     quiet boolean := maxsim._wait_older(wait_s);
     done boolean;
     all_done boolean := true;
@@ -259,17 +269,9 @@ BEGIN
         CONTINUE WHEN pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', t || index_id)) IS NULL;
         part := CASE WHEN quiet THEN maxsim._sk_part(t || index_id, slot) END;
         done := false;
-        IF part IS NOT NULL THEN
-            FOR try IN 1..20 LOOP
-                BEGIN
-                    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', part);
-                    EXECUTE pg_catalog.format('TRUNCATE %s', part);
-                    done := true;
-                EXCEPTION WHEN lock_not_available THEN
-                    PERFORM pg_catalog.pg_sleep(0.05);
-                END;
-                EXIT WHEN done;
-            END LOOP;
+        IF part IS NOT NULL AND maxsim._lock_nowait(part) THEN
+            EXECUTE pg_catalog.format('TRUNCATE %s', part);
+            done := true;
         END IF;
         IF NOT done THEN
             EXECUTE pg_catalog.format('DELETE FROM maxsim.%I WHERE slot = $1', t || index_id) USING slot::smallint;
