@@ -150,8 +150,9 @@ $$;
 -- maps to a live row.
 --
 -- Swapping tables is not MVCC-safe: a search whose snapshot predates the rewrite's commit would find
--- the new table empty. So the rewrite commits first (this is a later transaction: NULL when the
--- rewrite is the caller's own), then this waits up to `wait_s` seconds for the transactions in
+-- the new table empty. So the rewrite commits first (this runs only in a transaction that has written
+-- nothing yet, NULL otherwise: the rewrite, and the segments merges added to it, committed before;
+-- and a training's steps, which hold locks, never wait here), then this waits up to `wait_s` seconds for the transactions in
 -- progress to end (maxsim._wait_older) and takes the lists' table with NOWAIT, a few tries apart, so
 -- that no search queues behind it; the caller commits at once after a swap (searches wait for that
 -- commit, not for a merge). True: swapped. False: transactions or searches held on, the rewritten
@@ -166,10 +167,8 @@ DECLARE
     part text;
     held boolean := false;
 BEGIN
-    IF nxt IS NULL OR pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt)) IS NULL
-       OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
-                   WHERE c.oid = pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt))
-                     AND c.xmin = pg_catalog.pg_current_xact_id_if_assigned()::xid) THEN
+    IF pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL
+       OR nxt IS NULL OR pg_catalog.to_regclass(pg_catalog.format('maxsim.%I', nxt)) IS NULL THEN
         RETURN NULL;
     END IF;
     part := pg_catalog.left(nxt, -5);
@@ -310,9 +309,9 @@ BEGIN
     END IF;
     -- First the lists an earlier merge's full compaction rewrote, and return, for the caller to
     -- commit at once (searches wait for the swap's commit) and call again for the merge
-    -- (pgmaxsim.sketch_lists.merge). Only asked for by maxsim.first_stage_sketch_merge, in a
-    -- transaction that has written nothing yet: not inside a training's steps, which hold locks.
-    IF pg_catalog.current_setting('pgmaxsim.sketch_swap', true) = 'on' AND pg_catalog.pg_current_xact_id_if_assigned() IS NULL THEN
+    -- (pgmaxsim.sketch_lists.merge). Only asked for by maxsim.first_stage_sketch_merge (and only in a
+    -- transaction that has written nothing yet, maxsim._sk_swap).
+    IF pg_catalog.current_setting('pgmaxsim.sketch_swap', true) = 'on' THEN
         PERFORM pg_catalog.set_config('pgmaxsim.sketch_swap', 'off', true);
         swapped := maxsim._sk_swap(r.id, gen % 2, 10);
     END IF;

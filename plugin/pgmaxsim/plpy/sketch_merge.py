@@ -95,9 +95,7 @@ class _Lists:
 
     def write(self, ent: sketch.Entries, versions: list[int], table: str | None = None) -> None:
         """One new segment of ``ent`` and the versions it merges (into ``table``: the lists' table,
-        and the rewrite waiting for its swap when there is one)."""
-        if table is None and versions and self.pending_rewrite():
-            self.write(ent, [], table=self.next)
+        or the rewrite waiting for its swap, :meth:`aside`)."""
         table = table or self.sk
         seg = self.q(f"SELECT coalesce(max(seg), -1) + 1 AS s FROM {table} WHERE slot = $1", ["int2"], [self.slot])[0]["s"]
         order = np.lexsort((ent.version, ent.code))
@@ -165,7 +163,7 @@ class _Lists:
         """Write ``ent`` (the slot's live entries) as the whole lists into a table of their own
         (:attr:`next`), for the next merge to swap in (maxsim._sk_swap: a rewrite in place would
         leave the old entries' pages in the file, ~2x the live bytes). Meanwhile searches read the
-        lists as they were, and each merge adds its segment to both (:meth:`write`)."""
+        lists as they were, and each merge adds its segment to both (:func:`merge`)."""
         self.plpy.execute(f"DROP TABLE IF EXISTS {self.next}")
         self.plpy.execute(f"CREATE TABLE {self.next} (LIKE {self.sk} INCLUDING DEFAULTS INCLUDING STORAGE,"
                           f" CHECK (slot = {int(self.slot)}))")   # the CHECK spares the swap's ATTACH a scan
@@ -197,16 +195,13 @@ class _Lists:
 
 def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, Any]:
     """Merge the pending rows of generation ``gen`` (see the module docstring); ``only_if_due``:
-    only when :func:`threshold` rows are newer than the lists. Another merge of the index running:
-    nothing (it takes them)."""
+    only when :func:`threshold` rows are newer than the lists. The caller (maxsim._sk_merge) holds
+    the index's merge lock (another merge of the index running, it answers busy without calling this)."""
     from pgmaxsim.plpy import codes as codes_mod
     from pgmaxsim.plpy.api import index_by_id
 
     out: dict[str, Any] = {"rows": 0, "entries": 0, "compacted": False}
     index = index_by_id(plpy, index_id)
-    got = plpy.execute(f"SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pgmaxsim/sketch/{int(index_id)}')) AS ok")
-    if not got[0]["ok"]:
-        return out | {"busy": True}
     cb = codes_mod._codebook(plpy, int(index_id), int(gen))
     if cb is None:
         return out
@@ -222,6 +217,15 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
     parts: list[sketch.Entries] = []
     versions: list[int] = []
     held = 0
+
+    def flush() -> None:
+        ent = sketch.Entries.concat(parts, nbytes)
+        lists.write(ent, versions)
+        if rewrite:
+            lists.write(ent, [], table=lists.next)
+        out["rows"] += len(versions)
+        out["entries"] += held
+
     cur = plpy.cursor(lists.pending_plan(), [lists.slot])
     while True:
         rows = cur.fetch(BATCH)
@@ -235,14 +239,10 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
             versions.append(int(r["version"]))
             held += len(x)
         if held >= FLUSH_ENTRIES:
-            lists.write(sketch.Entries.concat(parts, nbytes), versions)
-            out["rows"] += len(versions)
-            out["entries"] += held
+            flush()
             parts, versions, held = [], [], 0
     if versions:
-        lists.write(sketch.Entries.concat(parts, nbytes), versions)
-        out["rows"] += len(versions)
-        out["entries"] += held
+        flush()
     if rewrite:
         out["swap"] = "pending"
     elif lists.segments() > MAX_SEGMENTS:
