@@ -220,9 +220,22 @@ def test_a_granted_role_writes_codes_and_searches(conn: psycopg.Connection[Any],
         conn.execute(f'DROP ROLE "{role}"')
 
 
+def stored_codes(db: psycopg.Connection[Any], name: str) -> tuple[list[int], fs.InvertedLists, fs.InvertedLists]:
+    """Every row's stored live codes: (keys in id order, code -> rows lists, row -> codes lists)."""
+    spec = get_index(db, name)
+    book = stored_book(db, name)
+    rows = db.execute(f"SELECT id, {codebook.column(book.slot)} FROM maxsim.{spec.token_table} ORDER BY id").fetchall()
+    codes = np.concatenate([np.asarray(c, np.int64) for _, c in rows])
+    row_of = np.repeat(np.arange(len(rows)), [len(c) for _, c in rows])
+    lists = fs.InvertedLists.build(codes, row_of, book.cb.n_codes)
+    return [k for k, _ in rows], lists, fs.row_codes(lists, len(rows))
+
+
 def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any]) -> None:
-    """With fewer candidates than probed rows, the rows kept are pgmaxsim.firststage's choice over the
-    stored codes and codebook: WARP's probe score, then PLAID's centroid interaction."""
+    """With fewer candidates than probed rows and no sketch lists read (sketch_top 0), the rows kept
+    are pgmaxsim.firststage's choice over the stored codes and codebook: WARP's probe score, then
+    PLAID's centroid interaction. This PL/Python server has no GIN over the codes (maxsim._fs_create):
+    the backend computes the probe score over the codes themselves (pgmaxsim.plpy.codes.best)."""
     conn.autocommit = True
     register_tokens(conn)
     idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8, "nprobe": 6,'
@@ -231,20 +244,41 @@ def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any])
     idx.upsert(list(docs), list(docs.values()))
     codebook.train(conn, "fs")
     spec = get_index(conn, "fs")
+    assert conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'maxsim' AND tablename = %s"
+                        " AND indexdef ~ 'USING gin'", (spec.token_table,)).fetchone()[0] == 0
     book = stored_book(conn, "fs")
-    rows = conn.execute(f"SELECT id, codes_0 FROM maxsim.{spec.token_table} ORDER BY id").fetchall()
-    keys = [k for k, _ in rows]
-    codes = np.concatenate([np.asarray(c, np.int64) for _, c in rows])
-    row_of = np.repeat(np.arange(len(rows)), [len(c) for _, c in rows])
-    lists = fs.InvertedLists.build(codes, row_of, book.cb.n_codes)
-    per_row = fs.row_codes(lists, len(rows))
+    keys, lists, per_row = stored_codes(conn, "fs")
     for q in queries_of(docs, seed=14, n=5):
         pc, ps = fs.probe(book.cb, q, 6, 2)
-        # PL/Python: 4 x 20 rows by the probe score, then the best 20 by centroid interaction
-        want = fs.candidates(lists, pc, ps, len(rows), 20, rescore=(book.cb, q, per_row, 4))
+        # 4 x 20 rows by the probe score, then the best 20 by centroid interaction
+        want = fs.candidates(lists, pc, ps, len(keys), 20, rescore=(book.cb, q, per_row, 4))
         got = search_ids(conn, "fs", q, 20)
         assert len(got) == 20
         assert len(set(got) & {keys[i] for i in want}) >= 18   # near-ties may fall either way
+
+
+def test_without_plpython_the_probe_score_ranks_as_the_numpy_model(embedded_dsn: str) -> None:
+    """The pure-SQL first stage (servers without plpython3u, over the codes' GIN that only they have):
+    the rows kept are pgmaxsim.firststage's choice over the stored codes and codebook, by WARP's
+    probe score."""
+    with psycopg.connect(embedded_dsn, autocommit=True) as db:
+        register_tokens(db)
+        idx = create(db, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8,'
+                              ' "nprobe": 6}')
+        docs = corpus(300, seed=13)
+        idx.upsert(list(docs), list(docs.values()))
+        codebook.train(db, "fs")
+        spec = get_index(db, "fs")
+        assert db.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'maxsim' AND tablename = %s"
+                          " AND indexdef ~ 'USING gin'", (spec.token_table,)).fetchone()[0] == 2   # both slots
+        book = stored_book(db, "fs")
+        keys, lists, _ = stored_codes(db, "fs")
+        for q in queries_of(docs, seed=14, n=5):
+            pc, ps = fs.probe(book.cb, q, 6, 2)
+            want = fs.candidates(lists, pc, ps, len(keys), 20)
+            got = search_ids(db, "fs", q, 20)
+            assert len(got) == 20
+            assert len(set(got) & {keys[i] for i in want}) >= 18   # near-ties may fall either way
 
 
 def test_rescoring_reads_every_candidates_codes(conn: psycopg.Connection[Any]) -> None:

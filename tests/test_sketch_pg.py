@@ -401,6 +401,9 @@ def test_without_plpython_the_codebook_gin_path_answers(embedded_dsn: str) -> No
         docs = nd.rows(120)
         write(idx, docs)
         codebook.train(db, "sk")   # the lists are built (client-side NumPy) but not read there
+        tok = get_index(db, "sk").token_table
+        assert {r[0] for r in db.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef ~ 'USING gin'",
+                                         (tok,))} == {f"{tok}_codes_0_gin", f"{tok}_codes_1_gin"}   # this server's first stage
         k = list(docs)[3]
         q = nd.query(docs[k])
         assert sk_top(db, "sk", q, 10) == []
@@ -443,9 +446,11 @@ def test_a_row_written_since_the_merge_is_found_at_budgets_the_sketch_could_fill
     assert search_ids(conn, "sk", q, 10, 10)[0] == 301
 
 
-def test_past_the_pending_cap_the_gin_path_also_leaves_the_fresh_row_a_slot(conn: psycopg.Connection[Any]) -> None:
-    """More unmerged rows than maxsim._fs_candidates' cap (1,000): the codebook's GIN ranks the
-    candidates and the sketch adds its best; the same rescoring must not let those fill the budget."""
+def test_past_the_pending_cap_the_probe_score_ranks_the_backlog(conn: psycopg.Connection[Any]) -> None:
+    """More unmerged rows than maxsim._fs_candidates' cap (1,000): the lists rank the merged rows,
+    and of the backlog only the best by the codebook's probe score over their codes are candidates (this
+    PL/Python server has no GIN over the codes); the same rescoring must not let the sketch's rows
+    fill the budget."""
     idx = create(conn, n_src=1400)
     nd = Needles(7)
     docs = nd.rows(150)
@@ -454,11 +459,28 @@ def test_past_the_pending_cap_the_gin_path_also_leaves_the_fresh_row_a_slot(conn
     burst = nd.rows(1001, start=151)
     write(idx, burst)   # not merged
     spec = get_index(conn, "sk")
-    assert conn.execute("SELECT maxsim._sk_candidates(%s, %s, 40, 1000)",
-                        (spec.id, Tokens(nd.query(docs[1])))).fetchone()[0] is None   # past the cap
+    assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = %s AND indexdef ~ 'USING gin'",
+                        (spec.token_table,)).fetchone()[0] == 0
+    other = conn.execute("SELECT maxsim._sk_candidates(%s, %s, 40, 1000)", (spec.id, Tokens(nd.query(docs[1])))).fetchone()[0]
+    assert other is not None and len(other) <= 80   # past the cap, yet ranked: not the whole backlog
     key = 1000
-    row = burst[key]   # a query of near-copies of its tokens only: one the codebook's GIN ranks well
+    row = burst[key]   # a query of near-copies of its tokens only: one the probe score ranks well
     q = fp16(unit(row[nd.rng.choice(len(row), 6, replace=False)] + 0.15 * unit(nd.rng.standard_normal((6, DIM)))))
+    got = [int(k) for k in conn.execute("SELECT maxsim._sk_candidates(%s, %s, 40, 1000)",
+                                        (spec.id, Tokens(q))).fetchone()[0]]
+    # past the cap: 40 by the sketch, and the backlog's best 40 by the codebook's probe score (NumPy
+    # over the stored codes, as the pure-SQL path ranks them over its GIN)
+    book = codebook.live(conn, spec)
+    assert book is not None
+    stored = dict(conn.execute(f"SELECT id, codes_{book.slot} FROM maxsim.{spec.token_table} WHERE id > 150").fetchall())
+    keys = sorted(stored)
+    lists = fs.InvertedLists.build(np.concatenate([np.asarray(stored[k], np.int64) for k in keys]),
+                                   np.repeat(np.arange(len(keys)), [len(stored[k]) for k in keys]), book.cb.n_codes)
+    pc, ps = fs.probe(book.cb, q, int(spec.options["nprobe"]), int(spec.options["coarse_probe"]))
+    want = {keys[int(i)] for i in fs.candidates(lists, pc, ps, len(keys), 40)}
+    backlog = [k for k in got if k > 150]
+    assert 40 <= len(got) <= 80 and len(backlog) == 40
+    assert len(set(backlog) & want) >= 38 and key in backlog   # near-ties at the 40th may fall either way
     ref = {i: float(maxsim_reference(q, d)) for i, d in (docs | burst).items()}
     assert max(ref, key=ref.get) == key
     assert search_ids(conn, "sk", q, 10, 20)[0] == key   # a budget the sketch leaves room in
@@ -466,3 +488,33 @@ def test_past_the_pending_cap_the_gin_path_also_leaves_the_fresh_row_a_slot(conn
         assert search_ids(conn, "sk", q, k, n)[0] == key, (k, n)
     for m in list(docs)[:4]:
         assert search_ids(conn, "sk", nd.query(docs[m]), 1, 4) == [m]
+
+
+def test_revision_0009_drops_the_codes_gin_where_plpython_is_and_search_goes_on(raw_dsn: str) -> None:
+    """An index of revision 0008 (the codes' GIN on both slots) on a PL/Python server: the upgrade
+    drops the GINs (nothing here reads them), the downgrade builds them again, and the index answers
+    as before the upgrade."""
+    from pgmaxsim.db import migrate
+
+    def gins(tok: str) -> set[str]:
+        with psycopg.connect(raw_dsn) as c:
+            return {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'maxsim'"
+                                            " AND tablename = %s AND indexdef ~ 'USING gin'", (tok,))}
+
+    migrate.upgrade(raw_dsn)
+    nd = Needles(8)
+    docs = nd.rows(200)
+    with psycopg.connect(raw_dsn, autocommit=True) as db:
+        idx = create(db, n_src=300)
+        write(idx, docs)
+        codebook.train(db, "sk")
+        tok = get_index(db, "sk").token_table
+    assert gins(tok) == set()
+    migrate.downgrade(raw_dsn, "0008")
+    assert gins(tok) == {f"{tok}_codes_0_gin", f"{tok}_codes_1_gin"}
+    migrate.upgrade(raw_dsn)
+    assert gins(tok) == set()
+    with psycopg.connect(raw_dsn, autocommit=True) as db:
+        register_tokens(db)
+        for m in list(docs)[:6]:
+            assert search_ids(db, "sk", nd.query(docs[m]), 1, 8) == [m]

@@ -291,7 +291,8 @@ def _compact(conn: psycopg.Connection[Any], spec: IndexSpec) -> None:
     REINDEX need the tables' owner; autovacuum does the heap for other trainers): every row's
     codes were rewritten twice, so the token table's heap and the codes' indexes hold as many dead
     entries as live ones. VACUUM makes the heap space reusable; the codes' indexes are rebuilt
-    (CONCURRENTLY: searches and writers go on), which also packs the live GIN tighter."""
+    (CONCURRENTLY: searches and writers go on), which also packs the live GIN tighter (servers
+    without plpython3u only have one: maxsim._fs_create)."""
     tables = [spec.token_table, f"fs_coarse_{spec.id}", f"fs_fine_{spec.id}"]
     tables += [t for t in (f"fs_sk_{spec.id}", f"fs_skrow_{spec.id}")   # the old slot's sketch lists (034_sketch.sql)
                if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"maxsim.{t}",)).fetchone()[0]]
@@ -299,4 +300,6 @@ def _compact(conn: psycopg.Connection[Any], spec: IndexSpec) -> None:
         sql.SQL(", ").join(sql.Identifier("maxsim", t) for t in tables)))
     for slot in (0, 1):
         for name in (f"{spec.token_table}_codes_{slot}_gin", f"{spec.token_table}_uncoded_{slot}"):
+            if conn.execute("SELECT pg_catalog.to_regclass(%s) IS NULL", (f"maxsim.{name}",)).fetchone()[0]:
+                continue
             conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier("maxsim", name)))

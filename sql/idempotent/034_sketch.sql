@@ -1,8 +1,8 @@
 -- pgmaxsim functions: residual sketch lists of the codebook first stage (pgmaxsim.sketch,
 -- pgmaxsim.sketch_lists; bench/FIRST_STAGE.md "Sketch lists"). Idempotent file.
 --
--- The codebook's GIN finds the rows that hold a query token's codes; among the ~80 tokens of a code
--- it cannot tell a near-copy of the query token from the rest. Per index <id>, for each codebook slot:
+-- A codebook names the rows that hold a query token's codes; among the ~80 tokens of a code it
+-- cannot tell a near-copy of the query token from the rest. Per index <id>, for each codebook slot:
 --
 --   maxsim.fs_sk_<id>    (slot, code, seg, base, offs, sk)   cluster-major lists: the tokens of `code`
 --                        written by one merge (`seg`): their rows' versions (uint32 offsets from
@@ -13,13 +13,14 @@
 --
 -- Entries name a row by its version (maxsim._tok_row gives every write a new one), so an updated or
 -- deleted row's old entries map to nothing and drop out at query time; TRUNCATE needs nothing either.
--- Rows written since the last merge are not in the lists: the codebook's GIN still ranks them (they
--- have codes), and a merge (the worker's trainer, reindex --first-stage, first_stage_sketch_merge; never a
+-- Rows written since the last merge are not in the lists: they are candidates anyway (all of them up
+-- to 1,000, past that the best by the codebook's probe score over their codes), and a merge (the worker's trainer, reindex --first-stage, first_stage_sketch_merge; never a
 -- writer: pgmaxsim.worker.train) adds them as a
 -- new segment; more than a few segments are compacted into one (dead entries dropped; a rewrite of all
 -- of them is swapped in as a table of its own by the next merge call, maxsim._sk_swap). A retrain
 -- builds the other slot's lists before the codebook switch, so each search sees one slot's codebook
--- and lists in its snapshot. Servers without plpython3u keep the codebook's GIN path alone.
+-- and lists in its snapshot. Only servers without plpython3u have a GIN over the codes: its path
+-- (maxsim._fs_candidates) is their first stage alone.
 
 -- The per-index sketch tables (called by maxsim._fs_create for new indexes, and by
 -- pgmaxsim.sketch_lists for a codebook index created before them; schema owner). fs_sk_<id> and
@@ -286,7 +287,7 @@ $$;
 
 -- Merge the rows not in the lists of generation `gen` yet (pgmaxsim.plpy.sketch_merge; `only_if_due`:
 -- only once enough rows are pending, or some are and no row was written for a while). The tables are created first for an index older than them.
--- Without plpython3u: nothing (searches use the codebook's GIN there).
+-- Without plpython3u: nothing (searches use the codes' GIN path there, maxsim._fs_candidates).
 CREATE OR REPLACE FUNCTION maxsim._sk_merge(index_id integer, gen integer, only_if_due boolean) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp

@@ -25,10 +25,10 @@ from pgmaxsim.plpy import sketch
 return sketch.candidates(plpy, index_id, query, n, cap)
 $$;
 
--- The first stage from the sketch lists alone: the `n` best rows by sketch score (the XTR-WARP
--- estimate over the probed codes, finer than the GIN's centroid-only one) plus every coded row not
--- merged into the lists yet; NULL when the live codebook has no lists or more than `cap` rows are
--- not merged (the codebook's GIN ranks then).
+-- The first stage of a codebook index on this server (it has no GIN over the codes): the `n` best
+-- rows by sketch score (the XTR-WARP estimate over the probed codes) plus the coded rows not merged
+-- into the lists yet (all up to `cap`, else their `n` best by the codebook's probe score); without
+-- lists, the `n` best coded rows by the probe score; NULL only without a live codebook.
 CREATE OR REPLACE FUNCTION maxsim._sk_candidates(index_id integer, query @vector@.halfvec[], n integer, cap integer) RETURNS text[]
 LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp

@@ -7,8 +7,9 @@
 --   maxsim.fs_coarse_<id> (slot, cell, vec)            the coarse centroids of each codebook slot
 --   maxsim.fs_fine_<id>   (slot, code, cell, vec)      the fine centroids (code = cell * n_fine + j)
 --   token table columns codes_0, codes_1 int4[]        a row's DISTINCT codes under the codebook of slot 0 / 1,
---                                                      each under a GIN index (PostgreSQL's own posting lists)
---                                                      and a partial index of the rows without codes
+--                                                      each with a partial index of the rows without codes,
+--                                                      and without plpython3u a GIN index (PostgreSQL's own
+--                                                      posting lists: that server's first stage)
 --
 -- Two slots so that a retrain (pgmaxsim index reindex NAME --first-stage, pgmaxsim.codebook) builds the
 -- new codebook and codes beside the live ones and switches by one registry update: option fs_gen (the
@@ -116,9 +117,15 @@ DECLARE
 BEGIN
     FOR s IN 0..1 LOOP
         EXECUTE pg_catalog.format('ALTER TABLE maxsim.%I ADD COLUMN %I integer[]', tok, 'codes_' || s);
-        -- index names start with the token table's name: table swaps (retier, re-embedding) rename them along
-        EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I USING gin (%I)',
-                                  tok || '_codes_' || s || '_gin', tok, 'codes_' || s);
+        -- index names start with the token table's name: table swaps (retier, re-embedding) rename them along.
+        -- The codes' GIN only where the first stage reads it (no plpython3u: _fs_candidates' pure-SQL
+        -- path); with plpython3u the sketch lists and the probe score over the codes rank the rows
+        -- (pgmaxsim.plpy.sketch.candidates), and a GIN would cost ~0.7 % of the raw fp16 bytes and
+        -- ~2.5 ms of server time a written row for nothing (revision 0009 drops older ones).
+        IF NOT maxsim.has_plpython() THEN
+            EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I USING gin (%I)',
+                                      tok || '_codes_' || s || '_gin', tok, 'codes_' || s);
+        END IF;
         EXECUTE pg_catalog.format('CREATE INDEX %I ON maxsim.%I (id) WHERE %I IS NULL',
                                   tok || '_uncoded_' || s, tok, 'codes_' || s);
     END LOOP;
@@ -175,7 +182,8 @@ $$;
 
 -- The first stage of a codebook index: the `n` best rows by the probe score, plus every row without
 -- live codes; NULL = score every row (not trained yet, or too many rows without codes).
--- Each query token probes its `coarse_probe` nearest coarse cells and, among their fine centroids,
+-- With plpython3u, pgmaxsim.plpy.sketch.candidates ranks (maxsim._sk_candidates). Without (the pure-SQL
+-- path below, over the codes' GIN that only such servers have): each query token probes its `coarse_probe` nearest coarse cells and, among their fine centroids,
 -- its `nprobe` nearest codes; the rows holding a probed code come from the GIN index (one scan per
 -- probed code); a row scores, per query token, the best similarity among the probed codes it holds,
 -- else that token's lowest probed similarity (XTR-WARP's missing-similarity estimate). One statement.
@@ -211,13 +219,12 @@ BEGIN
     IF pg_catalog.cardinality(uncoded) > cap THEN
         RETURN NULL;
     END IF;
-    -- With residual sketch lists (034_sketch.sql, PL/Python): they rank the probed rows themselves,
-    -- and the rows not merged into them yet are all kept (at most `cap`; else the GIN ranks below).
-    IF top > 0 THEN
-        sketched := maxsim._sk_candidates(r.id, query, n, cap);
-        IF sketched IS NOT NULL THEN
-            RETURN sketched || coalesce(uncoded, '{}');
-        END IF;
+    -- With plpython3u the first stage is pgmaxsim.plpy.sketch.candidates (034_sketch_compute.plpython.sql:
+    -- the residual sketch lists, and the probe score over the codes where no list ranks a row);
+    -- without, NULL and the codes' GIN ranks below.
+    sketched := maxsim._sk_candidates(r.id, query, n, cap);
+    IF sketched IS NOT NULL THEN
+        RETURN sketched || coalesce(uncoded, '{}');
     END IF;
     EXECUTE pg_catalog.format($q$
         WITH q AS (SELECT u.v, u.i FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(v, i)),

@@ -127,8 +127,9 @@ def top(plpy: Any, index_id: int, query: bytes, n: int) -> list[str]:
     return _keys(plpy, index, got.top(n + max(16, n // 4)), n)   # spares: entries of rows since updated
 
 
-def _pending(plpy: Any, index: dict[str, Any], slot: int, cap: int) -> list[str] | None:
-    """Keys of the coded rows not merged into slot ``slot``'s lists yet (None: more than ``cap``).
+def _unmerged_rows(plpy: Any, index: dict[str, Any], slot: int, columns: str) -> str:
+    """The statement reading ``columns`` of the coded rows not merged into slot ``slot``'s lists yet
+    (argument $1: the slot).
 
     From the index's pending versions (``maxsim.skpend_<id>``, 035_firststage.sql: a superset of the
     unmerged rows, kept by the token table's triggers and the merges), O(pending); an index that has
@@ -136,36 +137,56 @@ def _pending(plpy: Any, index: dict[str, Any], slot: int, cap: int) -> list[str]
     iid, tok = int(index["id"]), plpy.quote_ident(index["token_table"])
     has = plpy.execute(f"SELECT pg_catalog.to_regclass('maxsim.skpend_{iid}') IS NOT NULL AS e")[0]["e"]
     if has:
-        sql = (f"SELECT t.id::text AS id FROM maxsim.skpend_{iid} p JOIN maxsim.{tok} t ON t.version = p.version"
-               f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{iid} s"
-               f" WHERE s.slot = $1 AND s.version = p.version) LIMIT $2")
-    else:
-        sql = (f"SELECT t.id::text AS id FROM maxsim.{tok} t"
-               f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{iid} s"
-               f" WHERE s.slot = $1 AND s.version = t.version) LIMIT $2")
-    rows = plpy.execute(_plan(plpy, sql, ["int2", "int4"]), [slot, cap + 1])
-    if len(rows) > cap:
-        return None
-    return [r["id"] for r in rows]
+        return (f"SELECT {columns} FROM maxsim.skpend_{iid} p JOIN maxsim.{tok} t ON t.version = p.version"
+                f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{iid} s"
+                f" WHERE s.slot = $1 AND s.version = p.version)")
+    return (f"SELECT {columns} FROM maxsim.{tok} t"
+            f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{iid} s"
+            f" WHERE s.slot = $1 AND s.version = t.version)")
+
+
+def _pending(plpy: Any, index: dict[str, Any], q: np.ndarray, slot: int, n: int, cap: int) -> list[str]:
+    """Keys of the coded rows not merged into slot ``slot``'s lists yet (the lists cannot rank them):
+    all of them up to ``cap``; past it, the ``n`` best by the codebook's probe score (a backlog of
+    writes the worker's trainer has not merged yet: more than the rescoring should read)."""
+    sql = _unmerged_rows(plpy, index, slot, "t.id::text AS id")
+    rows = plpy.execute(_plan(plpy, sql + " LIMIT $2", ["int2", "int4"]), [slot, cap + 1])
+    if len(rows) <= cap:
+        return [r["id"] for r in rows]
+    from pgmaxsim.plpy import codes
+
+    sql = _unmerged_rows(plpy, index, slot, f"t.id::text AS id, {codes.codes_column(f'codes_{slot}')} AS codes")
+    return codes.best(plpy, index, q, sql, ["int2"], [slot], n)
+
+
+def _every_coded_row(plpy: Any, index: dict[str, Any], q: np.ndarray, slot: int, n: int) -> list[str]:
+    """The ``n`` best of every coded row by the codebook's probe score (no lists to rank them)."""
+    from pgmaxsim.plpy import codes
+
+    sql = (f"SELECT t.id::text AS id, {codes.codes_column(f'codes_{slot}')} AS codes"
+           f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.codes_{slot} IS NOT NULL")
+    return codes.best(plpy, index, q, sql, [], [], n)
 
 
 def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list[str] | None:
-    """The first stage from the lists alone (``maxsim._sk_candidates``): the ``n`` best rows by
-    sketch score, plus every coded row not merged into the lists yet (at most ``cap`` of them;
-    more, or no lists for the live codebook: None, and the codebook's GIN ranks instead)."""
+    """The first stage of a codebook index on a PL/Python server (``maxsim._sk_candidates``): the
+    ``n`` best rows by sketch score, plus the coded rows not merged into the lists yet (all of them
+    up to ``cap``, else their ``n`` best by the codebook's probe score). Without lists for the live
+    codebook (not built yet, or option ``sketch_top`` 0): the ``n`` best of every coded row by the
+    probe score, as the pure-SQL path ranks them over its GIN. None only without a live codebook.
+    These servers have no GIN over the codes (maxsim._fs_create): nothing else ranks the rows."""
     from pgmaxsim.plpy.api import index_by_id
 
     index = index_by_id(plpy, index_id)
     gen = index["options"].get("fs_gen")
-    if gen is None or sketch_top(index) <= 0:
+    if gen is None:
         return None
+    slot = int(gen) % 2
     q = decode_query(query).astype(np.float32)
-    got = scores(plpy, index, q)
+    got = scores(plpy, index, q) if sketch_top(index) > 0 else None
     if got is None:
-        return None
-    pending = _pending(plpy, index, int(gen) % 2, cap)
-    if pending is None:
-        return None
+        return _every_coded_row(plpy, index, q, slot, n)
+    pending = _pending(plpy, index, q, slot, n, cap)
     # the rows with the best plain sketch scores first (what codes.rescore keeps first: so they are
     # candidates whatever the budget), then the budget by the lifted score
     first = got.top(min(sketch_top(index), n) + 16)
