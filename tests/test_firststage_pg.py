@@ -231,54 +231,43 @@ def stored_codes(db: psycopg.Connection[Any], name: str) -> tuple[list[int], fs.
     return [k for k, _ in rows], lists, fs.row_codes(lists, len(rows))
 
 
-def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any]) -> None:
-    """With fewer candidates than probed rows and no sketch lists read (sketch_top 0), the rows kept
-    are pgmaxsim.firststage's choice over the stored codes and codebook: WARP's probe score, then
-    PLAID's centroid interaction. This PL/Python server has no GIN over the codes (maxsim._fs_create):
-    the backend computes the probe score over the codes themselves (pgmaxsim.plpy.codes.best)."""
-    conn.autocommit = True
-    register_tokens(conn)
-    idx = create(conn, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8, "nprobe": 6,'
-                            ' "sketch_top": 0}')   # the codebook's own ranking (tests/test_sketch_pg.py: the sketches)
+def check_probe_score(db: psycopg.Connection[Any], opts: str, gins: int, rescore: bool) -> None:
+    """With fewer candidates than probed rows, the rows kept are pgmaxsim.firststage's choice over the
+    stored codes and codebook: WARP's probe score (and with ``rescore``, 4 x 20 rows by it, then the
+    best 20 by PLAID's centroid interaction); ``gins``: the GIN indexes the token table has."""
+    register_tokens(db)
+    idx = create(db, opts=opts)
     docs = corpus(300, seed=13)
     idx.upsert(list(docs), list(docs.values()))
-    codebook.train(conn, "fs")
-    spec = get_index(conn, "fs")
-    assert conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'maxsim' AND tablename = %s"
-                        " AND indexdef ~ 'USING gin'", (spec.token_table,)).fetchone()[0] == 0
-    book = stored_book(conn, "fs")
-    keys, lists, per_row = stored_codes(conn, "fs")
+    codebook.train(db, "fs")
+    spec = get_index(db, "fs")
+    assert db.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'maxsim' AND tablename = %s"
+                      " AND indexdef ~ 'USING gin'", (spec.token_table,)).fetchone()[0] == gins
+    book = stored_book(db, "fs")
+    keys, lists, per_row = stored_codes(db, "fs")
     for q in queries_of(docs, seed=14, n=5):
         pc, ps = fs.probe(book.cb, q, 6, 2)
-        # 4 x 20 rows by the probe score, then the best 20 by centroid interaction
-        want = fs.candidates(lists, pc, ps, len(keys), 20, rescore=(book.cb, q, per_row, 4))
-        got = search_ids(conn, "fs", q, 20)
+        want = fs.candidates(lists, pc, ps, len(keys), 20, rescore=(book.cb, q, per_row, 4) if rescore else None)
+        got = search_ids(db, "fs", q, 20)
         assert len(got) == 20
         assert len(set(got) & {keys[i] for i in want}) >= 18   # near-ties may fall either way
 
 
+def test_the_probe_score_ranks_as_the_numpy_model(conn: psycopg.Connection[Any]) -> None:
+    """No sketch lists read (sketch_top 0) on a PL/Python server, which has no GIN over the codes
+    (maxsim._fs_create): the backend computes the probe score over the codes themselves
+    (pgmaxsim.plpy.codes.best), then centroid interaction narrows."""
+    conn.autocommit = True
+    check_probe_score(conn, '{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8,'
+                            ' "nprobe": 6, "sketch_top": 0}', gins=0, rescore=True)
+
+
 def test_without_plpython_the_probe_score_ranks_as_the_numpy_model(embedded_dsn: str) -> None:
-    """The pure-SQL first stage (servers without plpython3u, over the codes' GIN that only they have):
-    the rows kept are pgmaxsim.firststage's choice over the stored codes and codebook, by WARP's
-    probe score."""
+    """The pure-SQL first stage (servers without plpython3u), over the codes' GIN that only they have
+    (one per codebook slot); no rescoring there."""
     with psycopg.connect(embedded_dsn, autocommit=True) as db:
-        register_tokens(db)
-        idx = create(db, opts='{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8,'
-                              ' "nprobe": 6}')
-        docs = corpus(300, seed=13)
-        idx.upsert(list(docs), list(docs.values()))
-        codebook.train(db, "fs")
-        spec = get_index(db, "fs")
-        assert db.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = 'maxsim' AND tablename = %s"
-                          " AND indexdef ~ 'USING gin'", (spec.token_table,)).fetchone()[0] == 2   # both slots
-        book = stored_book(db, "fs")
-        keys, lists, _ = stored_codes(db, "fs")
-        for q in queries_of(docs, seed=14, n=5):
-            pc, ps = fs.probe(book.cb, q, 6, 2)
-            want = fs.candidates(lists, pc, ps, len(keys), 20)
-            got = search_ids(db, "fs", q, 20)
-            assert len(got) == 20
-            assert len(set(got) & {keys[i] for i in want}) >= 18   # near-ties may fall either way
+        check_probe_score(db, '{"first_stage": "codebook", "train_tokens": 100000000, "tokens_per_code": 8,'
+                              ' "nprobe": 6}', gins=2, rescore=False)
 
 
 def test_rescoring_reads_every_candidates_codes(conn: psycopg.Connection[Any]) -> None:

@@ -202,8 +202,8 @@ def scores(codec: Codec, qn: np.ndarray, codes: np.ndarray, sims: np.ndarray, en
     """WARP scores of the row versions reached by probe ``(codes, sims)`` (each ``(nq, p)``, best
     first) over list entries ``ent`` of (at least) the probed codes.
 
-    ``Scores.lifted`` counts an entry at least at its code's similarity (the codebook's GIN
-    estimate), so the sketch only raises rows above that ranking: the broad part of a query (topic
+    ``Scores.lifted`` counts an entry at least at its code's similarity (the codebook's probe
+    score), so the sketch only raises rows above that ranking: the broad part of a query (topic
     words) ranks as the codebook ranks it, near-copies stand out. Ranking the whole budget by the
     plain sketch score instead cost recall@10 (0.64-0.87 instead of 0.86-0.98 on the 10K needle at
     0.6-2 %): noisy estimates below the centroid's similarity lose rows the credit the codebook gives.
@@ -304,7 +304,7 @@ def dense_ids(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def top(versions: np.ndarray, score: np.ndarray, base: float, n: int, above: bool = True) -> np.ndarray:
     """The ``n`` best versions (best first; ties by version): those scoring above ``base``, or with
     ``above=False`` every version reached (a row holding a probed code whose tokens all estimate
-    below the floors is still reached, as the codebook's GIN would find it)."""
+    below the floors is still reached, as the codebook's probe score would find it)."""
     keep = score > base + 1e-6 if above else np.ones(len(score), bool)
     v, s = versions[keep], score[keep]
     order = np.lexsort((v, -s))[:n]

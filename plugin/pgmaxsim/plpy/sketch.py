@@ -1,7 +1,7 @@
 """The residual sketch lists of a codebook first stage, inside the backend (``maxsim._sk_top``, and the
 centroid-interaction rescoring of pgmaxsim.plpy.codes; sql/idempotent/034_sketch.sql).
 
-Per query: probe the live codebook (the same probe as the GIN path), read the lists of the probed
+Per query: probe the live codebook (the same probe as the probe score's), read the lists of the probed
 codes, score the row versions the XTR-WARP way (pgmaxsim.sketch.scores). The scores of one query are
 kept for the rest of its statement (keyed by the statement's start and snapshot), so the rescoring
 step reuses what ``_sk_top`` computed.

@@ -37,7 +37,7 @@ def threshold(merged_rows: int) -> int:
     """Rows written since the last merge that call for one (the worker's trainer merges then):
     5 % of the merged rows, at least 256 and at most 1,000 (a merge reads each pending row's tokens
     once, the size-tiered compaction keeps the rewrites amortized; a search scores every pending row
-    exactly up to 1,000 of them, and ranks them by the codebook's GIN past that).
+    exactly up to 1,000 of them, and ranks them by the codebook's probe score past that).
 
     >>> threshold(0), threshold(10_000), threshold(100_000)
     (256, 500, 1000)
