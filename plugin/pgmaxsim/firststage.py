@@ -308,6 +308,27 @@ def _best_per_token(sims: np.ndarray, at: np.ndarray, starts: np.ndarray) -> np.
     return best
 
 
+def probed_scores(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_rows: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The probe score's ranking input: the rows holding a probed code (:func:`probed_rows`) and
+    their :func:`candidate_scores`; other rows are never candidates."""
+    reached = probed_rows(lists, codes)
+    if len(reached) == 0:
+        return reached, np.empty(0, dtype=np.float32)
+    return reached, candidate_scores(lists, codes, sims, n_rows)[reached]
+
+
+def row_probed_scores(per_row: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_codes: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`probed_scores` of rows given as row -> codes lists (:func:`row_codes`'s layout, as a
+    scan of stored rows reads them): the code -> rows lists of just the probed codes they hold (a
+    few % of all codes: one small sort, not the whole transpose)."""
+    n_rows = len(per_row.ptr) - 1
+    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(per_row.ptr))
+    hit = np.isin(per_row.rows, codes)
+    return probed_scores(InvertedLists.build(per_row.rows[hit], row_of[hit], n_codes), codes, sims, n_rows)
+
+
 def candidates(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_rows: int, n: int,
                rescore: tuple[Codebook, np.ndarray, InvertedLists, int] | None = None) -> np.ndarray:
     """The ``n`` best rows by :func:`candidate_scores`, among the probed rows only, best first.
@@ -315,10 +336,9 @@ def candidates(lists: InvertedLists, codes: np.ndarray, sims: np.ndarray, n_rows
     ``rescore = (codebook, query, per_row, factor)``: keep ``factor * n`` rows by the probe
     score, then the best ``n`` of them by :func:`centroid_interaction` (all of a row's codes).
     """
-    reached = probed_rows(lists, codes)
+    reached, score = probed_scores(lists, codes, sims, n_rows)
     if len(reached) == 0:
         return reached
-    score = candidate_scores(lists, codes, sims, n_rows)[reached]
     wide = n if rescore is None else n * rescore[3]
     keep = reached[np.argsort(-score, kind="stable")[:wide]]
     if rescore is None or len(keep) <= n:

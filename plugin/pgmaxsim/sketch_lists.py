@@ -7,8 +7,8 @@ the merging itself runs in the server: pgmaxsim.plpy.sketch_merge).
   (pgmaxsim.worker.train: ``maxsim.first_stage_sketch_merge(name, true)``); ``--once`` merges them all.
 - Without a worker (an application writing through ``Index.upsert`` or ``maxsim.upsert`` alone) no
   merge happens by itself, as no training does: the pending rows stay exact-scored candidates of
-  every search (up to 1,000 of them; beyond, their best by the codebook's probe score over their codes), so
-  results stay right and searches get slower as they pile up. Such an application calls
+  every search (up to 1,000 of them; beyond, their best by the codebook's probe score over their
+  codes), so results stay right and searches get slower as they pile up. Such an application calls
   :func:`merge` (``maxsim.first_stage_sketch_merge(name)``) after its bulk writes, or runs the worker.
 - A training builds the new codebook's lists before its switch, and the switch merges the rows
   written meanwhile (pgmaxsim.codebook.train, maxsim.train_first_stage).
@@ -21,8 +21,8 @@ the merging itself runs in the server: pgmaxsim.plpy.sketch_merge).
 Why this is exact under writes: a list entry names a row version, and every write gives a row a
 new version (maxsim._tok_row), so entries of rows updated or deleted since map to no live row and
 drop out at query time; rows not merged yet are all candidates (up to a cap; beyond it their
-best by the codebook's probe score). Merges of one index are serialized; each commits its segment and the
-versions it merged in one transaction.
+best by the codebook's probe score). Merges of one index are serialized; each commits its segment
+and the versions it merged in one transaction.
 """
 
 from __future__ import annotations

@@ -14,10 +14,11 @@
 -- Entries name a row by its version (maxsim._tok_row gives every write a new one), so an updated or
 -- deleted row's old entries map to nothing and drop out at query time; TRUNCATE needs nothing either.
 -- Rows written since the last merge are not in the lists: they are candidates anyway (all of them up
--- to 1,000, past that the best by the codebook's probe score over their codes), and a merge (the worker's trainer, reindex --first-stage, first_stage_sketch_merge; never a
--- writer: pgmaxsim.worker.train) adds them as a
--- new segment; more than a few segments are compacted into one (dead entries dropped; a rewrite of all
--- of them is swapped in as a table of its own by the next merge call, maxsim._sk_swap). A retrain
+-- to 1,000, past that the best by the codebook's probe score over their codes), and a merge (the
+-- worker's trainer, reindex --first-stage, first_stage_sketch_merge; never a writer:
+-- pgmaxsim.worker.train) adds them as a new segment; more than a few segments are compacted into one
+-- (dead entries dropped; a rewrite of all of them is swapped in as a table of its own by the next
+-- merge call, maxsim._sk_swap). A retrain
 -- builds the other slot's lists before the codebook switch, so each search sees one slot's codebook
 -- and lists in its snapshot. Only servers without plpython3u have a GIN over the codes: its path
 -- (maxsim._fs_candidates) is their first stage alone.
@@ -153,8 +154,8 @@ $$;
 -- Swapping tables is not MVCC-safe: a search whose snapshot predates the rewrite's commit would find
 -- the new table empty. So the rewrite commits first (this runs only in a transaction that has written
 -- nothing yet, NULL otherwise: the rewrite, and the segments merges added to it, committed before;
--- and a training's steps, which hold locks, never wait here), then this waits up to `wait_s` seconds for the transactions in
--- progress to end (maxsim._wait_older) and takes the lists' table with NOWAIT, a few tries apart, so
+-- and a training's steps, which hold locks, never wait here), then this waits up to `wait_s` seconds
+-- for the transactions in progress to end (maxsim._wait_older) and takes the lists' table with NOWAIT, a few tries apart, so
 -- that no search queues behind it; the caller commits at once after a swap (searches wait for that
 -- commit, not for a merge). True: swapped. False: transactions or searches held on, the rewritten
 -- table is dropped and the partition is as it was (the caller compacts in place). NULL: nothing to swap.

@@ -182,9 +182,9 @@ $$;
 
 -- The first stage of a codebook index: the `n` best rows by the probe score, plus every row without
 -- live codes; NULL = score every row (not trained yet, or too many rows without codes).
--- With plpython3u, pgmaxsim.plpy.sketch.candidates ranks (maxsim._sk_candidates). Without (the pure-SQL
--- path below, over the codes' GIN that only such servers have): each query token probes its `coarse_probe` nearest coarse cells and, among their fine centroids,
--- its `nprobe` nearest codes; the rows holding a probed code come from the GIN index (one scan per
+-- With plpython3u, pgmaxsim.plpy.sketch.candidates ranks (maxsim._sk_candidates). Without (the
+-- pure-SQL path below, over the codes' GIN that only such servers have): each query token probes its
+-- `coarse_probe` nearest coarse cells and, among their fine centroids, its `nprobe` nearest codes; the rows holding a probed code come from the GIN index (one scan per
 -- probed code); a row scores, per query token, the best similarity among the probed codes it holds,
 -- else that token's lowest probed similarity (XTR-WARP's missing-similarity estimate). One statement.
 CREATE OR REPLACE FUNCTION maxsim._fs_candidates(r maxsim.indexes, query @vector@.halfvec[], n integer) RETURNS text[]

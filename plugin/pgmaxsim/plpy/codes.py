@@ -81,7 +81,7 @@ def _coded_rows(plpy: Any, index: dict[str, Any], col: str, keys: list[str]
     second time. What remains is the server's ``array_send``, ~0.1 us a code (~100,000 a search):
     the codes' int4[] column has no cheaper binary form."""
     plan = plans.kept(plpy,
-                 f"SELECT t.id::text AS id, t.version, {codes_column(col)} AS codes"
+                 f"SELECT t.id::text AS id, t.version, {_codes_column(col)} AS codes"
                  f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.id = ANY ($1::{index['id_type']}[])",
                  ["text[]"])
     rows = plpy.execute(plan, [keys])
@@ -90,14 +90,14 @@ def _coded_rows(plpy: Any, index: dict[str, Any], col: str, keys: list[str]
             [r["id"] for r in rows if r["codes"] is None], {r["id"]: int(r["version"]) for r in rows})
 
 
-def codes_column(col: str) -> str:
+def _codes_column(col: str) -> str:
     """The SQL expression reading codes column ``col`` of token row ``t`` as :func:`_split` takes it:
     its binary form without the 20-byte array header, i.e. (length, value) int4 pairs."""
     return f"pg_catalog.substr(pg_catalog.array_send(t.{col}), 21)"
 
 
 def _split(plpy: Any, index: dict[str, Any], col: str, blobs: list[bytes]) -> fs.InvertedLists:
-    """Rows' codes (:func:`codes_column`, none NULL) as row -> codes lists: joined and split by one
+    """Rows' codes (:func:`_codes_column`, none NULL) as row -> codes lists: joined and split by one
     NumPy view."""
     ptr = np.concatenate([[0], np.cumsum([len(b) >> 3 for b in blobs], dtype=np.int64)])
     pairs = np.frombuffer(b"".join(blobs), dtype=">i4")
@@ -111,14 +111,15 @@ def _split(plpy: Any, index: dict[str, Any], col: str, blobs: list[bytes]) -> fs
 CHUNK = 4096
 
 
-def best(plpy: Any, index: dict[str, Any], q: np.ndarray, query: str, types: list[str], args: list[Any],
+def best(plpy: Any, index: dict[str, Any], q: np.ndarray, rows: str, types: list[str], args: list[Any],
          n: int) -> list[str]:
-    """Keys of the (up to) ``n`` rows with the best probe score under the live codebook among the rows
-    statement ``query`` returns (columns ``id`` and ``codes``: :func:`codes_column`), best first, ties
-    in the order read; rows holding no probed code are not candidates.
+    """Keys of the (up to) ``n`` rows with the best probe score under the live codebook among the
+    coded token rows ``rows`` names (``FROM ... WHERE ...`` of token table alias ``t``, arguments
+    ``args`` of ``types``), best first, ties in the order read; rows holding no probed code are not
+    candidates.
 
     The probe score is the pure-SQL first stage's (maxsim._fs_candidates over the codes' GIN;
-    pgmaxsim.firststage.candidate_scores): per query token, the best similarity among its ``nprobe``
+    pgmaxsim.firststage.probed_scores): per query token, the best similarity among its ``nprobe``
     probed codes that the row holds, else the token's lowest probed one. Where no sketch list ranks
     rows (pgmaxsim.plpy.sketch.candidates: a backlog past the cap, an index whose lists are not built,
     option ``sketch_top`` 0) this is the first stage of a PL/Python server, which has no GIN (it cost
@@ -132,32 +133,21 @@ def best(plpy: Any, index: dict[str, Any], q: np.ndarray, query: str, types: lis
     pc, ps = fs.probe(cb, q, int(index["options"].get("nprobe", 8)), int(index["options"].get("coarse_probe", 2)))
     keys: list[str] = []
     score = np.empty(0, dtype=np.float32)
-    cursor = plpy.cursor(plans.kept(plpy, query, types), args)
+    cursor = plpy.cursor(plans.kept(plpy, f"SELECT t.id::text AS id, {_codes_column(col)} AS codes {rows}", types),
+                         args)
     while True:
-        rows = cursor.fetch(CHUNK)
-        if not len(rows):
+        chunk = cursor.fetch(CHUNK)
+        if not len(chunk):
             break
-        reached, got = _probe_scores(cb, pc, ps, _split(plpy, index, col, [r["codes"] for r in rows]))
-        keys += [rows[int(i)]["id"] for i in reached]
-        score = np.concatenate([score, got])
+        per_row = _split(plpy, index, col, [r["codes"] for r in chunk])
+        reached, got = fs.row_probed_scores(per_row, pc, ps, cb.n_codes)
+        keys += [chunk[int(i)]["id"] for i in reached]
+        score = np.concatenate([score, got.astype(np.float32)])
         if len(keys) > n:
             top = np.sort(np.argsort(-score, kind="stable")[:n])   # read order kept: ties stay first-read first
             keys, score = [keys[int(i)] for i in top], score[top]
     order = np.argsort(-score, kind="stable")[:n]
     return [keys[int(i)] for i in order]
-
-
-def _probe_scores(cb: fs.Codebook, pc: np.ndarray, ps: np.ndarray, per_row: fs.InvertedLists
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(the rows holding a probed code, their probe scores) of rows ``per_row``: the code -> rows
-    lists of just the probed codes they hold (a few % of all: one small sort), scored as
-    pgmaxsim.firststage.candidates scores the whole index's."""
-    n_rows = len(per_row.ptr) - 1
-    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(per_row.ptr))
-    hit = np.isin(per_row.rows, pc)
-    lists = fs.InvertedLists.build(per_row.rows[hit], row_of[hit], cb.n_codes)
-    reached = fs.probed_rows(lists, pc)
-    return reached, fs.candidate_scores(lists, pc, ps, n_rows)[reached].astype(np.float32)
 
 
 def rescore(plpy: Any, index: dict[str, Any], q: np.ndarray, keys: list[str], n: int) -> list[str]:

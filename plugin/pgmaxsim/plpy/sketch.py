@@ -127,9 +127,9 @@ def top(plpy: Any, index_id: int, query: bytes, n: int) -> list[str]:
     return _keys(plpy, index, got.top(n + max(16, n // 4)), n)   # spares: entries of rows since updated
 
 
-def _unmerged_rows(plpy: Any, index: dict[str, Any], slot: int, columns: str) -> str:
-    """The statement reading ``columns`` of the coded rows not merged into slot ``slot``'s lists yet
-    (argument $1: the slot).
+def _unmerged_rows(plpy: Any, index: dict[str, Any], slot: int) -> str:
+    """``FROM ... WHERE ...`` of the coded token rows (alias ``t``) not merged into slot ``slot``'s
+    lists yet (argument $1: the slot).
 
     From the index's pending versions (``maxsim.skpend_<id>``, 035_firststage.sql: a superset of the
     unmerged rows, kept by the token table's triggers and the merges), O(pending); an index that has
@@ -137,10 +137,10 @@ def _unmerged_rows(plpy: Any, index: dict[str, Any], slot: int, columns: str) ->
     iid, tok = int(index["id"]), plpy.quote_ident(index["token_table"])
     has = plpy.execute(f"SELECT pg_catalog.to_regclass('maxsim.skpend_{iid}') IS NOT NULL AS e")[0]["e"]
     if has:
-        return (f"SELECT {columns} FROM maxsim.skpend_{iid} p JOIN maxsim.{tok} t ON t.version = p.version"
+        return (f"FROM maxsim.skpend_{iid} p JOIN maxsim.{tok} t ON t.version = p.version"
                 f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{iid} s"
                 f" WHERE s.slot = $1 AND s.version = p.version)")
-    return (f"SELECT {columns} FROM maxsim.{tok} t"
+    return (f"FROM maxsim.{tok} t"
             f" WHERE t.codes_{slot} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM maxsim.fs_skrow_{iid} s"
             f" WHERE s.slot = $1 AND s.version = t.version)")
 
@@ -149,23 +149,13 @@ def _pending(plpy: Any, index: dict[str, Any], q: np.ndarray, slot: int, n: int,
     """Keys of the coded rows not merged into slot ``slot``'s lists yet (the lists cannot rank them):
     all of them up to ``cap``; past it, the ``n`` best by the codebook's probe score (a backlog of
     writes the worker's trainer has not merged yet: more than the rescoring should read)."""
-    sql = _unmerged_rows(plpy, index, slot, "t.id::text AS id")
-    rows = plpy.execute(_plan(plpy, sql + " LIMIT $2", ["int2", "int4"]), [slot, cap + 1])
+    from pgmaxsim.plpy import codes
+
+    unmerged = _unmerged_rows(plpy, index, slot)
+    rows = plpy.execute(_plan(plpy, f"SELECT t.id::text AS id {unmerged} LIMIT $2", ["int2", "int4"]), [slot, cap + 1])
     if len(rows) <= cap:
         return [r["id"] for r in rows]
-    from pgmaxsim.plpy import codes
-
-    sql = _unmerged_rows(plpy, index, slot, f"t.id::text AS id, {codes.codes_column(f'codes_{slot}')} AS codes")
-    return codes.best(plpy, index, q, sql, ["int2"], [slot], n)
-
-
-def _every_coded_row(plpy: Any, index: dict[str, Any], q: np.ndarray, slot: int, n: int) -> list[str]:
-    """The ``n`` best of every coded row by the codebook's probe score (no lists to rank them)."""
-    from pgmaxsim.plpy import codes
-
-    sql = (f"SELECT t.id::text AS id, {codes.codes_column(f'codes_{slot}')} AS codes"
-           f" FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.codes_{slot} IS NOT NULL")
-    return codes.best(plpy, index, q, sql, [], [], n)
+    return codes.best(plpy, index, q, unmerged, ["int2"], [slot], n)
 
 
 def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list[str] | None:
@@ -184,8 +174,11 @@ def candidates(plpy: Any, index_id: int, query: bytes, n: int, cap: int) -> list
     slot = int(gen) % 2
     q = decode_query(query).astype(np.float32)
     got = scores(plpy, index, q) if sketch_top(index) > 0 else None
-    if got is None:
-        return _every_coded_row(plpy, index, q, slot, n)
+    if got is None:   # no lists to rank the rows: all of them by the probe score
+        from pgmaxsim.plpy import codes
+
+        every = f"FROM maxsim.{plpy.quote_ident(index['token_table'])} t WHERE t.codes_{slot} IS NOT NULL"
+        return codes.best(plpy, index, q, every, [], [], n)
     pending = _pending(plpy, index, q, slot, n, cap)
     # the rows with the best plain sketch scores first (what codes.rescore keeps first: so they are
     # candidates whatever the budget), then the budget by the lifted score
