@@ -249,6 +249,87 @@ def test_a_full_compaction_gives_the_dead_entries_bytes_back(conn: psycopg.Conne
         assert search_ids(conn, "sk", q, 1, 6) == [k]
 
 
+def _segments(db: psycopg.Connection[Any], index_id: int) -> int:
+    return int(db.execute(f"SELECT count(DISTINCT seg) FROM maxsim.fs_sk_{index_id}").fetchone()[0])
+
+
+def _merged_versions(db: psycopg.Connection[Any], index_id: int) -> dict[int, int]:
+    """version -> entries of it in the lists."""
+    versions = np.concatenate([sketch.unpack_versions(int(b), o, len(k) // 8) for b, o, k in db.execute(
+        f"SELECT base, offs, sk FROM maxsim.fs_sk_{index_id}")])
+    got, counts = np.unique(versions, return_counts=True)
+    return dict(zip(got.tolist(), counts.tolist()))
+
+
+def _age_writes(db: psycopg.Connection[Any], token_table: str, seconds: int) -> None:
+    """Make every row of the token table look written ``seconds`` ago (the write trigger lets a
+    change that keeps the row's version through under pgmaxsim.codes_only)."""
+    with db.transaction():
+        db.execute("SELECT set_config('pgmaxsim.codes_only', 'on', true)")
+        db.execute(f"UPDATE maxsim.{token_table} SET updated_at = updated_at - make_interval(secs => %s)", (seconds,))
+
+
+def test_a_settle_rewrites_the_lists_as_one_segment_under_searches(conn: psycopg.Connection[Any], dsn: str) -> None:
+    """``settle`` (pgmaxsim worker --once, sketch_lists.merge after a bulk load): the lists of several
+    segments, with entries of updated and deleted rows, become one segment of just the live
+    entries, swapped in under searches, smaller, ranking as NumPy's over the stored rows."""
+    idx, nd, docs, spec = _trained(conn, 7, 300)
+    for i in range(3):
+        extra = nd.rows(20, start=1000 + 20 * i)
+        write(idx, extra)
+        docs |= extra
+        assert sketch_lists.merge(conn, "sk").rows == 20
+    docs |= nd.rows(30, start=1)                          # updated: their merged entries are dead
+    write(idx, {k: docs[k] for k in range(1, 31)})
+    conn.execute("DELETE FROM src_sk WHERE id BETWEEN 31 AND 40")
+    for k in range(31, 41):
+        docs.pop(k)
+    assert _segments(conn, spec.id) == 4
+    oid_before, size_before = _lists_part(conn, spec.id)
+    probes = [(k, nd.query(docs[k])) for k in (5, 120, 1010)]
+    with search_during(dsn, probes, lambda c, q: search_ids(c, "sk", q, 1, 6)) as run:
+        done = sketch_lists.merge(conn, "sk", settle=True)
+    assert not run.errors and run.seen and all(got == [k] for k, got in run.seen)
+    assert done is not None and done.rows == 30 and done.settled
+    assert _segments(conn, spec.id) == 1
+    oid, size = _lists_part(conn, spec.id)
+    assert oid != oid_before and size < size_before
+    live = dict(conn.execute(f"SELECT version, n_tokens FROM maxsim.{spec.token_table}").fetchall())
+    assert _merged_versions(conn, spec.id) == live        # every live row once, no dead entry
+    for k in (5, 120, 299, 1010, 1055):
+        q = nd.query(docs[k])
+        assert sk_top(conn, "sk", q, 10)[:5] == reference_top(conn, "sk", q, 10)[:5]
+        assert search_ids(conn, "sk", q, 1, 6) == [k]
+    # one segment already: a settle asked for again rewrites nothing
+    again = sketch_lists.merge(conn, "sk", settle=True)
+    assert again is not None and not again.settled and _lists_part(conn, spec.id)[0] == oid
+
+
+def test_the_merge_at_the_end_of_a_burst_settles_once_the_newer_segments_are_worth_it(
+        conn: psycopg.Connection[Any]) -> None:
+    """The worker's looks (only_if_due) merge a burst's tail once no row was written for 30 s; that
+    merge settles the lists too when the segments besides the largest hold 1/16 of it
+    (sketch_merge.SETTLE_SHARE), not for a few rows (which would rewrite the lists every quiet spell)."""
+    idx, nd, docs, spec = _trained(conn, 8, 320)
+    tail = nd.rows(4, start=1000)
+    write(idx, tail)
+    merge_if_due = "SELECT maxsim.first_stage_sketch_merge('sk', true)"
+    assert conn.execute(merge_if_due).fetchone()[0]["rows"] == 0          # just written: not due
+    _age_writes(conn, spec.token_table, 60)
+    got = conn.execute(merge_if_due).fetchone()[0]
+    assert got["rows"] == 4 and not got.get("settled") and _segments(conn, spec.id) == 2   # 4 rows of 324
+    more = nd.rows(24, start=1100)
+    write(idx, more)
+    _age_writes(conn, spec.token_table, 60)
+    got = sketch_lists.merge_calls(conn, "sk", True)
+    assert got is not None and got["rows"] == 24 and got["settled"]        # 28 rows of 348 > 1/16
+    assert _segments(conn, spec.id) == 1
+    live = dict(conn.execute(f"SELECT version, n_tokens FROM maxsim.{spec.token_table}").fetchall())
+    assert _merged_versions(conn, spec.id) == live
+    for k in (1003, 1110, 7):
+        assert search_ids(conn, "sk", nd.query((docs | tail | more)[k]), 1, 6) == [k]
+
+
 def test_a_full_compaction_held_off_by_an_open_transaction_rewrites_in_place(conn: psycopg.Connection[Any],
                                                                                dsn: str) -> None:
     """A session that searched and left its transaction open holds the lists: the swap does not wait
@@ -339,6 +420,7 @@ def test_writes_never_merge_the_workers_trainer_does(conn: psycopg.Connection[An
     trainer.drain()
     trainer.stop()
     assert trainer.merged == {"sk": 5} and conn.execute(merged).fetchone()[0] == 200 + len(more) + 6
+    assert trainer.settled == ["sk"] and _segments(conn, spec.id) == 1   # --once leaves the lists settled
 
 
 def test_retrain_under_concurrent_needle_searches(conn: psycopg.Connection[Any]) -> None:

@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim import firststage as fs
-from pgmaxsim import fs_train
+from pgmaxsim import fs_train, sketch_lists
 from pgmaxsim.db.codec import decode_halfvec_array
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.fs_train import sizing  # noqa: F401 - part of this module's surface
@@ -157,7 +157,8 @@ def mark_due(conn: psycopg.Connection[Any], spec: IndexSpec) -> bool:
 def train_due(conn: psycopg.Connection[Any], name: str, *, seed: int = 0, merge_all: bool = False) -> Trained | None:
     """What the worker's trainer does for index ``name`` (pgmaxsim.worker.train), now: train it if it
     is marked due, then merge its pending rows into the sketch lists once a merge is due (every
-    pending row with ``merge_all``, as ``pgmaxsim worker --once`` does before it exits). For scripts
+    pending row with ``merge_all``, and settle the lists into one segment, as ``pgmaxsim worker
+    --once`` does before it exits). For scripts
     and benchmarks that write without a worker. Returns the training, or None (none was due; nothing
     at all inside an open transaction of the caller: each step commits)."""
     if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -167,7 +168,7 @@ def train_due(conn: psycopg.Connection[Any], name: str, *, seed: int = 0, merge_
     try:
         row = conn.execute("SELECT due_since FROM maxsim.first_stage_status(%s)", (name,)).fetchone()
         done = None if row is None or row[0] is None else train(conn, name, seed=seed)
-        conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s)", (name, not merge_all))
+        sketch_lists.merge_calls(conn, name, not merge_all, settle=merge_all)
         return done
     finally:
         conn.autocommit = was

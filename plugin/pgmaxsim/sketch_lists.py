@@ -17,6 +17,10 @@ the merging itself runs in the server: pgmaxsim.plpy.sketch_merge).
   table of their own; the next merge call swaps it in for the lists' partition once the
   transactions that could not see it have ended (maxsim._sk_swap), so the dead entries' bytes go back
   to the system at once. :func:`merge_calls` makes that call right away.
+- A *settle* is such a full compaction into one segment, the lists' smallest and fastest form:
+  asked for by ``settle`` (``pgmaxsim worker --once``, :func:`merge` after a bulk load), and made
+  by a merge that takes the tail of a burst of writes once the newer segments hold 1/16 of the
+  largest (pgmaxsim.plpy.sketch_merge.settles).
 
 Why this is exact under writes: a list entry names a row version, and every write gives a row a
 new version (maxsim._tok_row), so entries of rows updated or deleted since map to no live row and
@@ -42,26 +46,29 @@ class Merged:
     rows: int
     entries: int
     compacted: bool
+    settled: bool = False
 
 
-def merge(conn: psycopg.Connection[Any], name: str) -> Merged | None:
+def merge(conn: psycopg.Connection[Any], name: str, settle: bool = False) -> Merged | None:
     """Merge the rows written since the last merge into the live codebook's lists, as any role that
-    manages the index. None: not a trained codebook index, no plpython3u, or another session merging."""
-    got = merge_calls(conn, name, False)
+    manages the index; ``settle``: then rewrite them as one segment. None: not a trained codebook
+    index, no plpython3u, or another session merging."""
+    got = merge_calls(conn, name, False, settle)
     if not got or got.get("busy"):
         return None
-    return Merged(int(got["rows"]), int(got["entries"]), bool(got["compacted"]))
+    return Merged(int(got["rows"]), int(got["entries"]), bool(got["compacted"]), bool(got.get("settled")))
 
 
-def merge_calls(conn: psycopg.Connection[Any], name: str, only_if_due: bool) -> dict[str, Any] | None:
-    """``maxsim.first_stage_sketch_merge(name, only_if_due)``, called as often as a full compaction's
+def merge_calls(conn: psycopg.Connection[Any], name: str, only_if_due: bool,
+                settle: bool = False) -> dict[str, Any] | None:
+    """``maxsim.first_stage_sketch_merge(name, only_if_due, settle)``, called as often as a full compaction's
     swap needs: a merge that compacted all the lists wrote them into a table of their own, which the
     next call swaps in, in a transaction of its own, and returns (maxsim._sk_swap). On an autocommit
     connection each call is one transaction, so: a swap left by an earlier merge, then the merge,
     then its own swap. Otherwise the swap waits for the next call in another transaction.
     Returns the merge's answer (jsonb), or None (not a trained codebook index)."""
     def call() -> dict[str, Any] | None:
-        row = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s)", (name, only_if_due)).fetchone()
+        row = conn.execute("SELECT maxsim.first_stage_sketch_merge(%s, %s, %s)", (name, only_if_due, settle)).fetchone()
         return row[0] if row else None
 
     got = call()

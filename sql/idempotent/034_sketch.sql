@@ -287,9 +287,10 @@ END
 $$;
 
 -- Merge the rows not in the lists of generation `gen` yet (pgmaxsim.plpy.sketch_merge; `only_if_due`:
--- only once enough rows are pending, or some are and no row was written for a while). The tables are created first for an index older than them.
+-- only once enough rows are pending, or some are and no row was written for a while; `settle`: then
+-- rewrite the lists as one segment). The tables are created first for an index older than them.
 -- Without plpython3u: nothing (searches use the codes' GIN path there, maxsim._fs_candidates).
-CREATE OR REPLACE FUNCTION maxsim._sk_merge(index_id integer, gen integer, only_if_due boolean) RETURNS jsonb
+CREATE OR REPLACE FUNCTION maxsim._sk_merge(index_id integer, gen integer, only_if_due boolean, settle boolean DEFAULT false) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -322,7 +323,7 @@ BEGIN
     END IF;
     -- not swapped (transactions held on): this merge compacts in place
     PERFORM pg_catalog.set_config('pgmaxsim.sketch_in_place', CASE WHEN swapped IS NULL THEN 'off' ELSE 'on' END, true);
-    res := maxsim._sk_merge_py(r.id, gen, only_if_due);
+    res := maxsim._sk_merge_py(r.id, gen, only_if_due, settle);
     -- (also on a merge asked for, not only when due, with nothing to merge: it repairs an index
     -- trained before the switch forgot them, 038_fs_train.sql)
     IF gen = (r.options ->> 'fs_gen')::integer AND (coalesce((res ->> 'rows')::integer, 0) > 0 OR NOT only_if_due) THEN
@@ -335,8 +336,11 @@ $$;
 -- Entry point: merge the rows written since the last merge into the live codebook's sketch lists
 -- (the worker's trainer calls it with only_if_due: a merge once 5 % of the rows are pending, or some
 -- are and none was written for 30 s; writers never do; the merges of one index are serialized, a busy
--- one returns at once). For any role that manages the index.
-CREATE OR REPLACE FUNCTION maxsim.first_stage_sketch_merge(name text, only_if_due boolean DEFAULT false) RETURNS jsonb
+-- one returns at once). `settle`: then rewrite the lists as one segment, their smallest and fastest
+-- form (`pgmaxsim worker --once` does; a merge at the end of a burst of writes does by itself once the
+-- newer segments hold 1/16 of the largest). For any role that manages the index.
+CREATE OR REPLACE FUNCTION maxsim.first_stage_sketch_merge(name text, only_if_due boolean DEFAULT false,
+                                                           settle boolean DEFAULT false) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
@@ -349,7 +353,7 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.set_config('pgmaxsim.sketch_swap', 'on', true);   -- see maxsim._sk_merge
-    res := maxsim._sk_merge(r.id, (r.options ->> 'fs_gen')::integer, only_if_due);
+    res := maxsim._sk_merge(r.id, (r.options ->> 'fs_gen')::integer, only_if_due, settle);
     PERFORM pg_catalog.set_config('pgmaxsim.sketch_swap', 'off', true);
     RETURN res;
 END

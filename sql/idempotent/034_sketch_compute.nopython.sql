@@ -11,7 +11,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$ SELECT NULL::text[] $$;
 
-CREATE OR REPLACE FUNCTION maxsim._sk_merge_py(index_id integer, gen integer, only_if_due boolean) RETURNS jsonb
+CREATE OR REPLACE FUNCTION maxsim._sk_merge_py(index_id integer, gen integer, only_if_due boolean, settle boolean) RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$ SELECT NULL::jsonb $$;

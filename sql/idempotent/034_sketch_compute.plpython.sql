@@ -34,11 +34,11 @@ LANGUAGE sql STABLE
 SET search_path TO pg_catalog, pg_temp
 AS $$ SELECT maxsim._sk_candidates_py(index_id, pg_catalog.array_send(query), n, cap) $$;
 
-CREATE OR REPLACE FUNCTION maxsim._sk_merge_py(index_id integer, gen integer, only_if_due boolean) RETURNS jsonb
+CREATE OR REPLACE FUNCTION maxsim._sk_merge_py(index_id integer, gen integer, only_if_due boolean, settle boolean) RETURNS jsonb
 LANGUAGE plpython3u VOLATILE
 SET search_path TO pg_catalog, pg_temp
 AS $$
 import json
 from pgmaxsim.plpy import sketch_merge
-return json.dumps(sketch_merge.merge(plpy, index_id, gen, only_if_due))
+return json.dumps(sketch_merge.merge(plpy, index_id, gen, only_if_due, settle))
 $$;

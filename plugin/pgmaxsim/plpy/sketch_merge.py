@@ -6,7 +6,9 @@ into that slot yet, as one new segment (one list row per code present), and reco
 it merged, in the caller's transaction: a search sees the segment whole or not at all. Past
 :data:`MAX_SEGMENTS` segments the lists are rewritten as one, without the entries of rows updated
 or deleted since; a rewrite of all of them goes into a table of its own, swapped in by the next
-merge call (maxsim._sk_swap, sql/idempotent/034_sketch.sql), which frees the old entries' bytes. The first merge of a generation measures its codec (and clears what an older
+merge call (maxsim._sk_swap, sql/idempotent/034_sketch.sql), which frees the old entries' bytes.
+At the end of a burst of writes, or when asked, the lists are settled into one segment the same way
+(:func:`settles`). The first merge of a generation measures its codec (and clears what an older
 generation left in the slot). Runs as the schema owner (called by SECURITY DEFINER functions).
 """
 
@@ -31,6 +33,12 @@ WRITE_ROWS = 4096
 CODEC_ROWS = 200
 #: Seconds without a write after which fewer than :func:`threshold` pending rows are merged too.
 QUIET_S = 30.0
+#: A merge at the end of a burst of writes (no write for QUIET_S) settles the lists into one segment
+#: once the segments besides the largest hold this share of it: one segment is the smallest form of
+#: the lists (~97 bytes of heap tuple and key per list row, and TOAST pages shared by fewer values)
+#: and the fastest to read (one list row per probed code), and an index written a few rows at a time
+#: is not rewritten whole after every quiet spell (at most 1 / SETTLE_SHARE times the bytes written).
+SETTLE_SHARE = 1 / 16
 
 
 def threshold(merged_rows: int) -> int:
@@ -43,6 +51,22 @@ def threshold(merged_rows: int) -> int:
     (256, 500, 1000)
     """
     return max(256, min(1000, merged_rows // 20))
+
+
+def settles(sizes: dict[int, int], asked: bool) -> bool:
+    """Whether a settle rewrites segments of these sketch bytes (``sizes``: segment -> bytes) as one:
+    there are several, and it was ``asked`` for or the segments besides the largest hold
+    :data:`SETTLE_SHARE` of it.
+
+    >>> settles({0: 1600, 3: 100}, False), settles({0: 1600, 3: 99}, False), settles({0: 1600, 3: 99}, True)
+    (True, False, True)
+    >>> settles({0: 1600}, True)
+    False
+    """
+    if len(sizes) < 2:
+        return False
+    base = max(sizes.values())
+    return asked or sum(sizes.values()) - base >= SETTLE_SHARE * base
 
 
 class _Lists:
@@ -120,22 +144,23 @@ class _Lists:
             self.q(f"INSERT INTO {self.skrow} (slot, version) SELECT $1, u.v FROM pg_catalog.unnest($2) AS u(v)"
                    f" ON CONFLICT DO NOTHING", ["int2", "int8[]"], [self.slot, versions])
 
-    def segments(self) -> int:
-        return int(self.q(f"SELECT count(DISTINCT seg) AS n FROM {self.sk} WHERE slot = $1", ["int2"], [self.slot])[0]["n"])
+    def sizes(self) -> dict[int, int]:
+        """Sketch bytes per segment of the slot."""
+        return {int(r["seg"]): int(r["b"]) for r in self.q(
+            f"SELECT seg, sum(pg_catalog.length(sk)) AS b FROM {self.sk} WHERE slot = $1 GROUP BY seg", ["int2"], [self.slot])}
 
-    def compact(self, nbytes: int, in_place: bool = False) -> str:
+    def compact(self, nbytes: int, in_place: bool = False, all_segments: bool = False) -> str:
         """Rewrite segments as one, without entries of rows no longer live (size-tiered, as an LSM
         tree: a query reads every segment of a code, a rewrite costs what it reads). The segments
         besides the largest are rewritten together while they hold less than it; once they hold as
         much, all of them are (and the merged versions of rows gone since are forgotten). So a merge
-        every ~1,000 rows does not rewrite the whole lists every 8 merges. Returns "recent", "all"
-        (rewritten in place: ``in_place``, or lists in a plain table) or "aside" (all, into the table
-        the next merge swaps in)."""
-        sizes = {int(r["seg"]): int(r["b"]) for r in self.q(
-            f"SELECT seg, sum(pg_catalog.length(sk)) AS b FROM {self.sk} WHERE slot = $1 GROUP BY seg", ["int2"], [self.slot])}
+        every ~1,000 rows does not rewrite the whole lists every 8 merges; ``all_segments``: all of
+        them now (a settle, :func:`settles`). Returns "recent", "all" (rewritten in place:
+        ``in_place``, or lists in a plain table) or "aside" (all, into the table the next merge swaps in)."""
+        sizes = self.sizes()
         base = max(sizes, key=lambda k: sizes[k])
         rest = [k for k in sizes if k != base]
-        full = sum(sizes[k] for k in rest) >= sizes[base]
+        full = all_segments or sum(sizes[k] for k in rest) >= sizes[base]
         segs = sorted(sizes) if full else rest
         live = np.array([int(r["version"]) for r in self.q(f"SELECT version FROM {self.tok}", [], [])], dtype=np.int64)
         parts = []
@@ -176,11 +201,12 @@ class _Lists:
         return self.next is not None and bool(self.q("SELECT pg_catalog.to_regclass($1) IS NOT NULL AS e",
                                                      ["text"], [self.next])[0]["e"])
 
-    def due(self) -> bool:
-        """Whether :func:`threshold` rows are newer than the newest merged version, or some are and
-        none was written in the last :data:`QUIET_S` seconds (a burst of writes has ended: its tail
-        is merged rather than kept as candidates of every search). A cheap lower bound: one bounded
-        scan of the version index, whatever the size of the index."""
+    def due(self) -> str | None:
+        """Whether a merge is due: "many" when :func:`threshold` rows are newer than the newest
+        merged version, "quiet" when some are and none was written in the last :data:`QUIET_S`
+        seconds (a burst of writes has ended: its tail is merged rather than kept as candidates of
+        every search), else None. A cheap lower bound: one bounded scan of the version index,
+        whatever the size of the index."""
         est = self.q("SELECT coalesce(sum(greatest(c.reltuples, pg_catalog.pg_stat_get_live_tuples(c.oid), 0)), 0)::bigint AS n"
                      " FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass($1)) p"
                      " JOIN pg_catalog.pg_class c ON c.oid = p.relid WHERE p.isleaf", ["text"], [self.skrow])
@@ -190,13 +216,19 @@ class _Lists:
                      f" false) AS quiet FROM (SELECT t.updated_at FROM {self.tok} t WHERE t.version > $1"
                      f" ORDER BY t.version LIMIT $2) s",
                      ["int8", "int4", "float8"], [-1 if top is None else int(top), bar, QUIET_S])[0]
-        return int(got["n"]) >= bar or (int(got["n"]) > 0 and bool(got["quiet"]))
+        if int(got["n"]) >= bar:
+            return "many"
+        return "quiet" if int(got["n"]) > 0 and bool(got["quiet"]) else None
 
 
-def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, Any]:
+def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool, settle: bool = False) -> dict[str, Any]:
     """Merge the pending rows of generation ``gen`` (see the module docstring); ``only_if_due``:
-    only when :func:`threshold` rows are newer than the lists. The caller (maxsim._sk_merge) holds
-    the index's merge lock (another merge of the index running, it answers busy without calling this)."""
+    only when a merge is due (:meth:`_Lists.due`). Then the lists are *settled*, rewritten as one
+    segment (:func:`settles`), when ``settle`` asks for it (``pgmaxsim worker --once``, after bulk
+    loads) or the merge took the tail of a burst of writes (due as "quiet"), unless that rewrite
+    would be in place (transactions held on: it would leave the old pages in the file). The caller
+    (maxsim._sk_merge) holds the index's merge lock (another merge of the index running, it
+    answers busy without calling this)."""
     from pgmaxsim.plpy import codes as codes_mod
     from pgmaxsim.plpy.api import index_by_id
 
@@ -206,9 +238,12 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
     if cb is None:
         return out
     lists = _Lists(plpy, index, gen)
+    why = None
     if only_if_due and lists.q(f"SELECT 1 FROM {lists.skm} WHERE slot = $1 AND gen = $2", ["int2", "int4"],
-                               [lists.slot, int(gen)]) and not lists.due():
-        return out
+                               [lists.slot, int(gen)]):
+        why = lists.due()
+        if why is None:
+            return out
     codec = lists.codec(cb)
     nbytes = codec.bits // 8
     # a full compaction's rewrite waiting for its swap gets this merge's segments too, so that it
@@ -245,9 +280,13 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool) -> dict[str, An
         flush()
     if rewrite:
         out["swap"] = "pending"
-    elif lists.segments() > MAX_SEGMENTS:
-        in_place = plpy.execute("SELECT pg_catalog.current_setting('pgmaxsim.sketch_in_place', true) = 'on' AS on")[0]["on"]
-        out["compacted"] = lists.compact(nbytes, bool(in_place))
+        return out
+    in_place = bool(plpy.execute("SELECT pg_catalog.current_setting('pgmaxsim.sketch_in_place', true) = 'on' AS on")[0]["on"])
+    sizes = lists.sizes()
+    settling = (settle or why == "quiet") and not in_place and settles(sizes, settle)
+    if settling or len(sizes) > MAX_SEGMENTS:
+        out["compacted"] = lists.compact(nbytes, in_place, all_segments=settling)
+        out["settled"] = settling
         if out["compacted"] == "aside":
             out["swap"] = "pending"
     return out

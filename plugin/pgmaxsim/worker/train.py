@@ -14,7 +14,8 @@ so no write waits for either:
   every trained codebook index it manages (``maxsim.first_stage_trained``), merges the rows written
   since the last merge once they are 5 % of the rows or no row was written for 30 s
   (``maxsim.first_stage_sketch_merge(name, true)``: one transaction; a look when nothing is due).
-- :meth:`Trainer.drain` (``--once``): train what is due now, merge every pending row, and wait.
+- :meth:`Trainer.drain` (``--once``): train what is due now, merge every pending row, settle the
+  lists into one segment (their smallest and fastest form; sketch_lists), and wait.
 - :meth:`Trainer.stop`: stop a training in progress at its next step or batch (its running query
   is cancelled; a k-means in progress is waited for), before its switch: the index stays due, its
   live codebook untouched (the half-built slot is cleared by the next training); a merge in progress
@@ -50,6 +51,7 @@ class Trainer:
         self.dsn, self.names, self.check_s = dsn, names, check_s
         self.trained: list[str] = []
         self.merged: dict[str, int] = {}   # index -> rows merged into its sketch lists
+        self.settled: list[str] = []       # indexes whose lists a merge settled into one segment
         self._checked = -float("inf")
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -151,14 +153,20 @@ class Trainer:
 
     def _merge(self, conn: psycopg.Connection[Any], name: str, merge_all: bool) -> None:
         try:
-            got = sketch_lists.merge_calls(conn, name, not merge_all)
+            got = sketch_lists.merge_calls(conn, name, not merge_all, settle=merge_all)
         except psycopg.Error as e:   # the rows stay pending (candidates of every search) until a later merge
             if not self._stopping.is_set():
                 log.warning("pgmaxsim worker: index %s: merging its sketch lists failed: %s", name, one_line(e))
             if conn.broken:
                 self._drop()
             return
-        if got and got.get("rows"):
+        if not got:
+            return
+        if got.get("rows"):
             self.merged[name] = self.merged.get(name, 0) + int(got["rows"])
-            log.info("pgmaxsim worker: index %s: %d rows merged into its sketch lists%s", name, int(got["rows"]),
-                     " (compacted)" if got.get("compacted") else "")
+        if got.get("settled"):
+            self.settled.append(name)
+        if got.get("rows") or got.get("settled"):
+            log.info("pgmaxsim worker: index %s: %d rows merged into its sketch lists%s", name, int(got.get("rows") or 0),
+                     ", the lists settled into one segment" if got.get("settled")
+                     else " (compacted)" if got.get("compacted") else "")
