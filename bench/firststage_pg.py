@@ -343,6 +343,11 @@ def _trainer(dsn: str) -> Any:
             super().__init__(dsn, ["fs_codebook"])
             self.seconds: list[tuple[str, float]] = []
 
+        def _merge(self, conn: psycopg.Connection[Any], name: str, merge_all: bool) -> None:
+            from pgmaxsim import sketch_lists
+
+            sketch_lists.merge_calls(conn, name, not merge_all)   # the drain's settle is timed apart (_settle)
+
         def _train(self, conn: psycopg.Connection[Any], name: str) -> None:
             t = time.perf_counter()
             super()._train(conn, name)
@@ -350,6 +355,22 @@ def _trainer(dsn: str) -> Any:
             _log(f"  trainer: trained {name} in {self.seconds[-1][1]:.0f} s, load {os.getloadavg()[0]:.1f}")
 
     return Timed()
+
+
+def _settle(conn: psycopg.Connection[Any], name: str, raw: int) -> str:
+    """Settle the sketch lists into one segment, as ``pgmaxsim worker --once`` does as it drains,
+    timed, with the index's bytes before and after."""
+    from pgmaxsim import sketch_lists
+
+    iid = conn.execute("SELECT id FROM maxsim.indexes WHERE name = %s", (name,)).fetchone()[0]
+    segs = conn.execute(f"SELECT count(DISTINCT seg) FROM maxsim.fs_sk_{int(iid)}").fetchone()[0]
+    before = sum(b for _, b in relation_bytes(conn, name))
+    t = time.perf_counter()
+    sketch_lists.merge(conn, name, settle=True)
+    took = time.perf_counter() - t
+    after = sum(b for _, b in relation_bytes(conn, name))
+    return (f"{name}: sketch lists settled from {segs} segments into one in {took:.0f} s: index bytes"
+            f" {before / raw:.4f} -> {after / raw:.4f} x raw fp16 ({(before - after) / 2**20:.1f} MiB less)")
 
 
 def _run(dsn: str, args: argparse.Namespace) -> int:
@@ -460,6 +481,8 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
         if reused:   # the fp16 bytes of the stored tokens
             raw = 2 * 128 * int(conn.execute(f"SELECT sum(n_raw_tokens) FROM maxsim.{ref.token_table}").fetchone()[0])
         notes = [f"storage {ref.storage}, pool factor {ref.pool_factor}; trainer: {args.trainer}"]
+        if "codebook" in todo:
+            notes.append(_settle(conn, "fs_codebook", raw))
         if todo and not reused:
             notes.append("writes (write_rows" + (" + trainings in line" if trainer is None else "") + ", page generation"
                          " excluded): " + ", ".join(f"{s} {write_s[s]:.0f} s = {n / write_s[s]:.0f} pages/s" for s in todo)
