@@ -28,15 +28,25 @@ from pgmaxsim.kernels import quantize
 
 def sizing(n_tokens: int, options: dict[str, Any]) -> tuple[int, int]:
     """``(n_coarse, n_fine)`` for an index of ``n_tokens`` tokens: ~``tokens_per_code`` tokens per
-    code, 256 coarse cells at most, and no more fine centroids per cell than the training sample
-    can place (4 sample tokens per centroid) or ``max_fine``.
+    code but no more codes than PLAID's rule gives (the power of two at or below 16 sqrt(n_tokens),
+    as ColBERTv2 / PLAID / WARP size their centroids) where that is over 4,096 (a smaller codebook
+    costs little; the per-code sizing stays, as tuned), 256 coarse cells at most, and no more fine
+    centroids per cell than the training sample can place (4 sample tokens per centroid) or
+    ``max_fine``.
 
-    >>> sizing(10_000_000, {}), sizing(130_000, {}), sizing(1_000, {})
-    ((256, 488), (80, 82), (7, 8))
+    Why PLAID's cap: every code costs its centroid row and, per segment of the sketch lists, a list
+    row (~460 bytes together); at 10K pages (10M tokens) ~20 tokens per code meant 48-110K codes
+    after k-means, 1.10-1.11x the raw fp16 bytes in all, where 32K codes gave 1.097x with the same
+    needle recall and a faster search and training (bench/STORAGE.md section 10). From ~60M tokens
+    the training sample's cap binds first, as before.
+
+    >>> sizing(10_000_000, {}), sizing(130_000, {}), sizing(1_000, {}), sizing(100_000_000, {})
+    ((181, 182), (64, 64), (7, 8), (256, 488))
     """
     per_code = int(options.get("tokens_per_code", 20))
     sample = min(n_tokens, int(options.get("train_sample", 500_000)))
-    codes = max(1, n_tokens // per_code)
+    plaid = max(4096, 2 ** math.floor(math.log2(16 * math.sqrt(max(1, n_tokens)))))
+    codes = max(1, min(n_tokens // per_code, plaid))
     n_coarse = max(1, min(256, math.isqrt(codes)))
     n_fine = max(1, min(int(options.get("max_fine", 2048)), math.ceil(codes / n_coarse),
                         sample // (4 * n_coarse)))
