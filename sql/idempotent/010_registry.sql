@@ -227,7 +227,8 @@ $$;
 -- Defaults of the codebook first stage's options (merged under the options of a codebook index):
 -- probe 8 codes among each query token's 2 nearest cells; train once the index holds 65,536 tokens,
 -- on a sample of at most 500,000 of them, sizing the codebook to ~20 tokens per code (at most 2,048
--- fine centroids per cell). bench/FIRST_STAGE.md has the measurements behind them.
+-- fine centroids per cell, and past 4,096 codes no more than PLAID's rule: pgmaxsim.fs_train.sizing).
+-- bench/FIRST_STAGE.md and bench/STORAGE.md have the measurements behind them.
 CREATE OR REPLACE FUNCTION maxsim._fs_default_options() RETURNS jsonb
 LANGUAGE sql IMMUTABLE
 SET search_path TO pg_catalog, pg_temp
