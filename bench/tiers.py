@@ -134,7 +134,15 @@ def main() -> None:
     ap.add_argument("--tiers", default="fp16,fp16+mean,int8,int8+pool4",
                     help="comma-separated, of: " + ", ".join(TIERS))
     ap.add_argument("--breakdown", action="store_true", help="where each tier's bytes are")
+    ap.add_argument("--size-as-tokens", type=int, default=0,
+                    help="size every codebook as fs_train.sizing does for an index of this many tokens (e.g."
+                         " 10000000: the codebook a 10K-page index writes against), to measure writes at that scale")
     args = ap.parse_args()
+    if args.size_as_tokens:
+        from pgmaxsim import fs_train
+
+        sizing = fs_train.sizing
+        fs_train.sizing = lambda n, options: sizing(max(n, args.size_as_tokens), options)
     labels = args.tiers.split(",")
     unknown = [t for t in labels if t not in TIERS]
     if unknown:
@@ -155,7 +163,8 @@ def main() -> None:
                 c.execute("SELECT maxsim.create_index(%s, 'src', 'id', dim => 128, options => %s::jsonb)",
                           (f"t{i}", json.dumps(opts)))
         print(f"{args.pages} pages ({np.mean([len(p) for p in pages]):.0f} tokens mean, d={D}),"
-              f" write batches of {args.batch} rows, load {os.getloadavg()[0]:.1f}\n")
+              f" write batches of {args.batch} rows, load {os.getloadavg()[0]:.1f}"
+              + (f"; codebooks sized as for {args.size_as_tokens:,} tokens" if args.size_as_tokens else "") + "\n")
         print("| stored | first stage | bytes/row | x raw fp16 | of which first stage | write pages/s"
               " | bare COPY pages/s: plain / EXTERNAL | x bare: plain / EXTERNAL | train s |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
