@@ -226,9 +226,9 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool, settle: bool = 
     only when a merge is due (:meth:`_Lists.due`). Then the lists are *settled*, rewritten as one
     segment (:func:`settles`), when ``settle`` asks for it (``pgmaxsim worker --once``, after bulk
     loads) or the merge took the tail of a burst of writes (due as "quiet"), unless that rewrite
-    would be in place (transactions held on: it would leave the old pages in the file). The caller
-    (maxsim._sk_merge) holds the index's merge lock (another merge of the index running, it
-    answers busy without calling this)."""
+    would be in place (transactions held on, or lists older than their partitions: it would leave
+    the old pages in the file). The caller (maxsim._sk_merge) holds the index's merge lock
+    (another merge of the index running, it answers busy without calling this)."""
     from pgmaxsim.plpy import codes as codes_mod
     from pgmaxsim.plpy.api import index_by_id
 
@@ -283,7 +283,8 @@ def merge(plpy: Any, index_id: int, gen: int, only_if_due: bool, settle: bool = 
         return out
     in_place = bool(plpy.execute("SELECT pg_catalog.current_setting('pgmaxsim.sketch_in_place', true) = 'on' AS on")[0]["on"])
     sizes = lists.sizes()
-    settling = (settle or why == "quiet") and not in_place and settles(sizes, settle)
+    # (lists in a plain table, an index older than the partitions, could only be rewritten in place)
+    settling = (settle or why == "quiet") and not in_place and lists.next is not None and settles(sizes, settle)
     if settling or len(sizes) > MAX_SEGMENTS:
         out["compacted"] = lists.compact(nbytes, in_place, all_segments=settling)
         out["settled"] = settling
