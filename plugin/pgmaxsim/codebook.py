@@ -158,9 +158,9 @@ def train_due(conn: psycopg.Connection[Any], name: str, *, seed: int = 0, merge_
     """What the worker's trainer does for index ``name`` (pgmaxsim.worker.train), now: train it if it
     is marked due, then merge its pending rows into the sketch lists once a merge is due (every
     pending row with ``merge_all``, and settle the lists into one segment, as ``pgmaxsim worker
-    --once`` does before it exits). For scripts
-    and benchmarks that write without a worker. Returns the training, or None (none was due; nothing
-    at all inside an open transaction of the caller: each step commits)."""
+    --once`` does before it exits). For scripts and benchmarks that write without a worker. Returns
+    the training, or None (none was due; nothing at all inside an open transaction of the caller:
+    each step commits)."""
     if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return None
     was = conn.autocommit
