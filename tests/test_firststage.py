@@ -51,6 +51,24 @@ def test_assign_does_not_depend_on_the_block_size(data: dict, monkeypatch: pytes
     assert np.array_equal(fs.assign(data["cb"], data["tokens"]), data["codes"])
 
 
+@pytest.mark.parametrize("per_call", [1, 45, 100_000])
+def test_distinct_codes_are_each_rows_own_whatever_the_rows_per_call(data: dict, per_call: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fs, "ASSIGN_TOKENS", per_call)
+    rows = [*data["rows"][:5], np.zeros((0, 16), np.float32), *data["rows"][5:]]
+    got = fs.distinct_codes(data["cb"], rows)
+    assert len(got) == len(rows) and len(got[5]) == 0
+    want = [np.unique(fs.assign(data["cb"], r)) for r in rows]
+    assert all(np.array_equal(g, w) for g, w in zip(got, want))
+    assert np.array_equal(np.concatenate(got[:5]), np.concatenate(
+        [np.unique(data["codes"][data["row_of"] == i]) for i in range(5)]))
+
+
+def test_assign_does_not_depend_on_a_tokens_norm(data: dict) -> None:
+    scaled = data["tokens"] * np.linspace(0.1, 10, len(data["tokens"]), dtype=np.float32)[:, None]
+    assert np.array_equal(fs.assign(data["cb"], scaled), data["codes"])
+
+
 def test_probe_returns_the_nearest_codes_of_the_nearest_cells(data: dict) -> None:
     cb = data["cb"]
     q = unit(data["rng"].standard_normal((5, 16)))

@@ -90,10 +90,5 @@ def build(blobs: Sequence[bytes], ns: Sequence[int], dim: int, storage: str, n_t
 def batch_codes(cb: fs.Codebook, blobs: Sequence[bytes], ns: Sequence[int], dim: int,
                 storage: str) -> tuple[list[int], list[int]]:
     """Rows' distinct codes (sorted) under ``cb``, flattened: ``(codes, per-row counts)``."""
-    flat: list[int] = []
-    lens: list[int] = []
-    for blob, n in zip(blobs, ns):
-        codes = np.unique(fs.assign(cb, stored_tokens(blob, n, dim, storage))).tolist()
-        flat.extend(codes)
-        lens.append(len(codes))
-    return flat, lens
+    codes = fs.distinct_codes(cb, [stored_tokens(blob, n, dim, storage) for blob, n in zip(blobs, ns)])
+    return np.concatenate(codes).astype(int).tolist() if codes else [], [len(c) for c in codes]

@@ -38,6 +38,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim import codebook, pooling, writes
+from pgmaxsim import firststage as fs
 from pgmaxsim.db.codec import encode_halfvec
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.kernels import quantize
@@ -120,14 +121,16 @@ def _changed_rows(conn: psycopg.Connection[Any], spec: IndexSpec, snap: str) -> 
 
 
 def _encode(spec: IndexSpec, shadow: IndexSpec, repool: bool, blob: bytes,
-            n_raw: int) -> tuple[bytes, int, int, bytes, np.ndarray | None]:
+            n_raw: int) -> tuple[bytes, np.ndarray, int, bytes, np.ndarray | None]:
+    """A stored row re-encoded for ``shadow``: its bytes, their values (float32), the raw count,
+    the pooled vector's binary halfvec and the row centroids (centroids first stage) or None."""
     values = quantize.dequantize(*quantize.decode_tokens(bytes(blob), spec.dim, spec.storage))
     if repool:
         values = pooling.pool_tokens(values, shadow.pool_factor)
     new = quantize.encode_tokens(values, shadow.storage)
     stored = quantize.dequantize(*quantize.decode_tokens(new, shadow.dim, shadow.storage))
     pooled, cents = pooling.pool(stored, shadow.pooling, shadow.options)
-    return new, len(stored), int(n_raw), encode_halfvec(pooled), cents
+    return new, stored, int(n_raw), encode_halfvec(pooled), cents
 
 
 def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, repool: bool,
@@ -136,20 +139,18 @@ def _copy(conn: psycopg.Connection[Any], spec: IndexSpec, shadow: IndexSpec, rep
     index's live codebook (it stays the index's after the switch): codes of the new bytes under it."""
     n = 0
     for batch in batches:
-        tok_rows, cen_rows = [], []
+        tok_rows, cen_rows, values = [], [], []
         for key, blob, n_raw, model, rev, h, _v, layout in batch:
-            new, n_stored, raw, pooled_bin, cents = _encode(spec, shadow, repool, blob, n_raw)
+            new, stored, raw, pooled_bin, cents = _encode(spec, shadow, repool, blob, n_raw)
             kv = shadow.key_value(key)
             # the layout numbers raw tokens: it goes with rows stored unpooled only
-            lay = None if layout is None or n_stored != raw else bytes(layout)
-            codes: tuple[Any, ...] = ()
-            if book is not None:
-                values = quantize.dequantize(*quantize.decode_tokens(new, shadow.dim, shadow.storage))
-                codes = (codebook.row_codes(book, values),)
-            tok_rows.append((kv, new, n_stored, raw, pooled_bin, model, rev, None if h is None else bytes(h), lay)
-                            + codes)
+            lay = None if layout is None or len(stored) != raw else bytes(layout)
+            tok_rows.append((kv, new, len(stored), raw, pooled_bin, model, rev, None if h is None else bytes(h), lay))
+            values.append(stored)
             if cents is not None:
                 cen_rows.extend((kv, c, encode_halfvec(vec)) for c, vec in enumerate(cents))
+        if book is not None:   # the batch's codes in few assign calls, not one per row (~3x faster)
+            tok_rows = [row + (codes.tolist(),) for row, codes in zip(tok_rows, fs.distinct_codes(book.cb, values))]
         keys = [str(r[0]) for r in batch]
         # the one write path (its stage tables when the caller is not the schema owner)
         writes._write(conn, shadow, keys, lambda _index, t=tok_rows, c=cen_rows: (t, c), book=book)
