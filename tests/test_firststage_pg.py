@@ -124,6 +124,27 @@ def test_candidates_are_the_rows_holding_a_probed_code_under_writes(db: psycopg.
     assert db.execute(f"SELECT count(*) FROM maxsim.{idx.info.token_table}").fetchone()[0] == 0
 
 
+def test_a_write_coded_in_many_chunks_stores_each_rows_own_codes(db: psycopg.Connection[Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """pgmaxsim.writes codes a write's rows in chunks on a helper thread while the COPY sends the
+    previous chunk: with chunks of a row or two, every row still gets its own codes, in its row."""
+    from pgmaxsim import writes
+
+    idx = create(db)
+    docs = corpus(120, seed=21)
+    keys = list(docs)
+    idx.upsert(keys[:60], [docs[k] for k in keys[:60]])
+    codebook.train(db, "fs")
+    monkeypatch.setattr(writes, "CHUNK_MIN_TOKENS", 12)
+    monkeypatch.setattr(fs, "ASSIGN_TOKENS", 12)
+    assert writes.chunk_tokens(10_000) == 12
+    later = keys[60:] + keys[:10]   # new rows and rewritten ones
+    idx.upsert(later, [docs[k] for k in later])
+    book = stored_book(db, "fs")
+    rows = dict(db.execute(f"SELECT id, {codebook.column(book.slot)} FROM maxsim.{idx.info.token_table}").fetchall())
+    assert all(rows[k] == codebook.row_codes(book, docs[k]) for k in later)
+
+
 def test_retrain_switches_under_concurrent_searches(db: psycopg.Connection[Any]) -> None:
     idx = create(db)
     docs = corpus(200, seed=3)

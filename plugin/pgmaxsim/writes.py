@@ -46,7 +46,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from pgmaxsim import codebook, pooling
+from pgmaxsim import codebook, firststage, pooling
 from pgmaxsim.db.codec import CodecError, encode_halfvec
 from pgmaxsim.encoders.layout import Layout, encode_layout
 from pgmaxsim.errors import PgmaxsimError
@@ -177,11 +177,6 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
     return tok_rows, cen_rows
 
 
-#: Rows whose first-stage codes are assigned in one call: a codebook cell's fine centroids are read
-#: once for all their tokens, and each cell's GEMM gets several pages' tokens instead of a few.
-CODE_CHUNK = 8
-
-
 def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tuple[np.ndarray, np.ndarray]],
                  content_hashes: Sequence[bytes | None] | None, model: str | None, model_revision: str | None,
                  layouts: Sequence[Layout | None] | None, book: codebook.Live | None,
@@ -189,10 +184,11 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
     """Token rows of :func:`encode_rows`, one at a time (``checked``: :func:`_check_tokens` of each
     key); each row's centroid rows are appended to ``cen_rows`` as it is made.
 
-    With a codebook, rows go in chunks of :data:`CODE_CHUNK`: the chunk's codes are assigned on a
-    helper thread (NumPy's GEMMs release the GIL) while this thread encodes the next chunk and the
-    COPY sends the previous one, so the assignment (the write path's largest client cost, ~2-3 ms
-    per 1,000-token page) runs on a core the client would otherwise leave to the server alone."""
+    With a codebook, rows go in chunks of :func:`chunk_tokens` stored tokens (one assign call):
+    the chunk's codes are assigned on a helper thread (NumPy's GEMMs release the GIL) while this
+    thread encodes the next chunk and the COPY sends the previous one, so the assignment (the write
+    path's largest client cost, ~2-3 ms per 1,000-token page) runs on a core the client would
+    otherwise leave to the server alone."""
     storage, factor = index.storage, index.pool_factor
 
     def encoded(key: str, i: int) -> tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]:
@@ -227,8 +223,8 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
             queued: collections.deque[tuple[list[tuple[Any, ...]], concurrent.futures.Future[list[bytes]]]] = \
                 collections.deque()
             items = iter(latest.items())
-            while chunk := list(itertools.islice(items, CODE_CHUNK)):
-                done = [encoded(key, i) for key, i in chunk]
+            per_chunk = chunk_tokens(sum(len(checked[key][0]) for key in latest) // max(factor, 1))
+            while done := _chunk((encoded(key, i) for key, i in items), per_chunk):
                 rows = [sent(row, cents) for row, _, cents in done]
                 queued.append((rows, helper.submit(_chunk_codes, book, [stored for _, stored, _ in done])))
                 if len(queued) > 1:   # the previous chunk goes while this one is coded
@@ -237,13 +233,41 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
                 yield from _with_codes(*queued.popleft())
 
 
+#: Fewest stored tokens a chunk of a write's rows is coded in: ~8 pages (a cell's GEMM at 181 cells
+#: then has ~45 rows); a write is cut into up to 4 chunks, each at most ``firststage.ASSIGN_TOKENS``.
+CHUNK_MIN_TOKENS = 8_192
+
+
+def chunk_tokens(total: int) -> int:
+    """Stored tokens a chunk of a write of ``total`` tokens should hold: a quarter of the write,
+    within [CHUNK_MIN_TOKENS, firststage.ASSIGN_TOKENS]. Why not one size: a chunk's codes are
+    assigned while the COPY sends the previous chunk, so a write in one chunk codes and then
+    sends, one core idle each time (32-page writes in one chunk went 0.42-0.50x bare COPY, in
+    8-page chunks 0.48-0.52: bench/STORAGE.md section 11); larger chunks make the cells' GEMMs
+    faster (32 pages coded ~20 % faster a page than 8), which a large write can afford.
+
+    >>> chunk_tokens(32_000), chunk_tokens(64_000), chunk_tokens(10_000_000)
+    (8192, 16000, 32768)
+    """
+    return min(firststage.ASSIGN_TOKENS, max(CHUNK_MIN_TOKENS, total // 4))
+
+
+def _chunk(rows: Iterator[tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]], tokens: int,
+           ) -> list[tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]]:
+    """The next encoded rows (row, stored tokens, centroids) until they hold ``tokens`` stored
+    tokens; takes no more rows from ``rows`` than it returns."""
+    out, n = [], 0
+    for row in rows:
+        out.append(row)
+        n += len(row[1])
+        if n >= tokens:
+            break
+    return out
+
+
 def _chunk_codes(book: codebook.Live, stored: list[np.ndarray]) -> list[bytes]:
     """Each row's distinct codes (sorted) under ``book`` as a binary ``int4[]``, assigned in one call."""
-    from pgmaxsim import firststage
-
-    codes = firststage.assign(book.cb, np.concatenate(stored))
-    cuts = np.cumsum([len(x) for x in stored])[:-1]
-    return [_int4_array(np.unique(c)) for c in np.split(codes, cuts)]
+    return [_int4_array(c) for c in firststage.distinct_codes(book.cb, stored)]
 
 
 def _with_codes(rows: list[tuple[Any, ...]], codes: concurrent.futures.Future[list[bytes]]) -> Iterator[tuple[Any, ...]]:
