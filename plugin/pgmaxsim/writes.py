@@ -185,9 +185,9 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
     key); each row's centroid rows are appended to ``cen_rows`` as it is made.
 
     With a codebook, rows go in chunks of :func:`chunk_tokens` stored tokens (one assign call):
-    the chunk's codes are assigned on a helper thread (NumPy's GEMMs release the GIL) while this
-    thread encodes the next chunk and the COPY sends the previous one, so the assignment (the write
-    path's largest client cost, ~2-3 ms per 1,000-token page) runs on a core the client would
+    the chunks' codes are assigned on :data:`CODERS` helper threads (NumPy's GEMMs release the GIL)
+    while this thread encodes the next chunk and the COPY sends the oldest, so the assignment (the
+    write path's largest client cost, ~3 ms per 1,000-token page) runs on cores the client would
     otherwise leave to the server alone."""
     storage, factor = index.storage, index.pool_factor
 
@@ -219,7 +219,7 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
                 row, _, cents = encoded(key, i)
                 yield sent(row, cents)
             return
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgmaxsim-codes") as helper:
+        with concurrent.futures.ThreadPoolExecutor(CODERS, thread_name_prefix="pgmaxsim-codes") as helper:
             queued: collections.deque[tuple[list[tuple[Any, ...]], concurrent.futures.Future[list[bytes]]]] = \
                 collections.deque()
             items = iter(latest.items())
@@ -227,11 +227,17 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
             while done := _chunk((encoded(key, i) for key, i in items), per_chunk):
                 rows = [sent(row, cents) for row, _, cents in done]
                 queued.append((rows, helper.submit(_chunk_codes, book, [stored for _, stored, _ in done])))
-                if len(queued) > 1:   # the previous chunk goes while this one is coded
+                if len(queued) > CODERS:   # the oldest chunk goes while the newer ones are coded
                     yield from _with_codes(*queued.popleft())
             while queued:
                 yield from _with_codes(*queued.popleft())
 
+
+#: Threads assigning a write's codes, each a chunk at a time (NumPy's GEMMs release the GIL). With
+#: one, the writer waited on it ~30 % of a write (py-spy, a 10K-page index's codebook): coding a page
+#: (~3.5 ms) outlasts quantizing and sending it. Two: 0.49 -> 0.53x bare COPY there (three runs each),
+#: 0.82 -> 0.91 at 600 pages' codebook (bench/STORAGE.md section 11).
+CODERS = 2
 
 #: Fewest stored tokens a chunk of a write's rows is coded in: ~8 pages (a cell's GEMM at 181 cells
 #: then has ~45 rows); a write is cut into up to 4 chunks, each at most ``firststage.ASSIGN_TOKENS``.
