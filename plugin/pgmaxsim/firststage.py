@@ -36,12 +36,15 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from pgmaxsim.kernels.numpy_maxsim import gather_positions
+
+T = TypeVar("T")
 
 ROUNDS = 10
 #: Tokens per assignment block: bounds the (block, n_coarse) similarity matrix.
@@ -165,23 +168,35 @@ ASSIGN_TOKENS = 32_768
 
 def distinct_codes(cb: Codebook, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Each row's distinct codes (sorted int32) under ``cb``; the rows' tokens are assigned
-    :data:`ASSIGN_TOKENS` at a time, not row by row (a page's ~5 tokens a cell are slow GEMMs).
+    :data:`ASSIGN_TOKENS` at a time (:func:`take_tokens`), not row by row (a page's ~5 tokens a
+    cell are slow GEMMs).
 
     >>> cb = Codebook(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32)[None].repeat(2, 0))
     >>> [c.tolist() for c in distinct_codes(cb, [np.array([[1, 0], [2, 0.5]]), np.array([[0, 1.0]])])]
     [[0], [3]]
     """
     out: list[np.ndarray] = []
-    a = 0
-    while a < len(rows):
-        b, n = a, 0
-        while b < len(rows) and n < ASSIGN_TOKENS:
-            n += len(rows[b])
-            b += 1
-        group = rows[a:b]
-        codes = assign(cb, np.concatenate(group)) if n else np.zeros(0, np.int32)
+    left = iter(rows)
+    while group := take_tokens(left, ASSIGN_TOKENS, len):
+        codes = assign(cb, np.concatenate(group))
         out.extend(np.unique(c) for c in np.split(codes, np.cumsum([len(r) for r in group])[:-1]))
-        a = b
+    return out
+
+
+def take_tokens(rows: Iterator[T], tokens: int, size: Callable[[T], int]) -> list[T]:
+    """The next rows of ``rows`` (each of ``size(row)`` tokens) until they hold ``tokens`` tokens, or
+    the rest; takes no more rows from ``rows`` than it returns (a row is never split). What one
+    :func:`assign` call gets: here, and a write's chunk in pgmaxsim.writes.
+
+    >>> left = iter([3, 0, 5, 2, 9]); take_tokens(left, 8, int), take_tokens(left, 8, int), take_tokens(left, 8, int)
+    ([3, 0, 5], [2, 9], [])
+    """
+    out, n = [], 0
+    for row in rows:
+        out.append(row)
+        n += size(row)
+        if n >= tokens:
+            break
     return out
 
 

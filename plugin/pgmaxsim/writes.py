@@ -224,7 +224,8 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
                 collections.deque()
             items = iter(latest.items())
             per_chunk = chunk_tokens(sum(len(checked[key][0]) for key in latest) // max(factor, 1))
-            while done := _chunk((encoded(key, i) for key, i in items), per_chunk):
+            while done := firststage.take_tokens((encoded(key, i) for key, i in items), per_chunk,
+                                                 lambda enc: len(enc[1])):   # its stored tokens
                 rows = [sent(row, cents) for row, _, cents in done]
                 queued.append((rows, helper.submit(_chunk_codes, book, [stored for _, stored, _ in done])))
                 if len(queued) > CODERS:   # the oldest chunk goes while the newer ones are coded
@@ -256,19 +257,6 @@ def chunk_tokens(total: int) -> int:
     (8192, 16000, 32768)
     """
     return min(firststage.ASSIGN_TOKENS, max(CHUNK_MIN_TOKENS, total // 4))
-
-
-def _chunk(rows: Iterator[tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]], tokens: int,
-           ) -> list[tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]]:
-    """The next encoded rows (row, stored tokens, centroids) until they hold ``tokens`` stored
-    tokens; takes no more rows from ``rows`` than it returns."""
-    out, n = [], 0
-    for row in rows:
-        out.append(row)
-        n += len(row[1])
-        if n >= tokens:
-            break
-    return out
 
 
 def _chunk_codes(book: codebook.Live, stored: list[np.ndarray]) -> list[bytes]:
