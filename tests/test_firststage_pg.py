@@ -293,7 +293,8 @@ def test_without_plpython_the_probe_score_ranks_as_the_numpy_model(embedded_dsn:
 
 def test_rescoring_reads_every_candidates_codes(conn: psycopg.Connection[Any]) -> None:
     """maxsim._rescore on a codebook index (sketch_top 0: centroid interaction alone), over rows
-    with codes, one with an empty code array and two without codes (NULL): the best n rows with
+    with codes (one with more than 16,000), one with an empty code array and two without codes
+    (NULL): the best n rows with
     codes by pgmaxsim.firststage's centroid interaction over their stored codes (NumPy), the empty
     one ranked last (-inf: dropped first), then the rows without codes, never dropped."""
     conn.autocommit = True
@@ -307,6 +308,10 @@ def test_rescoring_reads_every_candidates_codes(conn: psycopg.Connection[Any]) -
     book = stored_book(conn, "fs")
     conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = NULL WHERE id IN (5, 9)")
     conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = '{{}}' WHERE id = 7")
+    # more codes than pgvector's vector holds (16,000), read through array_send: the row's own codes
+    # over and over, which centroid interaction scores as the row's own
+    conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = (SELECT array_agg(c) FROM unnest(codes_0) c,"
+                 f" generate_series(1, 16001 / cardinality(codes_0) + 1)) WHERE id = 3")
     stored = dict(conn.execute(f"SELECT id, codes_0 FROM maxsim.{spec.token_table}").fetchall())
     coded = [k for k in docs if stored[k] is not None]
     per_row = fs.InvertedLists(np.concatenate([[0], np.cumsum([len(stored[k]) for k in coded])]).astype(np.int64),
@@ -318,7 +323,11 @@ def test_rescoring_reads_every_candidates_codes(conn: psycopg.Connection[Any]) -
                                             (spec.id, Tokens(q), [str(k) for k in docs], n)).fetchone()[0]]
         assert set(got[:n]) == set(coded) - {7} and set(got[n:]) == {5, 9}
         assert all(score[a] >= score[b] for a, b in zip(got[:n - 1], got[1:n]))
-    # codes are written one-dimensional without NULLs; anything else fails loudly, not misread
-    conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = '{{1,NULL,2}}' WHERE id = 11")
-    with pytest.raises(psycopg.Error, match="not one-dimensional int4 without NULLs"):
-        conn.execute("SELECT maxsim._rescore(%s, %s, %s::text[], %s)", (spec.id, Tokens(q), [str(k) for k in docs], n))
+    assert len(stored[3]) > 16_000
+    # codes are written one-dimensional without NULLs; anything else fails loudly (pgvector's cast
+    # or, past its size, pgmaxsim's check), not misread
+    for bad in ("{1,NULL,2}", "{{1,2},{3,4}}", "{" + ",".join(["1"] * 16_001) + ",NULL}"):
+        conn.execute(f"UPDATE maxsim.{spec.token_table} SET codes_0 = %s WHERE id = 11", (bad,))
+        with pytest.raises(psycopg.Error, match="not one-dimensional int4 without NULLs|must not contain nulls|must be 1-D"):
+            conn.execute("SELECT maxsim._rescore(%s, %s, %s::text[], %s)",
+                         (spec.id, Tokens(q), [str(k) for k in docs], n))
