@@ -24,6 +24,9 @@ trains as the write path decides; it prints
   timed apart: "write" excludes it, "train s" is its total.
   The ``+untrained`` tiers never train (option train_tokens), so their rows carry no codes:
   the write path without the first stage's per-row work (its codes and their GIN index).
+  After the table, the CPU time a page of the writes and of the plain COPYs, in this process (all
+  its threads) and in the connection's server process: a write that takes more wall time than CPU on
+  either side waits on the other.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pgmaxsim import codebook, pooling, writes
 from pgmaxsim.kernels.quantize import encode_tokens
 from pgmaxsim.registry import get_index
 from _server import bench_server
+from firststage_pg import _hold as hold_codebook
 from search import Corpus
 
 D = 128
@@ -76,13 +80,35 @@ def bare_batch(conn: psycopg.Connection[Any], table: str, ids: range, blobs: lis
     return time.perf_counter() - t
 
 
+def backend_cpu(conn: psycopg.Connection[Any]) -> float:
+    """CPU seconds (user + system) the server process of ``conn`` has used, from /proc (0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{conn.info.backend_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+#: CPU seconds of the writes and of the bare COPYs into the plain table: {"write"|"plain": [client, server]}
+CPU: dict[str, list[float]] = {}
+#: With ``hold``: seconds of the writes and bare COPYs of the batches written after the hold, and their pages
+STEADY: dict[str, float] = {}
+
+
 def fill(dsn: str, name: str, pages: list[np.ndarray], batch: int,
-         storage: str, factor: int) -> tuple[float, float, float, float]:
+         storage: str, factor: int, hold: bool = False) -> tuple[float, float, float, float]:
     """Write ``pages`` into index ``name`` and the same stored bytes into two bare tables, batch by
     batch in turn: (write_rows seconds without training, training seconds, bare COPY seconds into a
-    plain bytea table, the same into a bytea column with STORAGE EXTERNAL)."""
+    plain bytea table, the same into a bytea column with STORAGE EXTERNAL). Adds up in :data:`CPU`
+    the CPU time the writes and the plain COPYs took in this process (every thread) and in their
+    server process: whether a write is bound by CPU or waits. ``hold``: no retraining once the
+    codebook is first trained (firststage_pg's --hold-codebook)."""
     write = train = 0.0
     bare = {"plain": 0.0, "external": 0.0}
+    CPU.clear()
+    CPU.update(write=[0.0, 0.0], plain=[0.0, 0.0])
+    STEADY.update(write=0.0, plain=0.0, external=0.0, pages=0)
+    held = False
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn) as plain:
         for kind in bare:
             plain.execute(f"CREATE TABLE bare_{kind}_{name} (id int PRIMARY KEY, tokens bytea)")
@@ -98,16 +124,28 @@ def fill(dsn: str, name: str, pages: list[np.ndarray], batch: int,
             # the bare tables get what the index stores (pooled + quantized), encoded beforehand
             blobs = [encode_tokens(pooling.pool_tokens(p, factor) if factor > 1 else p, storage) for p in part]
             steps = ["write", "plain", "external"]
+            steady = held   # a batch written against the held codebook from its start
+            STEADY["pages"] += len(part) if steady else 0
             for step in steps[j % 3:] + steps[:j % 3]:   # each goes first in turn
+                client, server = time.process_time(), backend_cpu(conn if step == "write" else plain)
                 if step == "write":
                     t = time.perf_counter()
                     writes.write_rows(conn, spec, list(ids), part)
                     t1 = time.perf_counter()
+                    CPU["write"][0] += time.process_time() - client
+                    CPU["write"][1] += backend_cpu(conn) - server
                     codebook.train_due(conn, name)   # the worker's trainer, in line (writes only mark it due)
+                    held = held or (hold and hold_codebook(conn, name))
                     write += t1 - t
                     train += time.perf_counter() - t1
+                    STEADY["write"] += (t1 - t) if steady else 0.0
                 else:
-                    bare[step] += bare_batch(plain, f"bare_{step}_{name}", ids, blobs)
+                    took = bare_batch(plain, f"bare_{step}_{name}", ids, blobs)
+                    bare[step] += took
+                    STEADY[step] += took if steady else 0.0
+                    if step == "plain":
+                        CPU["plain"][0] += time.process_time() - client
+                        CPU["plain"][1] += backend_cpu(plain) - server
     return write, train, bare["plain"], bare["external"]
 
 
@@ -137,6 +175,10 @@ def main() -> None:
     ap.add_argument("--size-as-tokens", type=int, default=0,
                     help="size every codebook as fs_train.sizing does for an index of this many tokens (e.g."
                          " 10000000: the codebook a 10K-page index writes against), to measure writes at that scale")
+    ap.add_argument("--hold-codebook", action="store_true",
+                    help="no retraining once a codebook is first trained: the writes of an index between two"
+                         " trainings (with --size-as-tokens, a large index's steady state, where each writer"
+                         " reads the codebook once per generation rather than at every doubling of 600 pages)")
     args = ap.parse_args()
     if args.size_as_tokens:
         from pgmaxsim import fs_train
@@ -164,15 +206,17 @@ def main() -> None:
                           (f"t{i}", json.dumps(opts)))
         print(f"{args.pages} pages ({np.mean([len(p) for p in pages]):.0f} tokens mean, d={D}),"
               f" write batches of {args.batch} rows, load {os.getloadavg()[0]:.1f}"
-              + (f"; codebooks sized as for {args.size_as_tokens:,} tokens" if args.size_as_tokens else "") + "\n")
+              + (f"; codebooks sized as for {args.size_as_tokens:,} tokens" if args.size_as_tokens else "")
+              + ("; each codebook held after its first training" if args.hold_codebook else "") + "\n")
         print("| stored | first stage | bytes/row | x raw fp16 | of which first stage | write pages/s"
               " | bare COPY pages/s: plain / EXTERNAL | x bare: plain / EXTERNAL | train s |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         parts = {}
+        cpu: list[str] = []
         for i, label in enumerate(labels):
             storage, factor, first, train_tokens = TIERS[label]
             first += " (untrained: no codes)" if train_tokens else ""
-            write, train, bare, bare_ext = fill(dsn, f"t{i}", pages, args.batch, storage, factor)
+            write, train, bare, bare_ext = fill(dsn, f"t{i}", pages, args.batch, storage, factor, args.hold_codebook)
             with psycopg.connect(dsn, autocommit=True) as c:
                 c.execute("VACUUM ANALYZE")
                 nbytes, fs_bytes, rows = c.execute("SELECT bytes, first_stage_bytes, rows FROM maxsim.index_info(%s)",
@@ -185,6 +229,19 @@ def main() -> None:
                   f" {fs_bytes / raw_total:.3f} |"
                   f" {n / write:.0f} | {n / bare:.0f} / {n / bare_ext:.0f} | {bare / write:.2f} / {bare_ext / write:.2f}"
                   f" | {train:.0f} |", flush=True)
+            if STEADY["pages"]:
+                k = STEADY["pages"]
+                print(f"| {name}, the {k:.0f} pages written after the hold | | | | | {k / STEADY['write']:.0f}"
+                      f" | {k / STEADY['plain']:.0f} / {k / STEADY['external']:.0f}"
+                      f" | {STEADY['plain'] / STEADY['write']:.2f} / {STEADY['external'] / STEADY['write']:.2f} | |",
+                      flush=True)
+            cpu.append(f"{name}, {first}: write {write / n * 1e3:.2f} ms a page wall, CPU client"
+                       f" {CPU['write'][0] / n * 1e3:.2f} + server {CPU['write'][1] / n * 1e3:.2f};"
+                       f" bare plain COPY {bare / n * 1e3:.2f} ms wall, CPU client {CPU['plain'][0] / n * 1e3:.2f}"
+                       f" + server {CPU['plain'][1] / n * 1e3:.2f}")
+        print("\nCPU time a page (this process's threads, and the server process of each connection):\n")
+        for line in cpu:
+            print(f"- {line}")
         for label, items in parts.items():
             print(f"\n{label}: where the bytes are (x raw fp16)\n")
             print("| relation | x raw fp16 |")
