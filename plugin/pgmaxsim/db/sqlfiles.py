@@ -57,12 +57,15 @@ def driver_connection(bind: Any) -> Any:
 VECTOR_PLACEHOLDER = "@vector@"
 
 
+#: The quoted schema pgvector lives in, as column ``s`` (no row: not installed); read here and in the
+#: backend (pgmaxsim.plpy.codes).
+VECTOR_SCHEMA_SQL = ("SELECT pg_catalog.quote_ident(n.nspname) AS s FROM pg_catalog.pg_extension e"
+                     " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'")
+
+
 def vector_schema(conn: Any) -> str:
     """The quoted schema pgvector lives in (``public`` when it is not installed yet)."""
-    row = conn.execute(
-        "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension e"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-    ).fetchone()
+    row = conn.execute(VECTOR_SCHEMA_SQL).fetchone()
     return row[0] if row else "public"
 
 

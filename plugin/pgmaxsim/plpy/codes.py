@@ -13,6 +13,7 @@ import numpy as np
 
 from pgmaxsim import firststage as fs
 from pgmaxsim.db.codec import decode_halfvec_array
+from pgmaxsim.db.sqlfiles import VECTOR_SCHEMA_SQL
 from pgmaxsim.plpy import plans
 from pgmaxsim.plpy.tokens import decode_query
 
@@ -99,11 +100,10 @@ _vector_schema: dict[str, str] = {}
 def _vector(plpy: Any) -> str:
     """pgvector's schema, quoted (once per backend: an extension is not moved while in use)."""
     if "s" not in _vector_schema:
-        got = plpy.execute("SELECT n.nspname AS s FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n"
-                           " ON n.oid = e.extnamespace WHERE e.extname = 'vector'")
+        got = plpy.execute(VECTOR_SCHEMA_SQL)
         if not got:
             plpy.error("pgmaxsim: the vector extension (pgvector) is not installed")
-        _vector_schema["s"] = plpy.quote_ident(got[0]["s"])
+        _vector_schema["s"] = got[0]["s"]
     return _vector_schema["s"]
 
 
