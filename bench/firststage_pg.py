@@ -214,7 +214,7 @@ def _merge_pending(conn: psycopg.Connection[Any], name: str, merge: bool) -> str
             f" {time.perf_counter() - t:.1f} s ({int(conn.execute(pending).fetchone()[0])} left)")
 
 
-def _hold(conn: psycopg.Connection[Any], name: str) -> bool:
+def hold_codebook(conn: psycopg.Connection[Any], name: str) -> bool:
     """--hold-codebook: once ``name`` is trained, raise its trained-rows option past any growth so that
     no retrain comes due (maxsim._fs_due); True once done."""
     done = conn.execute("UPDATE maxsim.indexes SET options = options || '{\"fs_rows\": 2000000000}'::jsonb"
@@ -455,7 +455,7 @@ def _run(dsn: str, args: argparse.Namespace) -> int:
                     else:                # the worker's trainer, run in line: writes only mark it due
                         codebook.train_due(conn, "fs_codebook")
                     if args.hold_codebook and not held:
-                        held = _hold(conn, "fs_codebook")
+                        held = hold_codebook(conn, "fs_codebook")
                 write_s[s] += time.perf_counter() - t
             if exact_ref is not None:
                 exact_ref.add(a, pages)

@@ -36,6 +36,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from pgmaxsim import codebook, pooling, writes
 from pgmaxsim.kernels.quantize import encode_tokens
 from pgmaxsim.registry import get_index
 from _server import bench_server
-from firststage_pg import _hold as hold_codebook
+from firststage_pg import hold_codebook
 from search import Corpus
 
 D = 128
@@ -89,25 +90,31 @@ def backend_cpu(conn: psycopg.Connection[Any]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-#: CPU seconds of the writes and of the bare COPYs into the plain table: {"write"|"plain": [client, server]}
-CPU: dict[str, list[float]] = {}
-#: With ``hold``: seconds of the writes and bare COPYs of the batches written after the hold, and their pages
-STEADY: dict[str, float] = {}
+@dataclass
+class Filled:
+    """What :func:`fill` measured. Seconds: ``write`` (write_rows, training excluded), ``train``,
+    ``bare`` (COPY into the plain bytea table) and ``bare_ext`` (into the STORAGE EXTERNAL one);
+    ``cpu``: CPU seconds of the writes and of the plain COPYs, {"write"|"plain": [this process's
+    threads, the connection's server process]}; ``steady``: with a hold, the seconds of the batches
+    written after it ({"write"|"plain"|"external"}) and their ``pages``."""
+
+    write: float = 0.0
+    train: float = 0.0
+    bare: float = 0.0
+    bare_ext: float = 0.0
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {"write": [0.0, 0.0], "plain": [0.0, 0.0]})
+    steady: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("write", "plain", "external", "pages"), 0.0))
 
 
 def fill(dsn: str, name: str, pages: list[np.ndarray], batch: int,
-         storage: str, factor: int, hold: bool = False) -> tuple[float, float, float, float]:
+         storage: str, factor: int, hold: bool = False) -> Filled:
     """Write ``pages`` into index ``name`` and the same stored bytes into two bare tables, batch by
-    batch in turn: (write_rows seconds without training, training seconds, bare COPY seconds into a
-    plain bytea table, the same into a bytea column with STORAGE EXTERNAL). Adds up in :data:`CPU`
-    the CPU time the writes and the plain COPYs took in this process (every thread) and in their
-    server process: whether a write is bound by CPU or waits. ``hold``: no retraining once the
-    codebook is first trained (firststage_pg's --hold-codebook)."""
-    write = train = 0.0
+    batch in turn, timing each (:class:`Filled`), with the CPU time the writes and the plain COPYs
+    took in this process (every thread) and in their server process: whether a write is bound by
+    CPU or waits. ``hold``: no retraining once the codebook is first trained (firststage_pg's
+    --hold-codebook)."""
+    out = Filled()
     bare = {"plain": 0.0, "external": 0.0}
-    CPU.clear()
-    CPU.update(write=[0.0, 0.0], plain=[0.0, 0.0])
-    STEADY.update(write=0.0, plain=0.0, external=0.0, pages=0)
     held = False
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn) as plain:
         for kind in bare:
@@ -125,28 +132,29 @@ def fill(dsn: str, name: str, pages: list[np.ndarray], batch: int,
             blobs = [encode_tokens(pooling.pool_tokens(p, factor) if factor > 1 else p, storage) for p in part]
             steps = ["write", "plain", "external"]
             steady = held   # a batch written against the held codebook from its start
-            STEADY["pages"] += len(part) if steady else 0
+            out.steady["pages"] += len(part) if steady else 0
             for step in steps[j % 3:] + steps[:j % 3]:   # each goes first in turn
                 client, server = time.process_time(), backend_cpu(conn if step == "write" else plain)
                 if step == "write":
                     t = time.perf_counter()
                     writes.write_rows(conn, spec, list(ids), part)
                     t1 = time.perf_counter()
-                    CPU["write"][0] += time.process_time() - client
-                    CPU["write"][1] += backend_cpu(conn) - server
+                    out.cpu["write"][0] += time.process_time() - client
+                    out.cpu["write"][1] += backend_cpu(conn) - server
                     codebook.train_due(conn, name)   # the worker's trainer, in line (writes only mark it due)
                     held = held or (hold and hold_codebook(conn, name))
-                    write += t1 - t
-                    train += time.perf_counter() - t1
-                    STEADY["write"] += (t1 - t) if steady else 0.0
+                    out.write += t1 - t
+                    out.train += time.perf_counter() - t1
+                    out.steady["write"] += (t1 - t) if steady else 0.0
                 else:
                     took = bare_batch(plain, f"bare_{step}_{name}", ids, blobs)
                     bare[step] += took
-                    STEADY[step] += took if steady else 0.0
+                    out.steady[step] += took if steady else 0.0
                     if step == "plain":
-                        CPU["plain"][0] += time.process_time() - client
-                        CPU["plain"][1] += backend_cpu(plain) - server
-    return write, train, bare["plain"], bare["external"]
+                        out.cpu["plain"][0] += time.process_time() - client
+                        out.cpu["plain"][1] += backend_cpu(plain) - server
+    out.bare, out.bare_ext = bare["plain"], bare["external"]
+    return out
 
 
 def breakdown(conn: psycopg.Connection[Any], name: str, raw: float) -> list[tuple[str, float]]:
@@ -216,7 +224,8 @@ def main() -> None:
         for i, label in enumerate(labels):
             storage, factor, first, train_tokens = TIERS[label]
             first += " (untrained: no codes)" if train_tokens else ""
-            write, train, bare, bare_ext = fill(dsn, f"t{i}", pages, args.batch, storage, factor, args.hold_codebook)
+            got = fill(dsn, f"t{i}", pages, args.batch, storage, factor, args.hold_codebook)
+            write, train, bare, bare_ext, cpu_s, steady = got.write, got.train, got.bare, got.bare_ext, got.cpu, got.steady
             with psycopg.connect(dsn, autocommit=True) as c:
                 c.execute("VACUUM ANALYZE")
                 nbytes, fs_bytes, rows = c.execute("SELECT bytes, first_stage_bytes, rows FROM maxsim.index_info(%s)",
@@ -229,16 +238,16 @@ def main() -> None:
                   f" {fs_bytes / raw_total:.3f} |"
                   f" {n / write:.0f} | {n / bare:.0f} / {n / bare_ext:.0f} | {bare / write:.2f} / {bare_ext / write:.2f}"
                   f" | {train:.0f} |", flush=True)
-            if STEADY["pages"]:
-                k = STEADY["pages"]
-                print(f"| {name}, the {k:.0f} pages written after the hold | | | | | {k / STEADY['write']:.0f}"
-                      f" | {k / STEADY['plain']:.0f} / {k / STEADY['external']:.0f}"
-                      f" | {STEADY['plain'] / STEADY['write']:.2f} / {STEADY['external'] / STEADY['write']:.2f} | |",
+            if steady["pages"]:
+                k = steady["pages"]
+                print(f"| {name}, the {k:.0f} pages written after the hold | | | | | {k / steady['write']:.0f}"
+                      f" | {k / steady['plain']:.0f} / {k / steady['external']:.0f}"
+                      f" | {steady['plain'] / steady['write']:.2f} / {steady['external'] / steady['write']:.2f} | |",
                       flush=True)
             cpu.append(f"{name}, {first}: write {write / n * 1e3:.2f} ms a page wall, CPU client"
-                       f" {CPU['write'][0] / n * 1e3:.2f} + server {CPU['write'][1] / n * 1e3:.2f};"
-                       f" bare plain COPY {bare / n * 1e3:.2f} ms wall, CPU client {CPU['plain'][0] / n * 1e3:.2f}"
-                       f" + server {CPU['plain'][1] / n * 1e3:.2f}")
+                       f" {cpu_s['write'][0] / n * 1e3:.2f} + server {cpu_s['write'][1] / n * 1e3:.2f};"
+                       f" bare plain COPY {bare / n * 1e3:.2f} ms wall, CPU client {cpu_s['plain'][0] / n * 1e3:.2f}"
+                       f" + server {cpu_s['plain'][1] / n * 1e3:.2f}")
         print("\nCPU time a page (this process's threads, and the server process of each connection):\n")
         for line in cpu:
             print(f"- {line}")
