@@ -103,6 +103,43 @@ def test_a_row_shorter_than_the_pool_factor_keeps_its_mean(db: psycopg.Connectio
     assert np.allclose(tokens[0], unit(two.mean(axis=0, keepdims=True))[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("storage,factor", TIERS)
+def test_every_tier_refuses_the_values_fp16_cannot_hold(dsn: str, storage: str, factor: int) -> None:
+    """Tiers that do not store the given values as fp16 check their range instead of converting
+    them: the same values pass and fail on every tier, as converting to fp16 says (65,519.99
+    rounds to 65,504; 65,520 overflows), and a refused row writes nothing. (The check is the
+    Python writer's, the same on both kinds of server; int8 needs plpython3u.)"""
+    from pgmaxsim import PgmaxsimError
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        create(db, storage, factor, name=f"range_{storage}_{factor}")
+        idx = Index(db, f"range_{storage}_{factor}")
+        ok = fp16(unit(np.ones((4, DIM))))
+        for k, v in enumerate([65519.99, -65519.99, 60000, 65520.0, -65520.0, np.inf, -np.inf, np.nan]):
+            row = ok.astype(np.float64)
+            row[2, 3] = v
+            fits = bool(np.isfinite(np.float16(v)))
+            if fits:
+                idx.upsert([k + 1], [row])
+                continue
+            with pytest.raises(PgmaxsimError, match=rf"row {k + 1}: .*NaN or infinite values \(or values beyond fp16"):
+                idx.upsert([k + 1], [row])
+        assert sorted(stored(db, f"range_{storage}_{factor}", storage)) == [1, 2, 3]
+        half = ok.astype(np.float16)   # what most encoders give: checked by its bits
+        idx.upsert([4], [half])
+        for k, v in [(5, np.nan), (6, np.inf), (7, -np.inf)]:
+            bad = half.copy()
+            bad[1, 1] = v
+            with pytest.raises(PgmaxsimError, match=f"row {k}: .*NaN or infinite values"):
+                idx.upsert([k], [bad])
+        assert sorted(stored(db, f"range_{storage}_{factor}", storage)) == [1, 2, 3, 4]
+        big = np.full((4, DIM), 70000, dtype=np.int64)
+        with pytest.raises(PgmaxsimError, match="beyond fp16 range"):
+            idx.upsert([9], [big])
+        with pytest.raises(PgmaxsimError, match="row 9: embeddings must be real numbers, got dtype complex"):
+            idx.upsert([9], [ok + 1j])
+
+
 def test_index_info_reports_tier_and_bytes_as_the_catalog(db: psycopg.Connection[Any]) -> None:
     create(db, "fp16", 2)
     docs = corpus(40, seed=3)
