@@ -100,13 +100,15 @@ def _one_blas_thread() -> Iterator[None]:
 _FP16_OVERFLOW = 65520.0
 
 
-def _check_tokens(index: IndexSpec, key: str, emb: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """``emb`` checked, and its little-endian fp16 form when that is what the row stores (tier
-    ``fp16`` without pooling). Every tier refuses what fp16 cannot hold (NaN, infinities,
-    magnitudes from :data:`_FP16_OVERFLOW` up), whatever it stores.
+def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
+    """``emb`` checked, as an array. Every tier refuses what fp16 cannot hold (NaN, infinities,
+    magnitudes from :data:`_FP16_OVERFLOW` up), whatever it stores, and the check does not
+    depend on the tier: a write encodes its rows again under the tier it finds when it locks
+    the token table (a storage switch may have committed since ``index`` was read).
 
     Not by converting to fp16 and testing that (:func:`_fits_fp16`): validation runs before the
-    COPY starts, where nothing overlaps it."""
+    COPY starts, where nothing overlaps it; the fp16 tier's conversion is made as the row is
+    encoded, which the COPY overlaps."""
     arr = np.asarray(emb)
     if arr.ndim != 2:
         raise PgmaxsimError(f"row {key}: embeddings must be a 2-D (n_tokens, dim) array, got shape {arr.shape}")
@@ -119,9 +121,7 @@ def _check_tokens(index: IndexSpec, key: str, emb: Any) -> tuple[np.ndarray, np.
     if not _fits_fp16(arr):
         raise PgmaxsimError(f"row {key}: token embeddings contain NaN or infinite values"
                             " (or values beyond fp16 range)")
-    if index.storage == "fp16" and index.pool_factor == 1:
-        return arr, np.ascontiguousarray(arr, dtype="<f2")
-    return arr, None
+    return arr
 
 
 def _fits_fp16(arr: np.ndarray) -> bool:
@@ -173,7 +173,7 @@ def write_rows(
     checked = {key: _check_tokens(index, key, embeddings[i]) for key, i in latest.items()}
     if layouts is not None:
         for key, i in latest.items():
-            _layout_bytes(key, layouts[i], len(checked[key][0]))
+            _layout_bytes(key, layouts[i], len(checked[key]))
 
     def encode(spec: IndexSpec) -> tuple[Iterator[tuple[Any, ...]], list[tuple[Any, ...]]]:
         # rows are encoded as the COPY sends them (the server stores one row while the next is
@@ -204,7 +204,7 @@ def encode_rows(index: IndexSpec, latest: dict[str, int], embeddings: Sequence[A
     return tok_rows, cen_rows
 
 
-def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tuple[np.ndarray, np.ndarray | None]],
+def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, np.ndarray],
                  content_hashes: Sequence[bytes | None] | None, model: str | None, model_revision: str | None,
                  layouts: Sequence[Layout | None] | None, book: codebook.Live | None,
                  cen_rows: list[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
@@ -219,8 +219,9 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
     storage, factor = index.storage, index.pool_factor
 
     def encoded(key: str, i: int) -> tuple[tuple[Any, ...], np.ndarray, np.ndarray | None]:
-        arr, half = checked[key]
-        if half is not None:   # tier fp16 without pooling, the common case: the bytes are the fp16 values
+        arr = checked[key]
+        if storage == "fp16" and factor == 1:   # the common case: the bytes are the fp16 values
+            half = np.ascontiguousarray(arr, dtype="<f2")
             blob, stored = half.tobytes(), half.astype(np.float32)
         else:
             blob = quantize.encode_tokens(pooling.pool_tokens(arr, factor) if factor > 1 else arr, storage)
@@ -250,7 +251,7 @@ def _stream_rows(index: IndexSpec, latest: dict[str, int], checked: dict[str, tu
             queued: collections.deque[tuple[list[tuple[Any, ...]], concurrent.futures.Future[list[bytes]]]] = \
                 collections.deque()
             items = iter(latest.items())
-            per_chunk = chunk_tokens(sum(len(checked[key][0]) for key in latest) // max(factor, 1))
+            per_chunk = chunk_tokens(sum(len(checked[key]) for key in latest) // max(factor, 1))
             while done := firststage.take_tokens((encoded(key, i) for key, i in items), per_chunk,
                                                  lambda enc: len(enc[1])):   # its stored tokens
                 rows = [sent(row, cents) for row, _, cents in done]
