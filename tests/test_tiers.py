@@ -105,10 +105,10 @@ def test_a_row_shorter_than_the_pool_factor_keeps_its_mean(db: psycopg.Connectio
 
 @pytest.mark.parametrize("storage,factor", TIERS)
 def test_every_tier_refuses_the_values_fp16_cannot_hold(dsn: str, storage: str, factor: int) -> None:
-    """Tiers that do not store the given values as fp16 check their range instead of converting
-    them: the same values pass and fail on every tier, as converting to fp16 says (65,519.99
-    rounds to 65,504; 65,520 overflows), and a refused row writes nothing. (The check is the
-    Python writer's, the same on both kinds of server; int8 needs plpython3u.)"""
+    """The writer checks a row's range instead of converting it to fp16: the same values pass and
+    fail on every tier, as converting to fp16 says (65,519.99 rounds to 65,504; 65,520
+    overflows), and a refused row writes nothing. (The check is the Python writer's, the same on
+    both kinds of server; int8 needs plpython3u.)"""
     from pgmaxsim import PgmaxsimError
 
     with psycopg.connect(dsn, autocommit=True) as db:

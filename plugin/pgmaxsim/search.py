@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from pgmaxsim.db.adapters import Tokens, tokens_cursor
+from pgmaxsim.db.codec import fits_fp16
 from pgmaxsim.errors import SERVER_PREFIX, PgmaxsimError, one_line
 from pgmaxsim.registry import IndexSpec, get_index
 
@@ -154,7 +155,7 @@ def encode_query(info: IndexSpec, query: Any, encoder: Encoder | None = None) ->
         raise PgmaxsimError(f"query must be a non-empty (n_tokens, dim) array, got shape {q.shape}")
     if q.shape[1] != info.dim:
         raise PgmaxsimError(f"query vectors have {q.shape[1]} dimensions, index {info.name!r} has {info.dim}")
-    if not np.issubdtype(q.dtype, np.number) or not np.isfinite(q.astype(np.float16)).all():
+    if not np.issubdtype(q.dtype, np.number) or not fits_fp16(q):
         raise PgmaxsimError("query contains NaN or infinite values (or values beyond fp16 range)")
     return q
 

@@ -47,7 +47,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from pgmaxsim import codebook, firststage, pooling
-from pgmaxsim.db.codec import CodecError, encode_halfvec
+from pgmaxsim.db.codec import CodecError, encode_halfvec, fits_fp16
 from pgmaxsim.encoders.layout import Layout, encode_layout
 from pgmaxsim.errors import PgmaxsimError
 from pgmaxsim.kernels import quantize
@@ -95,20 +95,15 @@ def _one_blas_thread() -> Iterator[None]:
         yield
 
 
-#: fp16's overflow threshold: a value of at least this magnitude rounds to infinity in fp16 (65,504 is
-#: the largest finite half, and values up to half an ulp above it still round down to it).
-_FP16_OVERFLOW = 65520.0
-
-
 def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
     """``emb`` checked, as an array. Every tier refuses what fp16 cannot hold (NaN, infinities,
-    magnitudes from :data:`_FP16_OVERFLOW` up), whatever it stores, and the check does not
-    depend on the tier: a write encodes its rows again under the tier it finds when it locks
-    the token table (a storage switch may have committed since ``index`` was read).
+    magnitudes from 65,520 up), whatever it stores, and the check does not depend on the tier: a
+    write encodes its rows again under the tier it finds when it locks the token table (a storage
+    switch may have committed since ``index`` was read).
 
-    Not by converting to fp16 and testing that (:func:`_fits_fp16`): validation runs before the
-    COPY starts, where nothing overlaps it; the fp16 tier's conversion is made as the row is
-    encoded, which the COPY overlaps."""
+    By :func:`~pgmaxsim.db.codec.fits_fp16`, not by converting to fp16 and testing that:
+    validation runs before the COPY starts, where nothing overlaps it; the fp16 tier's conversion
+    is made as the row is encoded, which the COPY overlaps."""
     arr = np.asarray(emb)
     if arr.ndim != 2:
         raise PgmaxsimError(f"row {key}: embeddings must be a 2-D (n_tokens, dim) array, got shape {arr.shape}")
@@ -118,27 +113,10 @@ def _check_tokens(index: IndexSpec, key: str, emb: Any) -> np.ndarray:
         raise PgmaxsimError(f"row {key}: embeddings have {arr.shape[1]} dimensions, index {index.name!r} has {index.dim}")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise PgmaxsimError(f"row {key}: embeddings must be real numbers, got dtype {arr.dtype}")
-    if not _fits_fp16(arr):
+    if not fits_fp16(arr):
         raise PgmaxsimError(f"row {key}: token embeddings contain NaN or infinite values"
                             " (or values beyond fp16 range)")
     return arr
-
-
-def _fits_fp16(arr: np.ndarray) -> bool:
-    """Whether fp16 holds every value of real ``arr``: none NaN, infinite or of magnitude
-    :data:`_FP16_OVERFLOW` or more. fp16 arrays (what most encoders give) by their bits, whose
-    exponent is all ones only for NaN and infinities (~0.02 ms for 1,000 x 128; NumPy's fp16
-    min and max take ~1.9 ms); others by their min and max, which NaN propagates to (~0.03 ms
-    for float32), where converting to fp16 and testing that took ~0.6 ms.
-
-    >>> _fits_fp16(np.array([[1.0, np.nan]], dtype=np.float16)), _fits_fp16(np.array([[65519.9, -65519.9]]))
-    (False, True)
-    >>> _fits_fp16(np.array([[-65520.0]])), _fits_fp16(np.array([[1, 2]], dtype=np.float16))
-    (False, True)
-    """
-    if arr.dtype == np.float16:
-        return bool(arr.size == 0 or int((arr.view(np.uint16) & 0x7FFF).max()) < 0x7C00)
-    return bool(-_FP16_OVERFLOW < float(arr.min()) and float(arr.max()) < _FP16_OVERFLOW)
 
 
 def write_rows(
